@@ -205,6 +205,11 @@ impl Device {
         }
     }
 
+    /// `true` when both handles refer to the same device instance.
+    pub fn same_as(&self, other: &Device) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     /// `cpu`, `cuda:0`, ...
     pub fn name(&self) -> &str {
         &self.shared.name
