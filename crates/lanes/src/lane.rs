@@ -249,10 +249,6 @@ impl Lease {
         self.inner.exclusive
     }
 
-    pub(crate) fn shared(&self) -> &Arc<DeviceShared> {
-        &self.inner.device
-    }
-
     /// The native lane (for backend-specific work: downcast with `as_any`).
     pub fn raw(&self) -> &dyn RawLane {
         // `acquire` created the slot before the lease existed.
