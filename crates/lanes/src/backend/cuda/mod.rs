@@ -1,0 +1,522 @@
+//! The CUDA backend: a lane is a non-blocking CUDA stream.
+//!
+//! Built on `cudarc` (driver API, `dynamic-loading`): the crate builds with no CUDA
+//! toolkit and [`CudaBackend::new`] fails with [`Error::NoCudaDriver`] where no
+//! `libcuda.so` can be loaded. Nothing here panics across the API: cudarc panics when
+//! a library or a symbol is missing, so every entry point runs under
+//! `catch_unwind` and turns such a panic into an [`Error::Cuda`].
+//!
+//! - [`CudaBackend`]: the device (one primary context), raw memory
+//!   (`cuMemAlloc`/`cuMemFree`, the caching allocator in front owns reuse), the NVRTC
+//!   kernel cache ([`CudaBackend::function`]).
+//! - [`CudaLane`]: one non-blocking stream, a lazily created cuBLAS handle bound to it
+//!   ([`CudaLane::blas`], [`CudaLane::sgemm`]), pinned staging buffers for host↔device
+//!   copies, completion callbacks (`cuLaunchHostFunc`), kernel launches
+//!   ([`CudaLane::launch`]).
+//! - [`CudaEvent`]: a native event (`CU_EVENT_DISABLE_TIMING`).
+//!
+//! Cross-lane synchronization belongs to lanes (events + the allocator's
+//! `record_use`), so cudarc's own per-slice event tracking is switched off (see
+//! [`CudaBackend::new`]).
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use cudarc::driver::{result, sys, DriverError};
+
+use super::host::panic_message;
+use super::{Backend, DeviceKind, DevicePtr, MemInfo, RawEvent, RawLane};
+use crate::{Error, Result};
+
+mod blas;
+mod event;
+mod kernels;
+mod lane;
+
+pub use blas::{LaneBlas, Op};
+pub use event::CudaEvent;
+pub use kernels::{kernel_arg, CompileStats, ModuleCompile};
+pub use lane::CudaLane;
+
+/// The cudarc types the layers above need to launch kernels, re-exported so that
+/// they need no direct cudarc dependency.
+pub use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+
+/// How a host thread waits for the GPU (stream, event and context synchronization).
+///
+/// Set on the device's primary context (`cuCtxSetFlags`) and, for `Blocking`, on
+/// every event lanes creates (`CU_EVENT_BLOCKING_SYNC`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SyncMode {
+    /// Busy-wait (`CU_CTX_SCHED_SPIN`): lowest wake-up latency, one core burnt per
+    /// waiting thread.
+    Spin,
+    /// Busy-wait but yield the core between polls (`CU_CTX_SCHED_YIELD`).
+    Yield,
+    /// Sleep on an OS primitive (`CU_CTX_SCHED_BLOCKING_SYNC`): no CPU burnt while
+    /// waiting, a few microseconds more wake-up latency. The default: with many
+    /// serving threads (more than cores) spinning waiters starve the threads that
+    /// enqueue kernels, and a small model is launch-bound.
+    Blocking,
+}
+
+impl SyncMode {
+    /// The mode named by `LANES_CUDA_SYNC` (`spin`, `yield`, `blocking`), else
+    /// [`SyncMode::Blocking`]. An unknown value is an error.
+    pub fn from_env() -> Result<SyncMode> {
+        match std::env::var("LANES_CUDA_SYNC") {
+            Err(_) => Ok(SyncMode::Blocking),
+            Ok(v) => SyncMode::parse(&v),
+        }
+    }
+
+    /// Parses `spin`, `yield` or `blocking`.
+    pub fn parse(s: &str) -> Result<SyncMode> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "spin" => Ok(SyncMode::Spin),
+            "yield" => Ok(SyncMode::Yield),
+            "blocking" | "block" => Ok(SyncMode::Blocking),
+            other => Err(Error::InvalidArgument(format!(
+                "unknown CUDA sync mode `{other}` (LANES_CUDA_SYNC): expected spin, yield or blocking"
+            ))),
+        }
+    }
+
+    fn ctx_flags(self) -> sys::CUctx_flags {
+        match self {
+            SyncMode::Spin => sys::CUctx_flags::CU_CTX_SCHED_SPIN,
+            SyncMode::Yield => sys::CUctx_flags::CU_CTX_SCHED_YIELD,
+            SyncMode::Blocking => sys::CUctx_flags::CU_CTX_SCHED_BLOCKING_SYNC,
+        }
+    }
+
+    fn event_flags(self) -> u32 {
+        let base = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
+        match self {
+            SyncMode::Blocking => base | sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC as u32,
+            SyncMode::Spin | SyncMode::Yield => base,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            SyncMode::Spin => 0,
+            SyncMode::Yield => 1,
+            SyncMode::Blocking => 2,
+        }
+    }
+
+    fn from_u8(v: u8) -> SyncMode {
+        match v {
+            0 => SyncMode::Spin,
+            1 => SyncMode::Yield,
+            _ => SyncMode::Blocking,
+        }
+    }
+}
+
+impl std::fmt::Display for SyncMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SyncMode::Spin => "spin",
+            SyncMode::Yield => "yield",
+            SyncMode::Blocking => "blocking",
+        })
+    }
+}
+
+/// State shared by the backend and its lanes. Holds no lane, so a lane never keeps
+/// its siblings alive.
+pub(crate) struct Shared {
+    pub(crate) ordinal: usize,
+    /// `cuda:N`, for error messages.
+    pub(crate) name: Arc<str>,
+    pub(crate) ctx: Arc<CudaContext>,
+    /// `CUevent_flags` bits for every event created from now on.
+    event_flags: AtomicU32,
+    sync_mode: AtomicU8,
+}
+
+impl Shared {
+    pub(crate) fn event_flags(&self) -> u32 {
+        self.event_flags.load(Ordering::Relaxed)
+    }
+}
+
+/// A CUDA GPU driven through the driver API.
+///
+/// Cheap to share behind an `Arc<dyn Backend>` (what [`crate::Device`] does); reach
+/// it again with `device.backend().as_any().downcast_ref::<CudaBackend>()`.
+pub struct CudaBackend {
+    shared: Arc<Shared>,
+    /// `sm_XY` of the device, the NVRTC target.
+    arch: String,
+    kernels: kernels::KernelCache,
+    /// `cuMemFree` failures (`free` cannot return them).
+    free_errors: AtomicUsize,
+}
+
+impl CudaBackend {
+    /// Opens CUDA device `ordinal` with the [`SyncMode`] named by `LANES_CUDA_SYNC`
+    /// (default [`SyncMode::Blocking`]).
+    ///
+    /// Fails — never panics — with [`Error::NoCudaDriver`] where `libcuda.so` cannot
+    /// be loaded, and with [`Error::Cuda`] naming the ordinal and the device count where
+    /// there is no such GPU.
+    ///
+    /// cudarc's per-slice event tracking is disabled on the context
+    /// (`disable_event_tracking`): lanes owns cross-lane synchronization (events,
+    /// and the allocator's `record_use` that parks a block until every lane that used
+    /// it is done). cudarc's tracking would add two `cuEventCreate` per allocation
+    /// plus a record and a wait per use, and it is lossy with more than one reader
+    /// stream (a single "last read" event only remembers the last reader; research
+    /// notes §1.7, cudarc PR #341). lanes never creates a `CudaSlice`, and disabling it
+    /// before the first stream also skips the device-wide synchronize cudarc does when
+    /// the first stream is created.
+    pub fn new(ordinal: usize) -> Result<CudaBackend> {
+        CudaBackend::with_sync_mode(ordinal, SyncMode::from_env()?)
+    }
+
+    /// Opens CUDA device `ordinal` with an explicit [`SyncMode`] (see [`CudaBackend::new`]).
+    pub fn with_sync_mode(ordinal: usize, mode: SyncMode) -> Result<CudaBackend> {
+        // SAFETY: `is_culib_present` only tries to dlopen the driver library by its
+        // candidate names and closes it again; it touches no CUDA state.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(Error::NoCudaDriver(
+                "libcuda.so could not be loaded (no NVIDIA driver installed, or its directory \
+                 is not on the loader path: add it to LD_LIBRARY_PATH)"
+                    .into(),
+            ));
+        }
+        let device = format!("cuda:{ordinal}");
+        match catch_unwind(|| CudaBackend::init(ordinal, mode)) {
+            Ok(r) => r,
+            Err(p) => Err(Error::Cuda {
+                device,
+                op: "driver initialization".into(),
+                message: format!(
+                    "cudarc panicked: {} (is the driver older than the CUDA 13.0 API this build \
+                     targets?)",
+                    panic_message(&*p)
+                ),
+            }),
+        }
+    }
+
+    fn init(ordinal: usize, mode: SyncMode) -> Result<CudaBackend> {
+        let name: Arc<str> = Arc::from(format!("cuda:{ordinal}"));
+        if let Err(e) = result::init() {
+            return Err(match e.0 {
+                sys::CUresult::CUDA_ERROR_STUB_LIBRARY => Error::NoCudaDriver(
+                    "the libcuda.so found is the CUDA toolkit's stub library, not a driver \
+                     (remove the stubs directory from LD_LIBRARY_PATH)"
+                        .into(),
+                ),
+                sys::CUresult::CUDA_ERROR_NO_DEVICE => Error::Cuda {
+                    device: name.to_string(),
+                    op: "cuInit".into(),
+                    message: format!(
+                        "no CUDA device with ordinal {ordinal}: the driver sees no CUDA-capable \
+                         device ({}; check CUDA_VISIBLE_DEVICES)",
+                        describe(e)
+                    ),
+                },
+                _ => driver_err(&name, "cuInit")(e),
+            });
+        }
+        let count = result::device::get_count().map_err(driver_err(&name, "cuDeviceGetCount"))?;
+        let count = usize::try_from(count).unwrap_or(0);
+        if ordinal >= count {
+            return Err(Error::Cuda {
+                device: name.to_string(),
+                op: "cuDeviceGet".into(),
+                message: if count == 0 {
+                    format!(
+                        "no CUDA device with ordinal {ordinal}: this machine has no CUDA device"
+                    )
+                } else {
+                    format!(
+                        "no CUDA device with ordinal {ordinal}: this machine has {count} CUDA \
+                         device(s) (ordinals 0..={})",
+                        count - 1
+                    )
+                },
+            });
+        }
+        let ctx =
+            CudaContext::new(ordinal).map_err(driver_err(&name, "cuDevicePrimaryCtxRetain"))?;
+        // SAFETY: lanes never creates a cudarc `CudaSlice`; it synchronizes lanes itself
+        // with events and the allocator's record_use (see `new`'s documentation).
+        unsafe { ctx.disable_event_tracking() };
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(driver_err(&name, "cuDeviceGetAttribute"))?;
+        let backend = CudaBackend {
+            shared: Arc::new(Shared {
+                ordinal,
+                name,
+                ctx,
+                event_flags: AtomicU32::new(mode.event_flags()),
+                sync_mode: AtomicU8::new(mode.to_u8()),
+            }),
+            arch: format!("sm_{major}{minor}"),
+            kernels: kernels::KernelCache::default(),
+            free_errors: AtomicUsize::new(0),
+        };
+        backend.set_sync_mode(mode)?;
+        Ok(backend)
+    }
+
+    /// The device ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.shared.ordinal
+    }
+
+    /// The device's primary context (shared with every lane, event and module).
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.shared.ctx
+    }
+
+    /// The NVRTC target, `sm_XY` from the device's compute capability.
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// The device's name as the driver reports it (e.g. `NVIDIA H100 80GB HBM3`).
+    pub fn device_name(&self) -> Result<String> {
+        guarded(&self.shared.name, "cuDeviceGetName", || {
+            result::device::get_name(self.shared.ctx.cu_device())
+                .map_err(driver_err(&self.shared.name, "cuDeviceGetName"))
+        })
+    }
+
+    /// How host threads wait for the GPU.
+    pub fn sync_mode(&self) -> SyncMode {
+        SyncMode::from_u8(self.shared.sync_mode.load(Ordering::Relaxed))
+    }
+
+    /// Changes how host threads wait for the GPU. Applies to the whole primary
+    /// context at once, and to events created from now on (pooled events keep the
+    /// flags they were created with).
+    pub fn set_sync_mode(&self, mode: SyncMode) -> Result<()> {
+        let name = &self.shared.name;
+        guarded(name, "cuCtxSetFlags", || {
+            bind(&self.shared.ctx).map_err(driver_err(name, "cuCtxSetCurrent"))?;
+            // SAFETY: the context is current on this thread; the flag value is one of
+            // the CU_CTX_SCHED_* constants.
+            unsafe { sys::cuCtxSetFlags(mode.ctx_flags() as u32) }
+                .result()
+                .map_err(driver_err(name, "cuCtxSetFlags"))?;
+            self.shared
+                .event_flags
+                .store(mode.event_flags(), Ordering::Relaxed);
+            self.shared.sync_mode.store(mode.to_u8(), Ordering::Relaxed);
+            Ok(())
+        })
+    }
+
+    /// The kernel `name` of the CUDA C module `module` (whose source is `source`),
+    /// compiled with NVRTC for this device and loaded at most once per backend.
+    ///
+    /// Thread-safe: when many threads ask for a module at the same moment, one
+    /// compiles and the others wait for it. Compiled without `--use_fast_math`
+    /// (precise division and square root: results match fp32 on the CPU), directly to
+    /// a cubin for [`CudaBackend::arch`], so no PTX JIT runs at load. A failed
+    /// compile is cached too (with NVRTC's log) and reported to every caller.
+    /// `module` names one source: asking for it with different source is an error.
+    pub fn function(
+        &self,
+        module: &'static str,
+        source: &'static str,
+        name: &str,
+    ) -> Result<CudaFunction> {
+        guarded(&self.shared.name, "kernel load", || {
+            self.kernels
+                .function(&self.shared, &self.arch, module, source, name)
+        })
+    }
+
+    /// Kernel compilation figures: how many modules were compiled and how long each took.
+    pub fn compile_stats(&self) -> CompileStats {
+        self.kernels.stats()
+    }
+
+    /// `cuMemFree` calls that failed (`free` cannot report them otherwise).
+    pub fn free_errors(&self) -> usize {
+        self.free_errors.load(Ordering::Relaxed)
+    }
+}
+
+impl Backend for CudaBackend {
+    fn kind(&self) -> DeviceKind {
+        DeviceKind::Cuda(self.shared.ordinal)
+    }
+
+    fn create_lane(&self, index: usize) -> Result<Box<dyn RawLane>> {
+        guarded(&self.shared.name, "cuStreamCreate", || {
+            Ok(Box::new(CudaLane::new(&self.shared, index)?) as Box<dyn RawLane>)
+        })
+    }
+
+    fn create_event(&self) -> Result<Box<dyn RawEvent>> {
+        guarded(&self.shared.name, "cuEventCreate", || {
+            let handle = event::EventHandle::new(
+                &self.shared.ctx,
+                &self.shared.name,
+                self.shared.event_flags(),
+            )?;
+            Ok(Box::new(CudaEvent { handle }) as Box<dyn RawEvent>)
+        })
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
+        let name = &self.shared.name;
+        guarded(name, "cuMemAlloc", || {
+            bind(&self.shared.ctx).map_err(driver_err(name, "cuCtxSetCurrent"))?;
+            // SAFETY: the context is current; the returned memory is uninitialized,
+            // which raw device bytes may be.
+            match unsafe { result::malloc_sync(bytes.max(1)) } {
+                Ok(p) => Ok(DevicePtr(p)),
+                Err(DriverError(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => {
+                    Err(Error::BackendOutOfMemory {
+                        device: name.to_string(),
+                        bytes,
+                    })
+                }
+                Err(e) => Err(driver_err(name, "cuMemAlloc")(e)),
+            }
+        })
+    }
+
+    unsafe fn free(&self, ptr: DevicePtr, _bytes: usize) {
+        let ok = catch_unwind(AssertUnwindSafe(|| {
+            let _ = bind(&self.shared.ctx);
+            // SAFETY: the caller guarantees `ptr` came from `alloc` on this backend,
+            // is freed once, and no pending work uses it.
+            unsafe { result::free_sync(ptr.0) }.is_ok()
+        }));
+        if !matches!(ok, Ok(true)) {
+            self.free_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn mem_info(&self) -> Result<MemInfo> {
+        let name = &self.shared.name;
+        guarded(name, "cuMemGetInfo", || {
+            bind(&self.shared.ctx).map_err(driver_err(name, "cuCtxSetCurrent"))?;
+            let (free, total) = result::mem_get_info().map_err(driver_err(name, "cuMemGetInfo"))?;
+            Ok(MemInfo { free, total })
+        })
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        let name = &self.shared.name;
+        guarded(name, "cuCtxSynchronize", || {
+            bind(&self.shared.ctx).map_err(driver_err(name, "cuCtxSetCurrent"))?;
+            result::ctx::synchronize().map_err(driver_err(name, "cuCtxSynchronize"))
+        })
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBackend")
+            .field("device", &self.shared.name)
+            .field("arch", &self.arch)
+            .field("sync_mode", &self.sync_mode())
+            .finish()
+    }
+}
+
+/// Makes `ctx` current on the calling thread if it is not already.
+///
+/// Unlike cudarc's `bind_to_thread` it does not first return (and clear) an error
+/// that some cudarc `Drop` stored in the context: those belong to cudarc's callers,
+/// and lanes must not report them as the failure of an unrelated call.
+pub(crate) fn bind(ctx: &CudaContext) -> std::result::Result<(), DriverError> {
+    let want = ctx.cu_ctx();
+    match result::ctx::get_current()? {
+        Some(cur) if cur == want => Ok(()),
+        // SAFETY: `want` is the live primary context kept alive by `ctx`.
+        _ => unsafe { result::ctx::set_current(want) },
+    }
+}
+
+/// `NAME: description` of a driver error.
+pub(crate) fn describe(e: DriverError) -> String {
+    let name = e
+        .error_name()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| format!("{:?}", e.0));
+    match e.error_string() {
+        Ok(s) => format!("{name}: {}", s.to_string_lossy()),
+        Err(_) => name,
+    }
+}
+
+/// Maps a driver error of `op` on `device` to [`Error::Cuda`].
+pub(crate) fn driver_err<'a>(
+    device: &'a str,
+    op: &'a str,
+) -> impl FnOnce(DriverError) -> Error + 'a {
+    move |e| Error::Cuda {
+        device: device.to_string(),
+        op: op.to_string(),
+        message: describe(e),
+    }
+}
+
+/// Runs `f`, turning a panic (cudarc panics on a missing library or symbol) into
+/// [`Error::Cuda`]. Never lets a panic escape into the caller.
+pub(crate) fn guarded<T>(device: &str, op: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => Err(Error::Cuda {
+            device: device.to_string(),
+            op: op.to_string(),
+            message: format!("cudarc panicked: {}", panic_message(&*p)),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_never_panics() {
+        // Runs everywhere: on a machine without a driver it must be NoCudaDriver; with
+        // one, either a backend or a proper error.
+        let r = catch_unwind(|| CudaBackend::with_sync_mode(0, SyncMode::Blocking));
+        let r = r.expect("CudaBackend::new panicked");
+        match r {
+            Ok(b) => assert_eq!(b.kind(), DeviceKind::Cuda(0)),
+            Err(Error::NoCudaDriver(m)) => assert!(m.contains("libcuda")),
+            Err(Error::Cuda {
+                device, message, ..
+            }) => {
+                assert_eq!(device, "cuda:0");
+                assert!(!message.is_empty());
+            }
+            Err(e) => panic!("unexpected error kind: {e}"),
+        }
+    }
+
+    #[test]
+    fn sync_mode_parses() {
+        assert_eq!(SyncMode::parse("Spin").unwrap(), SyncMode::Spin);
+        assert_eq!(SyncMode::parse(" yield ").unwrap(), SyncMode::Yield);
+        assert_eq!(SyncMode::parse("blocking").unwrap(), SyncMode::Blocking);
+        assert!(SyncMode::parse("busy").is_err());
+        for m in [SyncMode::Spin, SyncMode::Yield, SyncMode::Blocking] {
+            assert_eq!(SyncMode::from_u8(m.to_u8()), m);
+            assert_eq!(SyncMode::parse(&m.to_string()).unwrap(), m);
+        }
+    }
+}
