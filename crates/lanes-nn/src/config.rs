@@ -125,7 +125,10 @@ impl BertConfig {
             ));
         }
         if self.vocab_size > u32::MAX as usize {
-            return Err(invalid("vocab_size", "does not fit token ids of u32".to_string()));
+            return Err(invalid(
+                "vocab_size",
+                "does not fit token ids of u32".to_string(),
+            ));
         }
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
             return Err(invalid(
@@ -208,11 +211,17 @@ mod tests {
         let msg = err_of(|v| {
             v.as_object_mut().map(|o| o.remove("hidden_size"));
         });
-        assert!(msg.contains("hidden_size") && msg.contains("missing"), "{msg}");
+        assert!(
+            msg.contains("hidden_size") && msg.contains("missing"),
+            "{msg}"
+        );
         let msg = err_of(|v| v["vocab_size"] = json!("many"));
         assert!(msg.contains("vocab_size"), "{msg}");
         let msg = err_of(|v| v["num_attention_heads"] = json!(5));
-        assert!(msg.contains("num_attention_heads") && msg.contains("384"), "{msg}");
+        assert!(
+            msg.contains("num_attention_heads") && msg.contains("384"),
+            "{msg}"
+        );
         let msg = err_of(|v| v["hidden_act"] = json!("relu"));
         assert!(msg.contains("hidden_act") && msg.contains("relu"), "{msg}");
         let msg = err_of(|v| v["num_hidden_layers"] = json!(0));

@@ -141,7 +141,10 @@ mod tests {
     fn missing_dir_and_file_are_named() {
         let err = ModelFiles::locate("/no/such/model/dir").expect_err("missing");
         let msg = err.to_string();
-        assert!(msg.contains("/no/such/model/dir") && msg.contains("fetch-model.sh"), "{msg}");
+        assert!(
+            msg.contains("/no/such/model/dir") && msg.contains("fetch-model.sh"),
+            "{msg}"
+        );
 
         let dir = std::env::temp_dir().join(format!("lanes-nn-model-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");

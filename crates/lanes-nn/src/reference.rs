@@ -42,7 +42,15 @@ pub fn hidden_states(weights: &HostWeights, cfg: &BertConfig, enc: &Encoded) -> 
     let mut x = embeddings(weights, cfg, enc)?;
     let mut scratch = LayerScratch::new(cfg, enc.batch * enc.seq);
     for layer in &weights.layers {
-        layer_forward(layer, cfg, &enc.mask, enc.batch, enc.seq, &mut x, &mut scratch);
+        layer_forward(
+            layer,
+            cfg,
+            &enc.mask,
+            enc.batch,
+            enc.seq,
+            &mut x,
+            &mut scratch,
+        );
     }
     Ok(x)
 }
@@ -106,15 +114,39 @@ pub fn layer_forward(
     cpu::linear(x, rows, h, &layer.k_w.data, &layer.k_b.data, &mut s.k);
     cpu::linear(x, rows, h, &layer.v_w.data, &layer.v_b.data, &mut s.v);
     let heads = cfg.num_attention_heads;
-    cpu::attention(&s.q, &s.k, &s.v, mask, batch, seq, heads, cfg.head_dim(), &mut s.ctx);
-    cpu::linear(&s.ctx, rows, h, &layer.o_w.data, &layer.o_b.data, &mut s.proj);
+    cpu::attention(
+        &s.q,
+        &s.k,
+        &s.v,
+        mask,
+        batch,
+        seq,
+        heads,
+        cfg.head_dim(),
+        &mut s.ctx,
+    );
+    cpu::linear(
+        &s.ctx,
+        rows,
+        h,
+        &layer.o_w.data,
+        &layer.o_b.data,
+        &mut s.proj,
+    );
     cpu::add_inplace(x, &s.proj);
     cpu::layer_norm_inplace(x, rows, h, &layer.ln1_g.data, &layer.ln1_b.data, eps);
 
     cpu::linear(x, rows, h, &layer.i_w.data, &layer.i_b.data, &mut s.ffn);
     cpu::gelu_inplace(&mut s.ffn);
     let f = cfg.intermediate_size;
-    cpu::linear(&s.ffn, rows, f, &layer.out_w.data, &layer.out_b.data, &mut s.proj);
+    cpu::linear(
+        &s.ffn,
+        rows,
+        f,
+        &layer.out_w.data,
+        &layer.out_b.data,
+        &mut s.proj,
+    );
     cpu::add_inplace(x, &s.proj);
     cpu::layer_norm_inplace(x, rows, h, &layer.ln2_g.data, &layer.ln2_b.data, eps);
 }

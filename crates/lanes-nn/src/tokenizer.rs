@@ -140,7 +140,8 @@ impl Tokenizer {
             .get_post_processor()
             .map_or(0, |p| p.added_tokens(false));
         if max_len <= n_special {
-            let msg = format!("max_len {max_len} leaves no room next to {n_special} special tokens");
+            let msg =
+                format!("max_len {max_len} leaves no room next to {n_special} special tokens");
             return Err(load_err(msg.into()));
         }
         inner.with_padding(None);
@@ -201,8 +202,11 @@ mod tests {
 
     #[test]
     fn padding_layout() {
-        let enc = Encoded::from_sequences(&[(vec![101, 7, 102], vec![0; 3]), (vec![101, 102], vec![0; 2])])
-            .expect("consistent");
+        let enc = Encoded::from_sequences(&[
+            (vec![101, 7, 102], vec![0; 3]),
+            (vec![101, 102], vec![0; 2]),
+        ])
+        .expect("consistent");
         assert_eq!((enc.batch, enc.seq), (2, 3));
         assert_eq!(enc.ids, vec![101, 7, 102, 101, 102, 0]);
         assert_eq!(enc.mask, vec![1.0, 1.0, 1.0, 1.0, 1.0, 0.0]);
@@ -226,6 +230,9 @@ mod tests {
     #[test]
     fn missing_tokenizer_file_names_path() {
         let err = Tokenizer::from_file("/nonexistent/dir/tokenizer.json").expect_err("must fail");
-        assert!(err.to_string().contains("/nonexistent/dir/tokenizer.json"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/dir/tokenizer.json"),
+            "{err}"
+        );
     }
 }

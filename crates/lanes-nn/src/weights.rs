@@ -106,9 +106,22 @@ impl LayerWeights {
     /// The 16 tensors in canonical order (the order of [`layer_tensor_specs`]).
     pub fn tensors(&self) -> [&HostTensor; 16] {
         [
-            &self.q_w, &self.q_b, &self.k_w, &self.k_b, &self.v_w, &self.v_b, &self.o_w,
-            &self.o_b, &self.ln1_g, &self.ln1_b, &self.i_w, &self.i_b, &self.out_w,
-            &self.out_b, &self.ln2_g, &self.ln2_b,
+            &self.q_w,
+            &self.q_b,
+            &self.k_w,
+            &self.k_b,
+            &self.v_w,
+            &self.v_b,
+            &self.o_w,
+            &self.o_b,
+            &self.ln1_g,
+            &self.ln1_b,
+            &self.i_w,
+            &self.i_b,
+            &self.out_w,
+            &self.out_b,
+            &self.ln2_g,
+            &self.ln2_b,
         ]
     }
 }
@@ -139,9 +152,18 @@ pub enum StoreDtype {
 pub fn embedding_tensor_specs(cfg: &BertConfig) -> Vec<(String, Vec<usize>)> {
     let h = cfg.hidden_size;
     vec![
-        ("embeddings.word_embeddings.weight".into(), vec![cfg.vocab_size, h]),
-        ("embeddings.position_embeddings.weight".into(), vec![cfg.max_position_embeddings, h]),
-        ("embeddings.token_type_embeddings.weight".into(), vec![cfg.type_vocab_size, h]),
+        (
+            "embeddings.word_embeddings.weight".into(),
+            vec![cfg.vocab_size, h],
+        ),
+        (
+            "embeddings.position_embeddings.weight".into(),
+            vec![cfg.max_position_embeddings, h],
+        ),
+        (
+            "embeddings.token_type_embeddings.weight".into(),
+            vec![cfg.type_vocab_size, h],
+        ),
         ("embeddings.LayerNorm.weight".into(), vec![h]),
         ("embeddings.LayerNorm.bias".into(), vec![h]),
     ]
@@ -152,9 +174,17 @@ pub fn layer_tensor_specs(cfg: &BertConfig, i: usize) -> Vec<(String, Vec<usize>
     let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
     let p = format!("encoder.layer.{i}.");
     let lin = |name: &str, out: usize, inp: usize| {
-        [(format!("{p}{name}.weight"), vec![out, inp]), (format!("{p}{name}.bias"), vec![out])]
+        [
+            (format!("{p}{name}.weight"), vec![out, inp]),
+            (format!("{p}{name}.bias"), vec![out]),
+        ]
     };
-    let ln = |name: &str| [(format!("{p}{name}.weight"), vec![h]), (format!("{p}{name}.bias"), vec![h])];
+    let ln = |name: &str| {
+        [
+            (format!("{p}{name}.weight"), vec![h]),
+            (format!("{p}{name}.bias"), vec![h]),
+        ]
+    };
     [
         lin("attention.self.query", h, h),
         lin("attention.self.key", h, h),
@@ -191,7 +221,11 @@ fn check_tensor(t: &HostTensor, name: &str, shape: &[usize]) -> Result<()> {
         return Err(NnError::ShapeMismatch {
             name: name.to_string(),
             expected: shape.to_vec(),
-            actual: if t.shape == shape { vec![t.data.len()] } else { t.shape.clone() },
+            actual: if t.shape == shape {
+                vec![t.data.len()]
+            } else {
+                t.shape.clone()
+            },
         });
     }
     Ok(())
@@ -204,23 +238,34 @@ fn is_ignored(name: &str) -> bool {
 
 impl HostWeights {
     /// Loads weights from a model folder (`model.safetensors` + `config.json`)
-    /// or from a safetensors file (with `config.json` next to it).
+    /// or from a safetensors file (with `config.json` next to it). A path
+    /// that does not exist is taken for a missing folder unless it ends in
+    /// `.safetensors`.
     pub fn load(dir_or_file: impl AsRef<Path>) -> Result<Self> {
         let path = dir_or_file.as_ref();
-        let (weights, config) = if path.is_dir() {
-            let files = ModelFiles::locate_weights(path)?;
-            (files.weights, files.config)
-        } else {
-            let dir = path.parent().unwrap_or(Path::new("."));
+        let is_file_path = path.is_file()
+            || (!path.exists() && path.extension().is_some_and(|e| e == "safetensors"));
+        let (weights, config) = if is_file_path {
+            let dir = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
             ModelFiles::require_dir(dir)?;
             if !path.is_file() {
                 return Err(NnError::ModelFileMissing {
                     dir: dir.to_path_buf(),
-                    file: path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into()),
+                    file: path
+                        .file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into()),
                 });
             }
-            let config = ModelFiles::require_file(dir, CONFIG_FILE)?;
-            (path.to_path_buf(), config)
+            (
+                path.to_path_buf(),
+                ModelFiles::require_file(dir, CONFIG_FILE)?,
+            )
+        } else {
+            let files = ModelFiles::locate_weights(path)?;
+            (files.weights, files.config)
         };
         let cfg = BertConfig::from_file(&config)?;
         Self::load_with_config(&weights, &cfg)
@@ -302,7 +347,9 @@ impl HostWeights {
             .map(|(name, shape)| {
                 let n = shape.iter().product();
                 let gamma = name.ends_with("LayerNorm.weight");
-                let data = (0..n).map(|_| next() + if gamma { 1.0 } else { 0.0 }).collect();
+                let data = (0..n)
+                    .map(|_| next() + if gamma { 1.0 } else { 0.0 })
+                    .collect();
                 HostTensor::new(name, shape, data)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -391,7 +438,22 @@ fn layer_from_vec(t: Vec<HostTensor>) -> Result<LayerWeights> {
     let [q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, ln1_g, ln1_b, i_w, i_b, out_w, out_b, ln2_g, ln2_b] =
         arr;
     Ok(LayerWeights {
-        q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, ln1_g, ln1_b, i_w, i_b, out_w, out_b, ln2_g, ln2_b,
+        q_w,
+        q_b,
+        k_w,
+        k_b,
+        v_w,
+        v_b,
+        o_w,
+        o_b,
+        ln1_g,
+        ln1_b,
+        i_w,
+        i_b,
+        out_w,
+        out_b,
+        ln2_g,
+        ln2_b,
     })
 }
 
@@ -411,7 +473,10 @@ impl<'a, 'data> Reader<'a, 'data> {
             if is_ignored(canonical) {
                 continue;
             }
-            if pending.insert(canonical.to_string(), stored.clone()).is_some() {
+            if pending
+                .insert(canonical.to_string(), stored.clone())
+                .is_some()
+            {
                 // Both `x` and `bert.x` are present: ambiguous.
                 return Err(NnError::UnexpectedTensor {
                     path: origin.to_path_buf(),
@@ -419,7 +484,11 @@ impl<'a, 'data> Reader<'a, 'data> {
                 });
             }
         }
-        Ok(Self { st, origin, pending })
+        Ok(Self {
+            st,
+            origin,
+            pending,
+        })
     }
 
     fn take_all(&mut self, specs: &[(String, Vec<usize>)]) -> Result<Vec<HostTensor>> {
@@ -427,14 +496,20 @@ impl<'a, 'data> Reader<'a, 'data> {
     }
 
     fn take(&mut self, name: &str, expected: &[usize]) -> Result<HostTensor> {
-        let stored = self.pending.remove(name).ok_or_else(|| NnError::MissingTensor {
-            path: self.origin.to_path_buf(),
-            name: name.to_string(),
-        })?;
-        let view = self.st.tensor(&stored).map_err(|source| NnError::Safetensors {
-            path: self.origin.to_path_buf(),
-            source,
-        })?;
+        let stored = self
+            .pending
+            .remove(name)
+            .ok_or_else(|| NnError::MissingTensor {
+                path: self.origin.to_path_buf(),
+                name: name.to_string(),
+            })?;
+        let view = self
+            .st
+            .tensor(&stored)
+            .map_err(|source| NnError::Safetensors {
+                path: self.origin.to_path_buf(),
+                source,
+            })?;
         let actual = view.shape().to_vec();
         if actual != expected {
             return Err(NnError::ShapeMismatch {

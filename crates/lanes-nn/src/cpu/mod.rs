@@ -25,7 +25,10 @@ mod tests;
 pub const MASK_NEG: f32 = f32::MIN;
 
 fn check_len(what: &str, len: usize, expected: usize) {
-    assert_eq!(len, expected, "{what}: slice length {len}, expected {expected}");
+    assert_eq!(
+        len, expected,
+        "{what}: slice length {len}, expected {expected}"
+    );
 }
 
 /// Asserts that every element `(i, j)` with `i < rows`, `j < cols` of a
@@ -35,7 +38,10 @@ fn check_strided(what: &str, len: usize, rows: usize, cols: usize, rs: usize, cs
         return;
     }
     let last = (rows - 1) * rs + (cols - 1) * cs;
-    assert!(last < len, "{what}: strided view reaches index {last}, slice length {len}");
+    assert!(
+        last < len,
+        "{what}: strided view reaches index {last}, slice length {len}"
+    );
 }
 
 /// A read-only strided matrix view for [`matmul`].
@@ -111,9 +117,17 @@ pub fn linear(x: &[f32], rows: usize, in_dim: usize, w: &[f32], b: &[f32], out: 
     for row in out.chunks_exact_mut(out_dim.max(1)) {
         row.copy_from_slice(&b[..row.len()]);
     }
-    let lhs = View { data: x, rs: in_dim, cs: 1 };
+    let lhs = View {
+        data: x,
+        rs: in_dim,
+        cs: 1,
+    };
     // wᵀ[kk, j] = w[j, kk]
-    let rhs = View { data: w, rs: 1, cs: in_dim };
+    let rhs = View {
+        data: w,
+        rs: 1,
+        cs: in_dim,
+    };
     matmul((rows, out_dim, in_dim), out, out_dim, lhs, rhs, true, 1.0);
 }
 
@@ -140,7 +154,15 @@ pub fn gelu_inplace(x: &mut [f32]) {
 
 /// LayerNorm over the last dimension: `out = (x − mean) / √(var + eps) · g + b`,
 /// with the biased variance, statistics accumulated in f64.
-pub fn layer_norm(x: &[f32], rows: usize, dim: usize, g: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+pub fn layer_norm(
+    x: &[f32],
+    rows: usize,
+    dim: usize,
+    g: &[f32],
+    b: &[f32],
+    eps: f32,
+    out: &mut [f32],
+) {
     check_len("layer_norm x", x.len(), rows * dim);
     check_len("layer_norm out", out.len(), rows * dim);
     out.copy_from_slice(x);
@@ -158,7 +180,11 @@ pub fn layer_norm_inplace(x: &mut [f32], rows: usize, dim: usize, g: &[f32], b: 
     for row in x.chunks_exact_mut(dim) {
         let n = dim as f64;
         let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-        let var = row.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
+        let var = row
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / n;
         let rstd = 1.0 / (var + f64::from(eps)).sqrt();
         for ((v, &gi), &bi) in row.iter_mut().zip(g).zip(b) {
             *v = ((f64::from(*v) - mean) * rstd) as f32 * gi + bi;
@@ -217,16 +243,40 @@ pub fn attention(
         for h in 0..heads {
             let base = b * seq * hidden + h * head_dim;
             // scores[i, j] = scale · q[i, :] · k[j, :]
-            let qv = View { data: &q[base..], rs: hidden, cs: 1 };
-            let kt = View { data: &k[base..], rs: 1, cs: hidden };
+            let qv = View {
+                data: &q[base..],
+                rs: hidden,
+                cs: 1,
+            };
+            let kt = View {
+                data: &k[base..],
+                rs: 1,
+                cs: hidden,
+            };
             matmul((seq, seq, head_dim), &mut scores, seq, qv, kt, false, scale);
             for row in scores.chunks_exact_mut(seq.max(1)) {
                 masked_softmax_inplace(row, key_mask);
             }
             // out[i, :] = Σ_j p[i, j] · v[j, :]
-            let p = View { data: &scores, rs: seq, cs: 1 };
-            let vv = View { data: &v[base..], rs: hidden, cs: 1 };
-            matmul((seq, head_dim, seq), &mut out[base..], hidden, p, vv, false, 1.0);
+            let p = View {
+                data: &scores,
+                rs: seq,
+                cs: 1,
+            };
+            let vv = View {
+                data: &v[base..],
+                rs: hidden,
+                cs: 1,
+            };
+            matmul(
+                (seq, head_dim, seq),
+                &mut out[base..],
+                hidden,
+                p,
+                vv,
+                false,
+                1.0,
+            );
         }
     }
 }
@@ -247,7 +297,12 @@ pub fn embed(
     check_len("embed out", out.len(), batch * seq * dim);
     for (t, dst) in out.chunks_exact_mut(dim.max(1)).enumerate() {
         let word = table_row(&weights.word, ids[t] as usize, dim, "token id")?;
-        let kind = table_row(&weights.token_type, type_ids[t] as usize, dim, "token type id")?;
+        let kind = table_row(
+            &weights.token_type,
+            type_ids[t] as usize,
+            dim,
+            "token type id",
+        )?;
         let pos = table_row(&weights.position, t % seq, dim, "position")?;
         for (i, o) in dst.iter_mut().enumerate() {
             *o = (word[i] + kind[i]) + pos[i];
@@ -270,7 +325,14 @@ fn table_row<'t>(table: &'t HostTensor, id: usize, dim: usize, what: &str) -> Re
 
 /// Masked mean over the sequence: `out[b] = Σ_s mask·hidden[b, s] / max(Σ_s mask, 1e-9)`
 /// (sentence-transformers' mean pooling). `out` is `[batch, dim]`.
-pub fn mean_pool(hidden: &[f32], mask: &[f32], batch: usize, seq: usize, dim: usize, out: &mut [f32]) {
+pub fn mean_pool(
+    hidden: &[f32],
+    mask: &[f32],
+    batch: usize,
+    seq: usize,
+    dim: usize,
+    out: &mut [f32],
+) {
     check_len("mean_pool hidden", hidden.len(), batch * seq * dim);
     check_len("mean_pool mask", mask.len(), batch * seq);
     check_len("mean_pool out", out.len(), batch * dim);
@@ -285,7 +347,9 @@ pub fn mean_pool(hidden: &[f32], mask: &[f32], batch: usize, seq: usize, dim: us
             }
             count += m;
             let row = &hidden[(b * seq + s) * dim..(b * seq + s + 1) * dim];
-            acc.iter_mut().zip(row).for_each(|(a, &x)| *a += m * f64::from(x));
+            acc.iter_mut()
+                .zip(row)
+                .for_each(|(a, &x)| *a += m * f64::from(x));
         }
         let denom = count.max(1e-9);
         for (o, a) in out[b * dim..(b + 1) * dim].iter_mut().zip(&acc) {
@@ -299,8 +363,13 @@ pub fn mean_pool(hidden: &[f32], mask: &[f32], batch: usize, seq: usize, dim: us
 pub fn l2_normalize(x: &mut [f32], rows: usize, dim: usize) {
     check_len("l2_normalize x", x.len(), rows * dim);
     for row in x.chunks_exact_mut(dim.max(1)) {
-        let norm = row.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+        let norm = row
+            .iter()
+            .map(|&v| f64::from(v).powi(2))
+            .sum::<f64>()
+            .sqrt();
         let inv = 1.0 / norm.max(1e-12);
-        row.iter_mut().for_each(|v| *v = (f64::from(*v) * inv) as f32);
+        row.iter_mut()
+            .for_each(|v| *v = (f64::from(*v) * inv) as f32);
     }
 }

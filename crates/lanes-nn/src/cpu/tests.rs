@@ -65,14 +65,24 @@ fn naive_attention(
                     })
                     .collect();
                 let keep = |j: usize| mask[b * seq + j] != 0.0;
-                let max = (0..seq).filter(|&j| keep(j)).map(|j| scores[j]).fold(f64::MIN, f64::max);
+                let max = (0..seq)
+                    .filter(|&j| keep(j))
+                    .map(|j| scores[j])
+                    .fold(f64::MIN, f64::max);
                 let e: Vec<f64> = (0..seq)
-                    .map(|j| if keep(j) { (scores[j] - max).exp() } else { 0.0 })
+                    .map(|j| {
+                        if keep(j) {
+                            (scores[j] - max).exp()
+                        } else {
+                            0.0
+                        }
+                    })
                     .collect();
                 let sum: f64 = e.iter().sum();
                 for d in 0..hd {
-                    out[idx(b, i, h, d)] =
-                        (0..seq).map(|j| e[j] / sum * f64::from(v[idx(b, j, h, d)])).sum();
+                    out[idx(b, i, h, d)] = (0..seq)
+                        .map(|j| e[j] / sum * f64::from(v[idx(b, j, h, d)]))
+                        .sum();
                 }
             }
         }
@@ -173,10 +183,14 @@ fn comparison_detects_a_wrong_kernel() {
     assert!(max_diff(&out, &naive_linear(&x, rows, in_dim, &w, &b)) > 1e-2);
 
     let n = 2 * 5 * 2 * 4;
-    let (q, k, v) = (rand_vec(4, n, 2.0), rand_vec(5, n, 2.0), rand_vec(6, n, 1.0));
+    let (q, k, v) = (
+        rand_vec(4, n, 2.0),
+        rand_vec(5, n, 2.0),
+        rand_vec(6, n, 1.0),
+    );
     let mask = mask_for(2, 5, 9);
     let mut out = vec![0.0; n];
-    attention(&q, &k, &v, &vec![1.0; 10], 2, 5, 2, 4, &mut out);
+    attention(&q, &k, &v, &[1.0; 10], 2, 5, 2, 4, &mut out);
     assert!(max_diff(&out, &naive_attention(&q, &k, &v, &mask, 2, 5, 2, 4)) > 1e-3);
 }
 
@@ -194,7 +208,10 @@ fn gelu_matches_exact_values() {
     ];
     for (x, want) in cases {
         let got = f64::from(gelu(x));
-        assert!((got - want).abs() <= 1e-7 * want.abs().max(1e-20), "gelu({x}) = {got}, want {want}");
+        assert!(
+            (got - want).abs() <= 1e-7 * want.abs().max(1e-20),
+            "gelu({x}) = {got}, want {want}"
+        );
     }
     let mut v = vec![1.0, -1.0];
     gelu_inplace(&mut v);
@@ -260,8 +277,14 @@ fn embed_rejects_out_of_range_ids() {
     let w = tiny_embeddings();
     let mut out = vec![0.0; 3];
     let err = embed(&[5], &[0], 1, 1, &w, &mut out).expect_err("id 5 of 5 rows");
-    assert!(err.to_string().contains("word") && err.to_string().contains('5'), "{err}");
+    assert!(
+        err.to_string().contains("word") && err.to_string().contains('5'),
+        "{err}"
+    );
     assert!(embed(&[0], &[2], 1, 1, &w, &mut out).is_err());
     let mut out = vec![0.0; 5 * 3];
-    assert!(embed(&[0; 5], &[0; 5], 1, 5, &w, &mut out).is_err(), "position 4 of 4 rows");
+    assert!(
+        embed(&[0; 5], &[0; 5], 1, 5, &w, &mut out).is_err(),
+        "position 4 of 4 rows"
+    );
 }
