@@ -1,0 +1,399 @@
+//! Blocks and segments of one lane: the bookkeeping behind a lane's mutex.
+//!
+//! A segment is one backend allocation. It is cut into blocks that cover it without
+//! gaps, linked in address order (`prev`/`next`), so a freed block merges with free
+//! neighbours in O(1). Free blocks sit in one of two best-fit indexes (small and
+//! large pool) keyed by `(size, addr)`. Everything here is plain data: the caller
+//! holds the lane's mutex.
+
+use std::collections::BTreeMap;
+
+use super::stats::{BlockInfo, BlockState, LaneCounters, SegmentInfo};
+use super::PendingUse;
+use crate::backend::DevicePtr;
+
+/// Blocks are multiples of this many bytes.
+pub(crate) const ROUND: usize = 512;
+/// Requests up to this size come from the small pool.
+pub(crate) const SMALL_REQUEST: usize = 1 << 20;
+/// Segment size of the small pool.
+pub(crate) const SMALL_SEGMENT: usize = 2 << 20;
+/// Requests up to this size (and above [`SMALL_REQUEST`]) share 20 MiB segments.
+pub(crate) const MEDIUM_REQUEST: usize = 10 << 20;
+/// Segment size for medium requests.
+pub(crate) const MEDIUM_SEGMENT: usize = 20 << 20;
+/// Larger requests get their own segment, rounded up to this.
+pub(crate) const LARGE_ROUND: usize = 2 << 20;
+
+/// A "no block" link.
+const NIL: u32 = u32::MAX;
+
+/// Rounds a request to its block size, `None` on overflow.
+pub(crate) fn round_size(bytes: usize) -> Option<usize> {
+    Some(bytes.max(1).checked_add(ROUND - 1)? & !(ROUND - 1))
+}
+
+/// The size of the segment a miss of `size` (already rounded) creates.
+pub(crate) fn segment_size(size: usize) -> Option<usize> {
+    if size <= SMALL_REQUEST {
+        Some(SMALL_SEGMENT)
+    } else if size <= MEDIUM_REQUEST {
+        Some(MEDIUM_SEGMENT)
+    } else {
+        Some(size.checked_add(LARGE_ROUND - 1)? & !(LARGE_ROUND - 1))
+    }
+}
+
+/// The two best-fit indexes: small blocks never come from large segments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pool {
+    Small,
+    Large,
+}
+
+impl Pool {
+    pub(crate) fn of_request(size: usize) -> Pool {
+        if size <= SMALL_REQUEST {
+            Pool::Small
+        } else {
+            Pool::Large
+        }
+    }
+
+    /// Whether a free block with `remaining` spare bytes is worth splitting.
+    fn should_split(self, remaining: usize) -> bool {
+        match self {
+            Pool::Small => remaining >= ROUND,
+            Pool::Large => remaining > SMALL_REQUEST,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NodeState {
+    Free,
+    Live,
+    Deferred,
+    /// The slot holds no block (recycled).
+    Vacant,
+}
+
+/// One block (or a vacant slot).
+#[derive(Debug)]
+struct Node {
+    addr: u64,
+    size: usize,
+    prev: u32,
+    next: u32,
+    pool: Pool,
+    state: NodeState,
+    /// Changes each time the block is handed out (a lane-wide counter, so no two
+    /// hand-outs on a lane ever share one).
+    generation: u64,
+}
+
+/// A segment of this lane.
+#[derive(Debug)]
+struct Segment {
+    addr: u64,
+    size: usize,
+    /// The slot of the block at offset 0 (it never changes: merges keep the lower slot).
+    head: u32,
+}
+
+/// A freed block waiting for markers on other lanes.
+pub(crate) struct Parked {
+    pub(crate) slot: u32,
+    pub(crate) markers: Vec<Box<dyn PendingUse>>,
+}
+
+/// Where a block was handed out.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Grant {
+    pub(crate) slot: u32,
+    pub(crate) generation: u64,
+    pub(crate) ptr: DevicePtr,
+}
+
+/// A lane's segments, blocks, free indexes and parked blocks.
+#[derive(Default)]
+pub(crate) struct LaneCache {
+    nodes: Vec<Node>,
+    vacant: Vec<u32>,
+    small: BTreeMap<(usize, u64), u32>,
+    large: BTreeMap<(usize, u64), u32>,
+    segments: Vec<Segment>,
+    /// Parked blocks; a forced reclaim may take entries out while it waits.
+    pub(crate) parked: Vec<Parked>,
+    next_generation: u64,
+    pub(crate) counters: LaneCounters,
+}
+
+impl LaneCache {
+    fn index(&mut self, pool: Pool) -> &mut BTreeMap<(usize, u64), u32> {
+        match pool {
+            Pool::Small => &mut self.small,
+            Pool::Large => &mut self.large,
+        }
+    }
+
+    fn new_node(&mut self, node: Node) -> u32 {
+        match self.vacant.pop() {
+            Some(slot) => {
+                self.nodes[slot as usize] = node;
+                slot
+            }
+            None => {
+                self.nodes.push(node);
+                (self.nodes.len() - 1) as u32
+            }
+        }
+    }
+
+    fn vacate(&mut self, slot: u32) {
+        self.nodes[slot as usize].state = NodeState::Vacant;
+        self.vacant.push(slot);
+    }
+
+    /// Best fit: the smallest free block of `pool` holding `size`, lowest address
+    /// first; split if the rest is worth keeping. Marks it live.
+    pub(crate) fn take_best_fit(&mut self, pool: Pool, size: usize) -> Option<Grant> {
+        let (&key, &slot) = self.index(pool).range((size, 0)..).next()?;
+        self.index(pool).remove(&key);
+        Some(self.hand_out(slot, size))
+    }
+
+    /// Adds a fresh segment as one free block and hands out `size` bytes of it.
+    pub(crate) fn add_segment(&mut self, addr: u64, seg_size: usize, size: usize) -> Grant {
+        let pool = if seg_size == SMALL_SEGMENT {
+            Pool::Small
+        } else {
+            Pool::Large
+        };
+        let slot = self.new_node(Node {
+            addr,
+            size: seg_size,
+            prev: NIL,
+            next: NIL,
+            pool,
+            state: NodeState::Free,
+            generation: 0,
+        });
+        self.segments.push(Segment {
+            addr,
+            size: seg_size,
+            head: slot,
+        });
+        self.hand_out(slot, size)
+    }
+
+    /// Marks the free block at `slot` (not in an index) live, splitting off the rest.
+    fn hand_out(&mut self, slot: u32, size: usize) -> Grant {
+        let (addr, have, pool, next) = {
+            let n = &self.nodes[slot as usize];
+            debug_assert!(n.state == NodeState::Free && n.size >= size);
+            (n.addr, n.size, n.pool, n.next)
+        };
+        if pool.should_split(have - size) {
+            let rest_addr = addr + size as u64;
+            let rest = self.new_node(Node {
+                addr: rest_addr,
+                size: have - size,
+                prev: slot,
+                next,
+                pool,
+                state: NodeState::Free,
+                generation: 0,
+            });
+            if next != NIL {
+                self.nodes[next as usize].prev = rest;
+            }
+            let n = &mut self.nodes[slot as usize];
+            n.next = rest;
+            n.size = size;
+            self.index(pool).insert((have - size, rest_addr), rest);
+        }
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let n = &mut self.nodes[slot as usize];
+        n.state = NodeState::Live;
+        n.generation = generation;
+        self.counters.active_blocks += 1;
+        Grant {
+            slot,
+            generation,
+            ptr: DevicePtr(addr),
+        }
+    }
+
+    /// The size of the live block at `slot` with this generation, if it is one.
+    pub(crate) fn live_size(&self, slot: u32, generation: u64) -> Option<usize> {
+        let n = self.nodes.get(slot as usize)?;
+        (n.state == NodeState::Live && n.generation == generation).then_some(n.size)
+    }
+
+    /// The address of the live block at `slot` (checked with [`Self::live_size`]).
+    pub(crate) fn addr(&self, slot: u32) -> u64 {
+        self.nodes[slot as usize].addr
+    }
+
+    /// Parks the live block at `slot` until `markers` are done.
+    pub(crate) fn park(&mut self, slot: u32, markers: Vec<Box<dyn PendingUse>>) {
+        self.nodes[slot as usize].state = NodeState::Deferred;
+        self.counters.active_blocks -= 1;
+        self.counters.deferred_blocks += 1;
+        self.parked.push(Parked { slot, markers });
+    }
+
+    /// Returns the live block at `slot` to the free index, merging with free neighbours.
+    pub(crate) fn release_live(&mut self, slot: u32) {
+        self.counters.active_blocks -= 1;
+        self.release(slot);
+    }
+
+    /// Returns a parked block (its markers are done) to the free index.
+    pub(crate) fn release_parked(&mut self, slot: u32) {
+        debug_assert_eq!(self.nodes[slot as usize].state, NodeState::Deferred);
+        self.counters.deferred_blocks -= 1;
+        self.release(slot);
+    }
+
+    fn release(&mut self, mut slot: u32) {
+        let prev = self.nodes[slot as usize].prev;
+        if prev != NIL && self.nodes[prev as usize].state == NodeState::Free {
+            self.unindex(prev);
+            self.absorb_next(prev);
+            slot = prev;
+        } else {
+            self.nodes[slot as usize].state = NodeState::Free;
+        }
+        let next = self.nodes[slot as usize].next;
+        if next != NIL && self.nodes[next as usize].state == NodeState::Free {
+            self.unindex(next);
+            self.absorb_next(slot);
+        }
+        let n = &self.nodes[slot as usize];
+        let (key, pool) = ((n.size, n.addr), n.pool);
+        self.index(pool).insert(key, slot);
+    }
+
+    fn unindex(&mut self, slot: u32) {
+        let n = &self.nodes[slot as usize];
+        let (key, pool) = ((n.size, n.addr), n.pool);
+        let removed = self.index(pool).remove(&key);
+        debug_assert_eq!(removed, Some(slot));
+    }
+
+    /// Merges the block after `slot` into it (the caller has unindexed both as needed).
+    fn absorb_next(&mut self, slot: u32) {
+        let next = self.nodes[slot as usize].next;
+        let (size, after) = {
+            let m = &self.nodes[next as usize];
+            (m.size, m.next)
+        };
+        let n = &mut self.nodes[slot as usize];
+        n.size += size;
+        n.next = after;
+        n.state = NodeState::Free;
+        if after != NIL {
+            self.nodes[after as usize].prev = slot;
+        }
+        self.vacate(next);
+    }
+
+    /// Releases every parked block whose markers all report done; a marker that
+    /// errors counts as not done. Returns how many were released.
+    pub(crate) fn poll_parked(&mut self) -> usize {
+        let mut released = 0;
+        let mut i = 0;
+        while i < self.parked.len() {
+            let p = &mut self.parked[i];
+            p.markers.retain(|m| !matches!(m.is_done(), Ok(true)));
+            if p.markers.is_empty() {
+                let slot = self.parked.swap_remove(i).slot;
+                self.release_parked(slot);
+                released += 1;
+            } else {
+                i += 1;
+            }
+        }
+        released
+    }
+
+    /// Removes every segment that is one free block and returns `(addr, size)` of
+    /// each: the caller gives them back to the backend (or re-adds them).
+    pub(crate) fn take_free_segments(&mut self) -> Vec<(u64, usize)> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.segments.len() {
+            let seg = &self.segments[i];
+            let head = &self.nodes[seg.head as usize];
+            if head.state == NodeState::Free && head.next == NIL {
+                debug_assert_eq!(head.size, seg.size);
+                let (slot, addr, size) = (seg.head, seg.addr, seg.size);
+                self.unindex(slot);
+                self.vacate(slot);
+                self.segments.swap_remove(i);
+                out.push((addr, size));
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// Re-adds a segment taken by [`Self::take_free_segments`] that could not be released.
+    pub(crate) fn restore_segment(&mut self, addr: u64, size: usize) {
+        let pool = if size == SMALL_SEGMENT {
+            Pool::Small
+        } else {
+            Pool::Large
+        };
+        let slot = self.new_node(Node {
+            addr,
+            size,
+            prev: NIL,
+            next: NIL,
+            pool,
+            state: NodeState::Free,
+            generation: 0,
+        });
+        self.segments.push(Segment {
+            addr,
+            size,
+            head: slot,
+        });
+        self.index(pool).insert((size, addr), slot);
+    }
+
+    /// The lane's segments and blocks, in address order.
+    pub(crate) fn snapshot(&self, lane: usize, out: &mut Vec<SegmentInfo>) {
+        let mut segs: Vec<&Segment> = self.segments.iter().collect();
+        segs.sort_by_key(|s| s.addr);
+        for seg in segs {
+            let mut blocks = Vec::new();
+            let mut slot = seg.head;
+            while slot != NIL {
+                let n = &self.nodes[slot as usize];
+                let state = match n.state {
+                    NodeState::Free => BlockState::Free,
+                    NodeState::Live => BlockState::Live,
+                    NodeState::Deferred => BlockState::Deferred,
+                    NodeState::Vacant => unreachable!("a vacant slot is never linked"),
+                };
+                blocks.push(BlockInfo {
+                    offset: (n.addr - seg.addr) as usize,
+                    size: n.size,
+                    state,
+                });
+                slot = n.next;
+            }
+            out.push(SegmentInfo {
+                lane,
+                addr: seg.addr,
+                size: seg.size,
+                blocks,
+            });
+        }
+    }
+}
