@@ -72,8 +72,9 @@ impl Encoded {
         self.ids.get(row * self.seq..row * self.seq + len)
     }
 
-    /// Checks that the array lengths agree with `batch` and `seq` and that
-    /// the mask matches `lengths`; every forward pass starts with this.
+    /// Checks that the array lengths agree with `batch` and `seq` and that no
+    /// `lengths` entry exceeds `seq`; every forward pass starts with this.
+    /// (The forward pass reads `mask`, not `lengths`.)
     pub fn check(&self) -> Result<()> {
         let n = self.batch.checked_mul(self.seq).ok_or_else(|| {
             NnError::InvalidInput(format!("batch {} x seq {} overflows", self.batch, self.seq))
