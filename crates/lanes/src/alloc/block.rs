@@ -40,8 +40,14 @@ pub(crate) fn segment_size(size: usize) -> Option<usize> {
     } else if size <= MEDIUM_REQUEST {
         Some(MEDIUM_SEGMENT)
     } else {
-        Some(size.checked_add(LARGE_ROUND - 1)? & !(LARGE_ROUND - 1))
+        tight_segment_size(size)
     }
+}
+
+/// The smallest segment for `size`: when a shared 20 MiB segment is refused, a
+/// medium request falls back to this before counting as out of memory.
+pub(crate) fn tight_segment_size(size: usize) -> Option<usize> {
+    Some(size.checked_add(LARGE_ROUND - 1)? & !(LARGE_ROUND - 1))
 }
 
 /// The two best-fit indexes: small blocks never come from large segments.
@@ -93,10 +99,11 @@ struct Node {
 }
 
 /// A segment of this lane.
-#[derive(Debug)]
-struct Segment {
-    addr: u64,
-    size: usize,
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Segment {
+    pub(crate) addr: u64,
+    pub(crate) size: usize,
+    pub(crate) pool: Pool,
     /// The slot of the block at offset 0 (it never changes: merges keep the lower slot).
     head: u32,
 }
@@ -163,16 +170,23 @@ impl LaneCache {
         Some(self.hand_out(slot, size))
     }
 
-    /// Adds a fresh segment as one free block and hands out `size` bytes of it.
-    pub(crate) fn add_segment(&mut self, addr: u64, seg_size: usize, size: usize) -> Grant {
-        let pool = if seg_size == SMALL_SEGMENT {
-            Pool::Small
-        } else {
-            Pool::Large
-        };
+    /// Adds a fresh segment of `pool` as one free block and hands out `size` bytes of it.
+    pub(crate) fn add_segment(
+        &mut self,
+        addr: u64,
+        seg_size: usize,
+        pool: Pool,
+        size: usize,
+    ) -> Grant {
+        let slot = self.insert_segment(addr, seg_size, pool);
+        self.hand_out(slot, size)
+    }
+
+    /// Adds a segment as one free block (not indexed) and returns its slot.
+    fn insert_segment(&mut self, addr: u64, size: usize, pool: Pool) -> u32 {
         let slot = self.new_node(Node {
             addr,
-            size: seg_size,
+            size,
             prev: NIL,
             next: NIL,
             pool,
@@ -181,10 +195,11 @@ impl LaneCache {
         });
         self.segments.push(Segment {
             addr,
-            size: seg_size,
+            size,
+            pool,
             head: slot,
         });
-        self.hand_out(slot, size)
+        slot
     }
 
     /// Marks the free block at `slot` (not in an index) live, splitting off the rest.
@@ -320,21 +335,19 @@ impl LaneCache {
         released
     }
 
-    /// Removes every segment that is one free block and returns `(addr, size)` of
-    /// each: the caller gives them back to the backend (or re-adds them).
-    pub(crate) fn take_free_segments(&mut self) -> Vec<(u64, usize)> {
+    /// Removes every segment that is one free block and returns them: the caller
+    /// gives them back to the backend (or re-adds them).
+    pub(crate) fn take_free_segments(&mut self) -> Vec<Segment> {
         let mut out = Vec::new();
         let mut i = 0;
         while i < self.segments.len() {
-            let seg = &self.segments[i];
+            let seg = self.segments[i];
             let head = &self.nodes[seg.head as usize];
             if head.state == NodeState::Free && head.next == NIL {
                 debug_assert_eq!(head.size, seg.size);
-                let (slot, addr, size) = (seg.head, seg.addr, seg.size);
-                self.unindex(slot);
-                self.vacate(slot);
-                self.segments.swap_remove(i);
-                out.push((addr, size));
+                self.unindex(seg.head);
+                self.vacate(seg.head);
+                out.push(self.segments.swap_remove(i));
             } else {
                 i += 1;
             }
@@ -343,27 +356,9 @@ impl LaneCache {
     }
 
     /// Re-adds a segment taken by [`Self::take_free_segments`] that could not be released.
-    pub(crate) fn restore_segment(&mut self, addr: u64, size: usize) {
-        let pool = if size == SMALL_SEGMENT {
-            Pool::Small
-        } else {
-            Pool::Large
-        };
-        let slot = self.new_node(Node {
-            addr,
-            size,
-            prev: NIL,
-            next: NIL,
-            pool,
-            state: NodeState::Free,
-            generation: 0,
-        });
-        self.segments.push(Segment {
-            addr,
-            size,
-            head: slot,
-        });
-        self.index(pool).insert((size, addr), slot);
+    pub(crate) fn restore_segment(&mut self, seg: Segment) {
+        let slot = self.insert_segment(seg.addr, seg.size, seg.pool);
+        self.index(seg.pool).insert((seg.size, seg.addr), slot);
     }
 
     /// The lane's segments and blocks, in address order.

@@ -53,7 +53,7 @@ mod stats;
 #[cfg(all(test, any(lanes_loom, lanes_shuttle)))]
 mod models;
 
-use self::block::{round_size, segment_size, Grant, LaneCache, Pool};
+use self::block::{round_size, segment_size, tight_segment_size, Grant, LaneCache, Pool};
 use crate::backend::{Backend, DevicePtr};
 use crate::sync::{lock, Arc, Mutex, Ordering};
 use crate::{Error, Result};
@@ -324,27 +324,53 @@ impl Allocator {
         got
     }
 
-    /// A new segment for `lane`, with `size` bytes of it handed out. Fails with
+    /// A new segment for `lane`, with `size` bytes of it handed out. A medium request
+    /// whose 20 MiB segment is refused tries a segment of its own size. Fails with
     /// `BackendOutOfMemory` when the limit or the backend refuses.
     fn grow(&self, lane: usize, size: usize) -> Result<Grant> {
-        let refused = |bytes| Error::BackendOutOfMemory {
-            device: self.device.clone(),
-            bytes,
+        let refused = Error::BackendOutOfMemory {
+            device: String::new(),
+            bytes: size,
         };
-        let seg = segment_size(size).ok_or_else(|| refused(size))?;
+        let seg = segment_size(size).ok_or(refused)?;
+        let pool = Pool::of_request(size);
+        let (ptr, seg) = match self.new_segment(seg) {
+            Ok(p) => (p, seg),
+            Err(Error::BackendOutOfMemory { .. }) if pool == Pool::Large => {
+                match tight_segment_size(size).filter(|t| *t < seg) {
+                    Some(tight) => (self.new_segment(tight)?, tight),
+                    None => {
+                        return Err(Error::BackendOutOfMemory {
+                            device: String::new(),
+                            bytes: seg,
+                        })
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(self.cache(lane).add_segment(ptr.0, seg, pool, size))
+    }
+
+    /// Reserves `seg` bytes under the limit and takes them from the backend.
+    fn new_segment(&self, seg: usize) -> Result<DevicePtr> {
         if !self.counters.try_reserve(seg) {
-            return Err(refused(seg));
+            return Err(Error::BackendOutOfMemory {
+                device: String::new(),
+                bytes: seg,
+            });
         }
-        let ptr = match self.backend.alloc(seg) {
-            Ok(p) => p,
+        match self.backend.alloc(seg) {
+            Ok(p) => {
+                self.counters.segments.fetch_add(1, Ordering::Relaxed);
+                self.counters.backend_allocs.fetch_add(1, Ordering::Relaxed);
+                Ok(p)
+            }
             Err(e) => {
                 self.counters.unreserve(seg);
-                return Err(e);
+                Err(e)
             }
-        };
-        self.counters.segments.fetch_add(1, Ordering::Relaxed);
-        self.counters.backend_allocs.fetch_add(1, Ordering::Relaxed);
-        Ok(self.cache(lane).add_segment(ptr.0, seg, size))
+        }
     }
 
     fn oom(&self, requested: usize) -> Error {
@@ -442,12 +468,12 @@ impl Allocator {
             }
             if (self.fence)(lane).is_err() {
                 let mut cache = self.cache(lane);
-                for (addr, size) in segs {
-                    cache.restore_segment(addr, size);
+                for seg in segs {
+                    cache.restore_segment(seg);
                 }
                 continue;
             }
-            for (addr, size) in segs {
+            for block::Segment { addr, size, .. } in segs {
                 // SAFETY: the segment came from `backend.alloc(size)`, it was removed
                 // from the lane's cache (no block of it is live or parked, and none can
                 // be handed out again), and the fence saw all work on its lane finish;
