@@ -120,6 +120,9 @@ pub(crate) struct Grant {
     pub(crate) slot: u32,
     pub(crate) generation: u64,
     pub(crate) ptr: DevicePtr,
+    /// The block's size: the rounded request, or more when the rest of the free
+    /// block was too small to split off.
+    pub(crate) size: usize,
 }
 
 /// A lane's segments, blocks, free indexes and parked blocks.
@@ -233,11 +236,13 @@ impl LaneCache {
         let n = &mut self.nodes[slot as usize];
         n.state = NodeState::Live;
         n.generation = generation;
+        let size = n.size;
         self.counters.active_blocks += 1;
         Grant {
             slot,
             generation,
             ptr: DevicePtr(addr),
+            size,
         }
     }
 

@@ -91,7 +91,8 @@ impl Buffer {
         self.len() == 0
     }
 
-    /// The bytes the block occupies (the request rounded up to 512).
+    /// The bytes the block occupies (the request rounded up to 512, or a little more
+    /// when the rest of the free block it came from was too small to split off).
     pub fn capacity(&self) -> usize {
         self.block().size()
     }

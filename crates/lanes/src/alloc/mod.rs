@@ -116,7 +116,8 @@ impl Block {
     pub fn ptr(&self) -> DevicePtr {
         self.ptr
     }
-    /// The rounded size in bytes (what the block occupies).
+    /// The bytes the block occupies: the request rounded up to 512, or a little more
+    /// when the rest of the free block it came from was too small to split off.
     pub fn size(&self) -> usize {
         self.size
     }
@@ -274,27 +275,27 @@ impl Allocator {
         }
         let pool = Pool::of_request(size);
         if let Some(g) = self.from_cache(lane, pool, size, true) {
-            return Ok(self.block(lane, g, size, bytes));
+            return Ok(self.block(lane, g, bytes));
         }
         match self.grow(lane, size) {
-            Ok(g) => return Ok(self.block(lane, g, size, bytes)),
+            Ok(g) => return Ok(self.block(lane, g, bytes)),
             Err(Error::BackendOutOfMemory { .. }) => {}
             Err(e) => return Err(e),
         }
         // Out of memory: reclaim everything reclaimable on every lane, retry once.
         self.reclaim(true);
         if let Some(g) = self.from_cache(lane, pool, size, false) {
-            return Ok(self.block(lane, g, size, bytes));
+            return Ok(self.block(lane, g, bytes));
         }
         match self.grow(lane, size) {
-            Ok(g) => Ok(self.block(lane, g, size, bytes)),
+            Ok(g) => Ok(self.block(lane, g, bytes)),
             Err(Error::BackendOutOfMemory { .. }) => Err(self.oom(size)),
             Err(e) => Err(e),
         }
     }
 
-    fn block(&self, lane: usize, g: Grant, size: usize, requested: usize) -> Block {
-        self.counters.add_allocated(size);
+    fn block(&self, lane: usize, g: Grant, requested: usize) -> Block {
+        self.counters.add_allocated(g.size);
         let id = BlockId {
             allocator: self.id(),
             lane: lane as u32,
@@ -304,7 +305,7 @@ impl Allocator {
         Block {
             id,
             ptr: g.ptr,
-            size,
+            size: g.size,
             requested,
         }
     }
