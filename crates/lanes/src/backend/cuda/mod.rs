@@ -258,14 +258,22 @@ impl CudaBackend {
                 ordinal,
                 name,
                 ctx,
-                event_flags: AtomicU32::new(mode.event_flags()),
-                sync_mode: AtomicU8::new(mode.to_u8()),
+                // The driver's default for one context on a many-core host (AUTO)
+                // spins, until `set_sync_mode` below succeeds.
+                event_flags: AtomicU32::new(SyncMode::Spin.event_flags()),
+                sync_mode: AtomicU8::new(SyncMode::Spin.to_u8()),
             }),
             arch: format!("sm_{major}{minor}"),
             kernels: kernels::KernelCache::default(),
             free_errors: AtomicUsize::new(0),
         };
-        backend.set_sync_mode(mode)?;
+        if let Err(e) = backend.set_sync_mode(mode) {
+            // Not fatal: host waits then spin instead of sleeping.
+            eprintln!(
+                "lanes: {}: could not set sync mode {mode}, keeping the driver's default: {e}",
+                backend.shared.name
+            );
+        }
         Ok(backend)
     }
 
@@ -304,11 +312,17 @@ impl CudaBackend {
         let name = &self.shared.name;
         guarded(name, "cuCtxSetFlags", || {
             bind(&self.shared.ctx).map_err(driver_err(name, "cuCtxSetCurrent"))?;
+            let flags = mode.ctx_flags() as u32;
             // SAFETY: the context is current on this thread; the flag value is one of
             // the CU_CTX_SCHED_* constants.
-            unsafe { sys::cuCtxSetFlags(mode.ctx_flags() as u32) }
-                .result()
-                .map_err(driver_err(name, "cuCtxSetFlags"))?;
+            let set = unsafe { sys::cuCtxSetFlags(flags) }.result();
+            if set.is_err() {
+                // Older drivers: the primary context's flags, settable while active.
+                // SAFETY: a valid device handle and CU_CTX_SCHED_* flags.
+                unsafe { sys::cuDevicePrimaryCtxSetFlags_v2(self.shared.ctx.cu_device(), flags) }
+                    .result()
+                    .map_err(driver_err(name, "cuCtxSetFlags"))?;
+            }
             self.shared
                 .event_flags
                 .store(mode.event_flags(), Ordering::Relaxed);
