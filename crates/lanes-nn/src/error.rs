@@ -132,6 +132,14 @@ pub enum NnError {
     /// An input to a forward pass is inconsistent (lengths, ids out of range, ...).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+
+    /// The runtime failed (lane, allocator, device, CUDA).
+    #[error(transparent)]
+    Runtime(#[from] lanes::Error),
+
+    /// The operation is not available on this device or in this build.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
 }
 
 /// `Result` with [`NnError`].

@@ -28,13 +28,16 @@
 
 pub mod config;
 pub mod cpu;
+pub mod encoder;
 pub mod error;
+pub mod exec;
 pub mod model;
 pub mod reference;
 pub mod tokenizer;
 pub mod weights;
 
 pub use config::BertConfig;
+pub use encoder::{Embedding, Encoder};
 pub use error::{NnError, Result};
 pub use model::{Model, ModelFiles, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
 pub use tokenizer::{Encoded, Tokenizer, DEFAULT_MAX_LEN};
