@@ -689,6 +689,44 @@ fn device_end_to_end() {
     assert_eq!(report.callbacks_pending, 0);
 }
 
+#[test]
+fn callback_may_drop_the_last_device_handle() {
+    use lanes::{Device, DeviceConfig};
+    let dev = match Device::cuda(
+        0,
+        DeviceConfig {
+            lanes: 2,
+            ..Default::default()
+        },
+    ) {
+        Ok(d) => d,
+        Err(e) => {
+            say(&format!(
+                "SKIPPED (no CUDA): callback_may_drop_the_last_device_handle: {e}"
+            ));
+            return;
+        }
+    };
+    let lease = dev.lease().unwrap();
+    let buf = lease.alloc(1 << 20).unwrap();
+    lease.upload(&buf, &vec![3u8; 1 << 20]).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let keep = dev.clone();
+    // The callback owns the last buffer and the last device handle: dropping them
+    // frees memory, streams and the context from the callback's thread.
+    lease
+        .on_complete(move || {
+            drop(buf);
+            drop(keep);
+            tx.send(()).unwrap();
+        })
+        .unwrap();
+    drop(lease);
+    drop(dev);
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("the callback that dropped the device never finished");
+}
+
 /// Process CPU time (user + system) from /proc/self/stat, in seconds.
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -739,22 +777,44 @@ fn sync_mode_report() {
         unsafe { b.free(x, 8192) };
         drop(l);
 
-        // Many threads, one lane each: 10 launches + synchronize per iteration.
+        // Many threads, one lane each. Per iteration: `launches` empty kernels, then
+        // (if `spin_us` > 0) one kernel busy for `spin_us` on the GPU, then the lane's
+        // synchronize. The last shape is forward-pass-like: launch-bound host work
+        // plus a wait, from more threads than cores.
+        let spin = b.function("lanes_test", SRC, "spin_fill").unwrap();
         let mut lines = Vec::new();
-        for threads in [8usize, 32] {
-            let per = 200;
+        for (threads, launches, spin_us, per) in [
+            (8usize, 10usize, 0i64, 400usize),
+            (32, 10, 0, 400),
+            (32, 60, 300, 60),
+        ] {
+            let cycles = cycles_for(&b, 1) * spin_us / 1000;
             let barrier = Arc::new(Barrier::new(threads + 1));
             let handles: Vec<_> = (0..threads)
                 .map(|i| {
-                    let (b, barrier, f) = (b.clone(), barrier.clone(), empty.clone());
+                    let (b, barrier) = (b.clone(), barrier.clone());
+                    let (f, spin) = (empty.clone(), spin.clone());
                     std::thread::spawn(move || {
                         let l = b.create_lane(1 + i).unwrap();
                         let cl = cuda(&*l);
+                        let (x, n, v) = (0u64, 0u32, 0f32);
                         barrier.wait();
                         for _ in 0..per {
-                            for _ in 0..10 {
+                            for _ in 0..launches {
                                 // SAFETY: `empty` takes no parameters.
                                 unsafe { cl.launch(&f, (1, 1, 1), (32, 1, 1), 0, &mut []) }
+                                    .unwrap();
+                            }
+                            if cycles > 0 {
+                                let mut args = [
+                                    kernel_arg(&x),
+                                    kernel_arg(&n),
+                                    kernel_arg(&v),
+                                    kernel_arg(&cycles),
+                                ];
+                                // SAFETY: matches `spin_fill`'s parameters; n = 0 so
+                                // the null pointer is never written.
+                                unsafe { cl.launch(&spin, (1, 1, 1), (32, 1, 1), 0, &mut args) }
                                     .unwrap();
                             }
                             l.synchronize().unwrap();
@@ -771,11 +831,10 @@ fn sync_mode_report() {
                 h.join().unwrap();
             }
             lines.push(format!(
-                "{threads} threads: {:.0} iters/s ({:.0} launches/s), CPU {:.2} s over {:.2} s wall",
+                "{threads} thr x ({launches} launches + {spin_us} us kernel + sync): {:.0} iters/s, \
+                 CPU {:.1} cores",
                 (threads * per) as f64 / wall,
-                (threads * per * 10) as f64 / wall,
-                cpu,
-                wall
+                cpu / wall
             ));
         }
         say(&format!(
@@ -783,5 +842,5 @@ fn sync_mode_report() {
             lines.join("; ")
         ));
     }
-    b.set_sync_mode(SyncMode::Blocking).unwrap();
+    b.set_sync_mode(SyncMode::Yield).unwrap();
 }

@@ -47,27 +47,35 @@ pub use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 /// How a host thread waits for the GPU (stream, event and context synchronization).
 ///
 /// Set on the device's primary context (`cuCtxSetFlags`) and, for `Blocking`, on
-/// every event lanes creates (`CU_EVENT_BLOCKING_SYNC`).
+/// every event lanes creates (`CU_EVENT_BLOCKING_SYNC`). Override the default with
+/// `LANES_CUDA_SYNC=spin|yield|blocking`.
+///
+/// Measured on the H100 test machine (16 cores; `sync_mode_report` in
+/// `tests/cuda_backend.rs`): launch + stream synchronize round trip 10.8 µs (spin),
+/// 10.1 µs (yield), 26.6 µs (blocking); a 512 B upload + 1.5 KiB download 23.6 /
+/// 13.4 / 30.8 µs; 32 threads × (10 launches + synchronize) 65.9k / 66.0k / 61.0k
+/// iterations/s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SyncMode {
-    /// Busy-wait (`CU_CTX_SCHED_SPIN`): lowest wake-up latency, one core burnt per
-    /// waiting thread.
+    /// Busy-wait (`CU_CTX_SCHED_SPIN`): one core burnt per waiting thread, even when
+    /// other threads need it to enqueue work.
     Spin,
-    /// Busy-wait but yield the core between polls (`CU_CTX_SCHED_YIELD`).
+    /// Poll, yielding the core between polls (`CU_CTX_SCHED_YIELD`). The default:
+    /// the wake-up latency of spinning, while threads that have kernels to launch
+    /// (a small model is launch-bound) get the core when they need it.
     Yield,
-    /// Sleep on an OS primitive (`CU_CTX_SCHED_BLOCKING_SYNC`): no CPU burnt while
-    /// waiting, a few microseconds more wake-up latency. The default: with many
-    /// serving threads (more than cores) spinning waiters starve the threads that
-    /// enqueue kernels, and a small model is launch-bound.
+    /// Sleep on an OS primitive (`CU_CTX_SCHED_BLOCKING_SYNC`): no CPU used while
+    /// waiting, but about 16 µs more per synchronization — too much for a forward
+    /// pass of about a millisecond.
     Blocking,
 }
 
 impl SyncMode {
     /// The mode named by `LANES_CUDA_SYNC` (`spin`, `yield`, `blocking`), else
-    /// [`SyncMode::Blocking`]. An unknown value is an error.
+    /// [`SyncMode::Yield`]. An unknown value is an error.
     pub fn from_env() -> Result<SyncMode> {
         match std::env::var("LANES_CUDA_SYNC") {
-            Err(_) => Ok(SyncMode::Blocking),
+            Err(_) => Ok(SyncMode::Yield),
             Ok(v) => SyncMode::parse(&v),
         }
     }
@@ -160,7 +168,7 @@ pub struct CudaBackend {
 
 impl CudaBackend {
     /// Opens CUDA device `ordinal` with the [`SyncMode`] named by `LANES_CUDA_SYNC`
-    /// (default [`SyncMode::Blocking`]).
+    /// (default [`SyncMode::Yield`]).
     ///
     /// Fails — never panics — with [`Error::NoCudaDriver`] where `libcuda.so` cannot
     /// be loaded, and with [`Error::Cuda`] naming the ordinal and the device count where
