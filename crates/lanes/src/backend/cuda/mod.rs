@@ -51,10 +51,13 @@ pub use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 /// `LANES_CUDA_SYNC=spin|yield|blocking`.
 ///
 /// Measured on the H100 test machine (16 cores; `sync_mode_report` in
-/// `tests/cuda_backend.rs`): launch + stream synchronize round trip 10.8 µs (spin),
-/// 10.1 µs (yield), 26.6 µs (blocking); a 512 B upload + 1.5 KiB download 23.6 /
-/// 13.4 / 30.8 µs; 32 threads × (10 launches + synchronize) 65.9k / 66.0k / 61.0k
-/// iterations/s.
+/// `tests/cuda_backend.rs`, two runs, spin / yield / blocking):
+/// - launch + lane synchronize round trip: 9.9–10.8 / 10.1–10.9 / 26.6–28.5 µs;
+/// - 512 B upload + 1.5 KiB download: 14.1–23.6 / 13.4–16.1 / 30.8–35.1 µs;
+/// - 32 threads, each (60 launches + a 300 µs kernel + synchronize), the
+///   forward-pass-like shape: 9.7k / 10.2k / 6.6k iterations/s (one run);
+/// - 32 threads × (10 launches + synchronize): 57–66k / 46–66k / 56–61k
+///   iterations/s (noisy between runs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SyncMode {
     /// Busy-wait (`CU_CTX_SCHED_SPIN`): one core burnt per waiting thread, even when
@@ -65,8 +68,8 @@ pub enum SyncMode {
     /// (a small model is launch-bound) get the core when they need it.
     Yield,
     /// Sleep on an OS primitive (`CU_CTX_SCHED_BLOCKING_SYNC`): no CPU used while
-    /// waiting, but about 16 µs more per synchronization — too much for a forward
-    /// pass of about a millisecond.
+    /// waiting, but about 17 µs more per synchronization, and a third fewer
+    /// forward-like iterations from 32 threads.
     Blocking,
 }
 
