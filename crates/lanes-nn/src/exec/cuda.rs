@@ -1,0 +1,387 @@
+//! [`Exec`] on CUDA: NVRTC kernels (`kernels.cu`, compiled once per device) and cuBLAS, all enqueued
+//! on the lane's stream. Nothing here waits on the host.
+//!
+//! | op | launches |
+//! | --- | --- |
+//! | `embed_ln` | 1 (gather + LayerNorm, a warp per row) |
+//! | `linear` | 2 (cuBLAS SGEMM, bias + optional GELU) |
+//! | `attention` | 1 (scores, masked softmax and `P·V` per query tile, straight from `qkv`) |
+//! | `add_layer_norm` | 1 (a warp per row) |
+//! | `pool_normalize` | 1 (a block per sequence) |
+//!
+//! A MiniLM forward is `1 + 6 × 11 + 1 = 68` launches. Numerics follow
+//! [`crate::cpu`]: fp32 data, cuBLAS in its default (no TF32) math mode, LayerNorm
+//! statistics, softmax and pooling sums in f64, the exact GELU through `erfc` in f64;
+//! the module is compiled without fast math.
+
+use std::ffi::c_void;
+
+use lanes::backend::cuda::{kernel_arg, CudaBackend, CudaFunction, CudaLane, Op};
+use lanes::{DeviceKind, DevicePtr, Lease};
+
+use super::{Dims, EmbedTables, Exec};
+use crate::{NnError, Result};
+
+/// The NVRTC module name and its source.
+const MODULE: &str = "lanes_nn_bert";
+const SOURCE: &str = include_str!("kernels.cu");
+
+/// Threads per block of the row kernels (`LN_WARPS` warps, one row each).
+const LN_WARPS: u32 = 4;
+/// Threads per block of the attention kernel (`ATT_WARPS` warps).
+const ATT_WARPS: usize = 4;
+/// Keys per shared-memory tile of the attention kernel (`ATT_KT`).
+const ATT_KT: usize = 64;
+/// Dynamic shared memory a block may use without opting in.
+const SMEM_LIMIT: usize = 48 << 10;
+/// Threads per block of the elementwise epilogue.
+const EPI_THREADS: u32 = 256;
+
+/// LayerNorm variants: values per lane (`dim <= 32 * V`) and kernel suffix.
+const LN_VARIANTS: [usize; 3] = [4, 12, 32];
+
+/// The CUDA executor of one device: the compiled kernels (shared by all lanes).
+pub struct CudaExec {
+    ordinal: usize,
+    /// `add_ln_{V}` and `embed_ln_{V}` per [`LN_VARIANTS`] entry.
+    add_ln: [CudaFunction; 3],
+    embed_ln: [CudaFunction; 3],
+    bias_act: CudaFunction,
+    bias_act4: CudaFunction,
+    /// `attention_q{Q}_c{C}`, indexed `[log2 C][log2 Q]` (Q, C in 1, 2, 4).
+    attention: [[CudaFunction; 3]; 3],
+    pool_normalize: CudaFunction,
+}
+
+impl CudaExec {
+    /// Compiles the kernel module for `device` (once per device; NVRTC takes a
+    /// second or two) and loads every kernel.
+    pub fn new(device: &lanes::Device) -> Result<CudaExec> {
+        let ordinal = match device.kind() {
+            DeviceKind::Cuda(n) => n,
+            other => {
+                return Err(NnError::Unsupported(format!(
+                    "the CUDA executor needs a CUDA device, not {other:?} ({})",
+                    device.name()
+                )))
+            }
+        };
+        let backend = device.backend().as_any().downcast_ref::<CudaBackend>().ok_or_else(|| {
+            NnError::Unsupported(format!("device {} is not driven by the CUDA backend", device.name()))
+        })?;
+        let f = |name: &str| -> Result<CudaFunction> { Ok(backend.function(MODULE, SOURCE, name)?) };
+        let ln = |prefix: &str| -> Result<[CudaFunction; 3]> {
+            Ok([
+                f(&format!("{prefix}_{}", LN_VARIANTS[0]))?,
+                f(&format!("{prefix}_{}", LN_VARIANTS[1]))?,
+                f(&format!("{prefix}_{}", LN_VARIANTS[2]))?,
+            ])
+        };
+        let att = |c: usize| -> Result<[CudaFunction; 3]> {
+            Ok([
+                f(&format!("attention_q1_c{c}"))?,
+                f(&format!("attention_q2_c{c}"))?,
+                f(&format!("attention_q4_c{c}"))?,
+            ])
+        };
+        Ok(CudaExec {
+            ordinal,
+            add_ln: ln("add_ln")?,
+            embed_ln: ln("embed_ln")?,
+            bias_act: f("bias_act")?,
+            bias_act4: f("bias_act4")?,
+            attention: [att(1)?, att(2)?, att(4)?],
+            pool_normalize: f("pool_normalize")?,
+        })
+    }
+
+    /// The CUDA lane of `lease`, checked to belong to this executor's device.
+    fn lane<'a>(&self, lease: &'a Lease) -> Result<&'a CudaLane> {
+        let lane = lease.raw().as_any().downcast_ref::<CudaLane>().ok_or_else(|| {
+            NnError::Unsupported("the CUDA executor needs a lane of a CUDA device".into())
+        })?;
+        let kind = lease.device().kind();
+        if kind != DeviceKind::Cuda(self.ordinal) {
+            return Err(NnError::InvalidInput(format!(
+                "a lane of {kind:?} was used with kernels loaded on cuda:{}",
+                self.ordinal
+            )));
+        }
+        Ok(lane)
+    }
+
+    /// The LayerNorm variant for rows of `dim`.
+    fn ln_variant(&self, what: &str, dim: usize) -> Result<usize> {
+        LN_VARIANTS.iter().position(|&v| dim <= 32 * v).ok_or_else(|| {
+            NnError::Unsupported(format!("{what}: rows of {dim} values (the CUDA kernels take up to 1024)"))
+        })
+    }
+}
+
+/// `v` as a kernel's `unsigned`, or an error naming `what`.
+fn u32_of(what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v)
+        .ok()
+        .filter(|&x| x <= i32::MAX as u32)
+        .ok_or_else(|| NnError::Unsupported(format!("{what} = {v} exceeds the CUDA kernels' 2^31 limit")))
+}
+
+/// Enqueues `f` on `lane`.
+///
+/// # Safety
+/// `args` matches `f`'s parameter list (number, order, types); every pointer among
+/// them is device memory of the lane's device sized as `f` reads and writes it,
+/// allocated until the kernel has run (stream order on this lane).
+unsafe fn launch(
+    lane: &CudaLane,
+    f: &CudaFunction,
+    grid: (u32, u32, u32),
+    block: u32,
+    smem: u32,
+    args: &mut [*mut c_void],
+) -> Result<()> {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { lane.launch(f, grid, (block, 1, 1), smem, args) }?;
+    Ok(())
+}
+
+impl Exec for CudaExec {
+    fn embed_ln(
+        &self,
+        lease: &Lease,
+        d: Dims,
+        ids: DevicePtr,
+        types: DevicePtr,
+        t: &EmbedTables,
+        eps: f32,
+        out: DevicePtr,
+    ) -> Result<()> {
+        let rows = d.rows();
+        if rows == 0 {
+            return Ok(());
+        }
+        let lane = self.lane(lease)?;
+        let v = self.ln_variant("embed_ln", d.hidden)?;
+        let (rows_u, seq, dim) = (u32_of("rows", rows)?, u32_of("seq", d.seq)?, u32_of("hidden", d.hidden)?);
+        u32_of("rows * hidden", rows * d.hidden)?;
+        let (ids, types, out) = (ids.0, types.0, out.0);
+        let (word, pos, ty, g, b) = (t.word.0, t.position.0, t.token_type.0, t.gamma.0, t.beta.0);
+        let mut args = [
+            kernel_arg(&ids),
+            kernel_arg(&types),
+            kernel_arg(&word),
+            kernel_arg(&pos),
+            kernel_arg(&ty),
+            kernel_arg(&g),
+            kernel_arg(&b),
+            kernel_arg(&out),
+            kernel_arg(&rows_u),
+            kernel_arg(&seq),
+            kernel_arg(&dim),
+            kernel_arg(&eps),
+        ];
+        let grid = rows_u.div_ceil(LN_WARPS);
+        // SAFETY: the arguments match `embed_ln_V(ids, types, word, position,
+        // token_type, gamma, beta, out, rows, seq, dim, eps)`; per the `Exec` contract
+        // ids/types hold `rows` u32s, out `rows * hidden` f32s, the tables their
+        // documented shapes, and the forward range-checked every id and type on the
+        // host, so each table row the kernel reads exists; dim <= 32 * V.
+        unsafe { launch(lane, &self.embed_ln[v], (grid, 1, 1), LN_WARPS * 32, 0, &mut args) }
+    }
+
+    fn linear(
+        &self,
+        lease: &Lease,
+        rows: usize,
+        k: usize,
+        n: usize,
+        x: DevicePtr,
+        w: DevicePtr,
+        b: DevicePtr,
+        gelu: bool,
+        out: DevicePtr,
+    ) -> Result<()> {
+        if rows == 0 || n == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            return Err(NnError::InvalidInput("linear: input width k = 0".into()));
+        }
+        let lane = self.lane(lease)?;
+        let total = u32_of("rows * n", rows.checked_mul(n).unwrap_or(usize::MAX))?;
+        // Row-major out[rows, n] = x[rows, k] · w[n, k]ᵀ is, column-major,
+        // C (n × rows, ldc n) = op(A) · op(B) with A = w seen as k × n (lda k),
+        // op(A) = Aᵀ (n × k), and B = x seen as k × rows (ldb k), op(B) = B.
+        // SAFETY: per the `Exec::linear` contract x holds rows*k f32s, w n*k, out
+        // rows*n, all device memory of this lane's device alive until the GEMM has
+        // run; out overlaps neither input (the forward allocates it fresh).
+        unsafe { lane.sgemm(Op::T, Op::N, n, rows, k, 1.0, w, k, x, k, 0.0, out, n) }?;
+        let gelu_i = i32::from(gelu);
+        // Buffers from the caching allocator are 512-byte aligned; float4 needs 16.
+        let vec4 = n % 4 == 0 && out.0 % 16 == 0 && b.0 % 16 == 0;
+        let (f, count, width) = if vec4 { (&self.bias_act4, total / 4, n as u32 / 4) } else { (&self.bias_act, total, n as u32) };
+        let (out_p, b_p) = (out.0, b.0);
+        let mut args = [kernel_arg(&out_p), kernel_arg(&b_p), kernel_arg(&count), kernel_arg(&width), kernel_arg(&gelu_i)];
+        // A grid-stride loop: enough blocks to fill the GPU, no more.
+        let grid = count.div_ceil(EPI_THREADS).clamp(1, 4096);
+        // SAFETY: the arguments match `bias_act[4](out, bias, total, n, gelu)`; out
+        // holds rows*n f32s and b n f32s (`count` and `width` in float4 units for the
+        // vectorized kernel, whose pointers were checked to be 16-byte aligned).
+        unsafe { launch(lane, f, (grid, 1, 1), EPI_THREADS, 0, &mut args) }
+    }
+
+    fn attention(&self, lease: &Lease, d: Dims, qkv: DevicePtr, mask: DevicePtr, out: DevicePtr) -> Result<()> {
+        if d.rows() == 0 || d.hidden == 0 {
+            return Ok(());
+        }
+        if d.heads == 0 || d.hidden % d.heads != 0 {
+            return Err(NnError::InvalidInput(format!(
+                "attention: hidden {} is not a multiple of heads {}",
+                d.hidden, d.heads
+            )));
+        }
+        let lane = self.lane(lease)?;
+        let hd = d.head_dim();
+        let c_idx = match hd.div_ceil(32) {
+            1 => 0,
+            2 => 1,
+            3 | 4 => 2,
+            _ => {
+                return Err(NnError::Unsupported(format!(
+                    "attention: head size {hd} (the CUDA kernel takes up to 128)"
+                )))
+            }
+        };
+        u32_of("rows * 3 * hidden", d.rows().checked_mul(3 * d.hidden).unwrap_or(usize::MAX))?;
+        // Queries per warp: 4 unless the score rows would not fit in shared memory.
+        let smem_for = |q: usize| 4 * (q * ATT_WARPS * (hd + d.seq) + ATT_KT * (hd + 1));
+        let Some(q_idx) = (0..3).rev().find(|&i| smem_for(1 << i) <= SMEM_LIMIT) else {
+            return Err(NnError::Unsupported(format!(
+                "attention: sequences of {} tokens need more shared memory than a block has",
+                d.seq
+            )));
+        };
+        let qb = (1usize << q_idx) * ATT_WARPS;
+        let smem = smem_for(1 << q_idx) as u32;
+        let grid = (
+            u32_of("query tiles", d.seq.div_ceil(qb))?,
+            u32_of("heads", d.heads)?,
+            u32_of("batch", d.batch)?,
+        );
+        if grid.1 > 65_535 || grid.2 > 65_535 {
+            return Err(NnError::Unsupported(format!(
+                "attention: {} heads × {} sequences exceed the launch grid",
+                d.heads, d.batch
+            )));
+        }
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (seq, heads, hd_u) = (d.seq as u32, d.heads as u32, hd as u32);
+        let (qkv, mask, out) = (qkv.0, mask.0, out.0);
+        let mut args = [
+            kernel_arg(&qkv),
+            kernel_arg(&mask),
+            kernel_arg(&out),
+            kernel_arg(&seq),
+            kernel_arg(&heads),
+            kernel_arg(&hd_u),
+            kernel_arg(&scale),
+        ];
+        let f = &self.attention[c_idx][q_idx];
+        // SAFETY: the arguments match `attention_qQ_cC(qkv, mask, out, seq, heads, D,
+        // scale)`; per the `Exec::attention` contract qkv holds rows*3*hidden f32s,
+        // mask batch*seq and out rows*hidden; the grid covers exactly batch × heads ×
+        // query tiles and the kernel guards the tail tile; head_dim <= 32 * C; the
+        // dynamic shared memory is what the kernel lays out for Q and seq (< 48 KiB).
+        unsafe { launch(lane, f, grid, (ATT_WARPS * 32) as u32, smem, &mut args) }
+    }
+
+    fn add_layer_norm(
+        &self,
+        lease: &Lease,
+        rows: usize,
+        dim: usize,
+        x: DevicePtr,
+        residual: DevicePtr,
+        gamma: DevicePtr,
+        beta: DevicePtr,
+        eps: f32,
+        out: DevicePtr,
+    ) -> Result<()> {
+        if rows == 0 || dim == 0 {
+            return Ok(());
+        }
+        let lane = self.lane(lease)?;
+        let v = self.ln_variant("add_layer_norm", dim)?;
+        let (rows_u, dim_u) = (u32_of("rows", rows)?, u32_of("dim", dim)?);
+        u32_of("rows * dim", rows.checked_mul(dim).unwrap_or(usize::MAX))?;
+        let (x, r, g, b, o) = (x.0, residual.0, gamma.0, beta.0, out.0);
+        let mut args = [
+            kernel_arg(&x),
+            kernel_arg(&r),
+            kernel_arg(&g),
+            kernel_arg(&b),
+            kernel_arg(&o),
+            kernel_arg(&rows_u),
+            kernel_arg(&dim_u),
+            kernel_arg(&eps),
+        ];
+        let grid = rows_u.div_ceil(LN_WARPS);
+        // SAFETY: the arguments match `add_ln_V(x, res, gamma, beta, out, rows, dim,
+        // eps)`; x, residual and out hold rows*dim f32s, gamma and beta dim; each warp
+        // reads its whole row into registers before writing it, so even an `out`
+        // aliasing `x` or `residual` row for row would be read before written.
+        unsafe { launch(lane, &self.add_ln[v], (grid, 1, 1), LN_WARPS * 32, 0, &mut args) }
+    }
+
+    fn pool_normalize(&self, lease: &Lease, d: Dims, hidden: DevicePtr, mask: DevicePtr, out: DevicePtr) -> Result<()> {
+        if d.batch == 0 || d.hidden == 0 {
+            return Ok(());
+        }
+        let lane = self.lane(lease)?;
+        let (batch, seq, dim) = (u32_of("batch", d.batch)?, u32_of("seq", d.seq)?, u32_of("hidden", d.hidden)?);
+        u32_of("rows * hidden", d.rows().checked_mul(d.hidden).unwrap_or(usize::MAX))?;
+        // The means of one sequence and 32 f64 partial sums live in shared memory.
+        let smem = 32 * 8 + 4 * d.hidden;
+        if smem > SMEM_LIMIT {
+            return Err(NnError::Unsupported(format!("pool_normalize: hidden size {}", d.hidden)));
+        }
+        let threads = (dim.div_ceil(32) * 32).min(1024);
+        let (h, m, o) = (hidden.0, mask.0, out.0);
+        let mut args = [kernel_arg(&h), kernel_arg(&m), kernel_arg(&o), kernel_arg(&seq), kernel_arg(&dim)];
+        // SAFETY: the arguments match `pool_normalize(hidden, mask, out, seq, dim)`;
+        // hidden holds batch*seq*dim f32s, mask batch*seq, out batch*dim; one block
+        // per sequence with the shared memory sized above.
+        unsafe { launch(lane, &self.pool_normalize, (batch, 1, 1), threads, smem as u32, &mut args) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_names_every_kernel() {
+        for prefix in ["add_ln", "embed_ln"] {
+            for v in LN_VARIANTS {
+                assert!(SOURCE.contains(&format!("LN_KERNELS({v})")), "{prefix}_{v}");
+            }
+        }
+        for q in [1, 2, 4] {
+            for c in [1, 2, 4] {
+                assert!(SOURCE.contains(&format!("ATT_KERNEL({q}, {c})")), "attention_q{q}_c{c}");
+            }
+        }
+        for name in ["bias_act(", "bias_act4(", "pool_normalize("] {
+            assert!(SOURCE.contains(&format!("void {name}")), "{name}");
+        }
+        assert!(SOURCE.contains(&format!("#define LN_WARPS {LN_WARPS}")));
+        assert!(SOURCE.contains(&format!("#define ATT_WARPS {ATT_WARPS}")));
+        assert!(SOURCE.contains(&format!("#define ATT_KT {ATT_KT}")));
+    }
+
+    #[test]
+    fn u32_limits() {
+        assert_eq!(u32_of("x", 7).unwrap(), 7);
+        assert!(u32_of("x", 1 << 31).is_err());
+    }
+}

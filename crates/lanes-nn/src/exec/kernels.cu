@@ -1,0 +1,364 @@
+// The fused ops of a BERT forward on CUDA (NVRTC source of `exec::cuda`).
+//
+// Numerics follow `crate::cpu` (the reference forward): fp32 data; LayerNorm
+// statistics, softmax sums, mean pooling and the L2 norm accumulated in f64; the
+// exact (erfc) GELU evaluated in f64; products that the CPU rounds before an add
+// are written with __fmul_rn/__fadd_rn so that NVRTC's default FMA contraction
+// cannot fuse them. Compiled without --use_fast_math.
+//
+// Layouts: activations row-major [rows, dim], rows = batch * seq; the fused
+// projection qkv is [rows, 3 * hidden] (q, k, v side by side, head h in columns
+// h * head_dim ..); the key mask is f32 [batch, seq] (1 token, 0 padding).
+
+// torch's finfo(float32).min, `cpu::MASK_NEG`.
+#define MASK_NEG (-3.40282346638528859811704183484516925e+38f)
+
+__device__ __forceinline__ double warp_sum_d(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max_f(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// 0.5 * x * erfc(-x / sqrt(2)) in f64, as `cpu::gelu`.
+__device__ __forceinline__ float gelu_exact(float x) {
+    double xd = (double)x;
+    return (float)(0.5 * xd * erfc(-xd * 0.70710678118654752440));
+}
+
+// ---------------------------------------------------------------------------
+// LayerNorm, one warp per row; the row lives in registers (V values per lane,
+// dim <= 32 * V). Statistics in f64 as `cpu::layer_norm_inplace`:
+// out = (float)((x - mean) * rstd) * gamma + beta, the last two ops rounded
+// separately.
+
+#define LN_WARPS 4
+
+template <int V>
+__device__ __forceinline__ void ln_finish(float (&v)[V], unsigned dim, const float* __restrict__ gamma,
+                                          const float* __restrict__ beta, float eps, float* __restrict__ out) {
+    const unsigned lane = threadIdx.x & 31u;
+    double s = 0.0;
+#pragma unroll
+    for (int t = 0; t < V; t++) {
+        unsigned i = lane + 32u * t;
+        if (i < dim) s += (double)v[t];
+    }
+    const double mean = warp_sum_d(s) / (double)dim;
+    double q = 0.0;
+#pragma unroll
+    for (int t = 0; t < V; t++) {
+        unsigned i = lane + 32u * t;
+        if (i < dim) {
+            double d = (double)v[t] - mean;
+            q += d * d;
+        }
+    }
+    const double var = warp_sum_d(q) / (double)dim;
+    const double rstd = 1.0 / sqrt(var + (double)eps);
+#pragma unroll
+    for (int t = 0; t < V; t++) {
+        unsigned i = lane + 32u * t;
+        if (i < dim) {
+            float y = (float)(((double)v[t] - mean) * rstd);
+            out[i] = __fadd_rn(__fmul_rn(y, gamma[i]), beta[i]);
+        }
+    }
+}
+
+// out[r] = LayerNorm(x[r] + res[r]).
+template <int V>
+__device__ __forceinline__ void add_ln_impl(const float* __restrict__ x, const float* __restrict__ res,
+                                            const float* __restrict__ gamma, const float* __restrict__ beta,
+                                            float* __restrict__ out, unsigned rows, unsigned dim, float eps) {
+    const unsigned row = blockIdx.x * LN_WARPS + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    const unsigned lane = threadIdx.x & 31u;
+    const size_t base = (size_t)row * dim;
+    float v[V];
+#pragma unroll
+    for (int t = 0; t < V; t++) {
+        unsigned i = lane + 32u * t;
+        v[t] = i < dim ? __fadd_rn(x[base + i], res[base + i]) : 0.0f;
+    }
+    ln_finish<V>(v, dim, gamma, beta, eps, out + base);
+}
+
+// out[r] = LayerNorm((word[ids[r]] + token_type[types[r]]) + position[r % seq]).
+template <int V>
+__device__ __forceinline__ void embed_ln_impl(const unsigned* __restrict__ ids, const unsigned* __restrict__ types,
+                                              const float* __restrict__ word, const float* __restrict__ position,
+                                              const float* __restrict__ token_type,
+                                              const float* __restrict__ gamma, const float* __restrict__ beta,
+                                              float* __restrict__ out, unsigned rows, unsigned seq, unsigned dim,
+                                              float eps) {
+    const unsigned row = blockIdx.x * LN_WARPS + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    const unsigned lane = threadIdx.x & 31u;
+    const float* w = word + (size_t)ids[row] * dim;
+    const float* tt = token_type + (size_t)types[row] * dim;
+    const float* p = position + (size_t)(row % seq) * dim;
+    float v[V];
+#pragma unroll
+    for (int t = 0; t < V; t++) {
+        unsigned i = lane + 32u * t;
+        v[t] = i < dim ? __fadd_rn(__fadd_rn(w[i], tt[i]), p[i]) : 0.0f;
+    }
+    ln_finish<V>(v, dim, gamma, beta, eps, out + (size_t)row * dim);
+}
+
+#define LN_KERNELS(V)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(LN_WARPS * 32) add_ln_##V(                                  \
+        const float* __restrict__ x, const float* __restrict__ res, const float* __restrict__ gamma,          \
+        const float* __restrict__ beta, float* __restrict__ out, unsigned rows, unsigned dim, float eps) {     \
+        add_ln_impl<V>(x, res, gamma, beta, out, rows, dim, eps);                                              \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(LN_WARPS * 32) embed_ln_##V(                                \
+        const unsigned* __restrict__ ids, const unsigned* __restrict__ types, const float* __restrict__ word, \
+        const float* __restrict__ position, const float* __restrict__ token_type,                             \
+        const float* __restrict__ gamma, const float* __restrict__ beta, float* __restrict__ out,             \
+        unsigned rows, unsigned seq, unsigned dim, float eps) {                                                \
+        embed_ln_impl<V>(ids, types, word, position, token_type, gamma, beta, out, rows, seq, dim, eps);       \
+    }
+
+// dim <= 128, <= 384 (MiniLM), <= 1024 (BERT-large).
+LN_KERNELS(4)
+LN_KERNELS(12)
+LN_KERNELS(32)
+
+// ---------------------------------------------------------------------------
+// Linear epilogue: out[r, j] += bias[j], then optionally the exact GELU.
+// `out` holds x · wᵀ (cuBLAS). n4 = n / 4 when vectorized (n % 4 == 0, 16-byte
+// aligned buffers), total = rows * n (or rows * n4) < 2^31.
+
+extern "C" __global__ void bias_act(float* __restrict__ out, const float* __restrict__ bias, unsigned total,
+                                    unsigned n, int gelu) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        float v = __fadd_rn(out[i], bias[i % n]);
+        out[i] = gelu ? gelu_exact(v) : v;
+    }
+}
+
+extern "C" __global__ void bias_act4(float4* __restrict__ out, const float4* __restrict__ bias, unsigned total4,
+                                     unsigned n4, int gelu) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total4; i += gridDim.x * blockDim.x) {
+        float4 v = out[i];
+        const float4 b = bias[i % n4];
+        v.x = __fadd_rn(v.x, b.x);
+        v.y = __fadd_rn(v.y, b.y);
+        v.z = __fadd_rn(v.z, b.z);
+        v.w = __fadd_rn(v.w, b.w);
+        if (gelu) {
+            v.x = gelu_exact(v.x);
+            v.y = gelu_exact(v.y);
+            v.z = gelu_exact(v.z);
+            v.w = gelu_exact(v.w);
+        }
+        out[i] = v;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Multi-head attention straight from the fused projection, one block per
+// (query tile, head, sequence): ATT_WARPS warps, each owning Q query rows of
+// the tile. Dynamic shared memory:
+//   Qs [qb][D]        the tile's queries (qb = Q * ATT_WARPS)
+//   S  [qb][seq]      score rows, then probabilities
+//   T  [ATT_KT][D+1]  a tile of keys, then of values (padded: conflict-free)
+// Scores: s = scale * (q · k) rounded, then s + (1 - mask) * MASK_NEG (as
+// `cpu::masked_softmax_inplace`); softmax subtracts the row max, f32 exp, f64
+// sum, p = e * (float)(1 / sum); context = Σ_j p_j v_j. head_dim D <= 32 * C.
+
+#define ATT_WARPS 4
+#define ATT_KT 64
+
+// Q: query rows per warp; C: head_dim <= 32 * C.
+template <int Q, int C>
+__device__ __forceinline__ void attention_impl(const float* __restrict__ qkv, const float* __restrict__ mask,
+                                               float* __restrict__ out, unsigned seq, unsigned heads, unsigned D,
+                                               float scale) {
+    extern __shared__ float smem[];
+    const unsigned qb = Q * ATT_WARPS;
+    const unsigned hidden = heads * D;
+    const unsigned b = blockIdx.z, h = blockIdx.y;
+    const unsigned q0 = blockIdx.x * qb;
+    const unsigned warp = threadIdx.x >> 5, lane = threadIdx.x & 31u;
+    const unsigned ld = D + 1;
+    float* Qs = smem;
+    float* S = Qs + qb * D;
+    float* T = S + (size_t)qb * seq;
+    const size_t row_stride = 3 * (size_t)hidden;
+    const float* qbase = qkv + (size_t)b * seq * row_stride + (size_t)h * D;
+    const float* kbase = qbase + hidden;
+    const float* vbase = qbase + 2 * (size_t)hidden;
+    const float* maskb = mask + (size_t)b * seq;
+    const unsigned my0 = warp * Q;  // this warp's first query within the tile
+
+    for (unsigned idx = threadIdx.x; idx < qb * D; idx += blockDim.x) {
+        unsigned qi = idx / D, c = idx - qi * D;
+        unsigned q = q0 + qi;
+        Qs[idx] = q < seq ? qbase[(size_t)q * row_stride + c] : 0.0f;
+    }
+
+    // Scores: lane j of the warp takes keys j, j + 32 of each tile.
+    for (unsigned k0 = 0; k0 < seq; k0 += ATT_KT) {
+        const unsigned kn = min((unsigned)ATT_KT, seq - k0);
+        __syncthreads();
+        for (unsigned idx = threadIdx.x; idx < kn * D; idx += blockDim.x) {
+            unsigned j = idx / D, c = idx - j * D;
+            T[j * ld + c] = kbase[(size_t)(k0 + j) * row_stride + c];
+        }
+        __syncthreads();
+        for (unsigned j = lane; j < kn; j += 32) {
+            float acc[Q];
+#pragma unroll
+            for (int qi = 0; qi < Q; qi++) acc[qi] = 0.0f;
+            const float* kr = T + j * ld;
+            const float* qr = Qs + my0 * D;
+            for (unsigned c = 0; c < D; c++) {
+                const float kv = kr[c];
+#pragma unroll
+                for (int qi = 0; qi < Q; qi++) acc[qi] = fmaf(qr[qi * D + c], kv, acc[qi]);
+            }
+            const float madd = __fmul_rn(1.0f - maskb[k0 + j], MASK_NEG);
+#pragma unroll
+            for (int qi = 0; qi < Q; qi++)
+                S[(size_t)(my0 + qi) * seq + k0 + j] = __fadd_rn(__fmul_rn(acc[qi], scale), madd);
+        }
+    }
+    __syncwarp();
+
+    // Softmax of this warp's rows (each warp wrote only its own rows).
+#pragma unroll
+    for (int qi = 0; qi < Q; qi++) {
+        float* row = S + (size_t)(my0 + qi) * seq;
+        float m = -__int_as_float(0x7f800000);
+        for (unsigned j = lane; j < seq; j += 32) m = fmaxf(m, row[j]);
+        m = warp_max_f(m);
+        double sum = 0.0;
+        for (unsigned j = lane; j < seq; j += 32) {
+            float e = expf(row[j] - m);
+            row[j] = e;
+            sum += (double)e;
+        }
+        const float inv = (float)(1.0 / warp_sum_d(sum));
+        for (unsigned j = lane; j < seq; j += 32) row[j] = __fmul_rn(row[j], inv);
+    }
+
+    // Context = P · V: lane takes columns lane, lane + 32, ...
+    float o[Q][C];
+#pragma unroll
+    for (int qi = 0; qi < Q; qi++)
+#pragma unroll
+        for (int t = 0; t < C; t++) o[qi][t] = 0.0f;
+    for (unsigned k0 = 0; k0 < seq; k0 += ATT_KT) {
+        const unsigned kn = min((unsigned)ATT_KT, seq - k0);
+        __syncthreads();
+        for (unsigned idx = threadIdx.x; idx < kn * D; idx += blockDim.x) {
+            unsigned j = idx / D, c = idx - j * D;
+            T[j * ld + c] = vbase[(size_t)(k0 + j) * row_stride + c];
+        }
+        __syncthreads();
+        const float* prow = S + (size_t)my0 * seq + k0;
+        for (unsigned j = 0; j < kn; j++) {
+            float vv[C];
+#pragma unroll
+            for (int t = 0; t < C; t++) {
+                unsigned c = lane + 32u * t;
+                vv[t] = c < D ? T[j * ld + c] : 0.0f;
+            }
+#pragma unroll
+            for (int qi = 0; qi < Q; qi++) {
+                const float p = prow[(size_t)qi * seq + j];
+#pragma unroll
+                for (int t = 0; t < C; t++) o[qi][t] = fmaf(p, vv[t], o[qi][t]);
+            }
+        }
+    }
+#pragma unroll
+    for (int qi = 0; qi < Q; qi++) {
+        const unsigned q = q0 + my0 + qi;
+        if (q < seq) {
+            float* dst = out + ((size_t)b * seq + q) * hidden + (size_t)h * D;
+#pragma unroll
+            for (int t = 0; t < C; t++) {
+                unsigned c = lane + 32u * t;
+                if (c < D) dst[c] = o[qi][t];
+            }
+        }
+    }
+}
+
+#define ATT_KERNEL(Q, C)                                                                                       \
+    extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) attention_q##Q##_c##C(                      \
+        const float* __restrict__ qkv, const float* __restrict__ mask, float* __restrict__ out, unsigned seq,  \
+        unsigned heads, unsigned D, float scale) {                                                             \
+        attention_impl<Q, C>(qkv, mask, out, seq, heads, D, scale);                                            \
+    }
+
+ATT_KERNEL(1, 1)
+ATT_KERNEL(2, 1)
+ATT_KERNEL(4, 1)
+ATT_KERNEL(1, 2)
+ATT_KERNEL(2, 2)
+ATT_KERNEL(4, 2)
+ATT_KERNEL(1, 4)
+ATT_KERNEL(2, 4)
+ATT_KERNEL(4, 4)
+
+// ---------------------------------------------------------------------------
+// Mean pooling over the mask, then L2 normalization; one block per sequence,
+// dynamic shared memory: dim floats (the means) + 32 doubles (partial sums).
+// As `cpu::mean_pool` + `cpu::l2_normalize`: f64 sums, count clamped to 1e-9,
+// norm clamped to 1e-12, out = (float)(mean * (1 / norm)).
+
+extern "C" __global__ void pool_normalize(const float* __restrict__ hidden, const float* __restrict__ mask,
+                                          float* __restrict__ out, unsigned seq, unsigned dim) {
+    extern __shared__ double pool_smem[];
+    double* partial = pool_smem;                 // [32]
+    float* means = (float*)(pool_smem + 32);     // [dim]
+    const unsigned b = blockIdx.x;
+    const float* mb = mask + (size_t)b * seq;
+    const float* hb = hidden + (size_t)b * seq * dim;
+    double count = 0.0;
+    for (unsigned s = 0; s < seq; s++) {
+        double m = (double)mb[s];
+        if (m != 0.0) count += m;
+    }
+    const double denom = count > 1e-9 ? count : 1e-9;
+    double sq = 0.0;
+    for (unsigned i = threadIdx.x; i < dim; i += blockDim.x) {
+        double acc = 0.0;
+        for (unsigned s = 0; s < seq; s++) {
+            double m = (double)mb[s];
+            if (m == 0.0) continue;
+            acc += m * (double)hb[(size_t)s * dim + i];
+        }
+        float mean = (float)(acc / denom);
+        means[i] = mean;
+        double md = (double)mean;
+        sq += md * md;
+    }
+    // Block sum of squares: warps, then warp 0 over the warps' partials.
+    const unsigned warp = threadIdx.x >> 5, lane = threadIdx.x & 31u;
+    const unsigned nwarps = (blockDim.x + 31) >> 5;
+    sq = warp_sum_d(sq);
+    if (lane == 0) partial[warp] = sq;
+    __syncthreads();
+    if (warp == 0) {
+        double t = lane < nwarps ? partial[lane] : 0.0;
+        t = warp_sum_d(t);
+        if (lane == 0) partial[0] = t;
+    }
+    __syncthreads();
+    const double norm = sqrt(partial[0]);
+    const double inv = 1.0 / (norm > 1e-12 ? norm : 1e-12);
+    for (unsigned i = threadIdx.x; i < dim; i += blockDim.x) {
+        out[(size_t)b * dim + i] = (float)((double)means[i] * inv);
+    }
+}

@@ -1,0 +1,444 @@
+//! The CUDA executor and the encoder on a GPU.
+//!
+//! 1. Every fused op on random inputs (odd sequence lengths, padding, several head
+//!    sizes) against the CPU kernels of `lanes_nn::cpu`.
+//! 2. The full encoder on the sentence-transformers fixture, each text alone and in
+//!    mixed batches, against the fixture and against `lanes_nn::reference::forward`
+//!    (cosine ≥ 0.99999, max |diff| ≤ 1e-5 per embedding).
+//! 3. Sixteen threads sharing one `Arc<Encoder>`, each on its own lane, against one
+//!    thread.
+//!
+//! Every test opens CUDA device 0 and, where that fails (no driver, no GPU: CI),
+//! prints `SKIPPED (no CUDA): <error>` to stderr and passes. The model folder is
+//! `$LANES_MODEL` (else `<workspace>/models/all-MiniLM-L6-v2`); the fixture file is
+//! `$LANES_FIXTURES` (else `<workspace>/../shared/fixtures/minilm_reference.jsonl`).
+//! Without them the model tests print `SKIPPED (no model)` / `SKIPPED (no fixture)`.
+#![cfg(feature = "cuda")]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lanes::{Buffer, Device, DeviceConfig, Lease};
+use lanes_nn::exec::cuda::CudaExec;
+use lanes_nn::exec::{Dims, EmbedTables, Exec};
+use lanes_nn::{cpu, reference, Encoder, Model};
+
+// ---------------------------------------------------------------------------
+// Setup
+
+fn cuda() -> Option<Device> {
+    match Device::cuda(0, DeviceConfig::default()) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("SKIPPED (no CUDA): {e}");
+            None
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn model_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("LANES_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("models/all-MiniLM-L6-v2"));
+    if ["model.safetensors", "tokenizer.json", "config.json"].iter().all(|f| dir.join(f).is_file()) {
+        Some(dir)
+    } else {
+        eprintln!("SKIPPED (no model): {} lacks model.safetensors, tokenizer.json or config.json", dir.display());
+        None
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Fixture {
+    text: String,
+    n_tokens: usize,
+    input_ids: Vec<u32>,
+    embedding: Vec<f32>,
+}
+
+fn fixtures() -> Option<Vec<Fixture>> {
+    let path = std::env::var_os("LANES_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared/fixtures/minilm_reference.jsonl"));
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        eprintln!("SKIPPED (no fixture): cannot read {}", path.display());
+        return None;
+    };
+    let lines: Vec<Fixture> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("fixture line is valid JSON"))
+        .collect();
+    assert_eq!(lines.len(), 25, "fixture {} should hold 25 texts", path.display());
+    Some(lines)
+}
+
+/// A small deterministic generator (SplitMix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [lo, hi).
+    fn f32(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f32(lo, hi)).collect()
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn up_f32(lane: &Lease, data: &[f32]) -> Buffer {
+    let buf = lane.alloc(data.len().max(1) * 4).expect("alloc");
+    // SAFETY: f32 has no padding; any f32 is plain bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data)) };
+    lane.upload(&buf, bytes).expect("upload");
+    buf
+}
+
+fn up_u32(lane: &Lease, data: &[u32]) -> Buffer {
+    let buf = lane.alloc(data.len().max(1) * 4).expect("alloc");
+    // SAFETY: u32 has no padding; any u32 is plain bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data)) };
+    lane.upload(&buf, bytes).expect("upload");
+    buf
+}
+
+fn down(lane: &Lease, buf: &Buffer, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n];
+    // SAFETY: every byte pattern is a valid f32.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, n * 4) };
+    lane.download(buf, bytes).expect("download");
+    out
+}
+
+fn max_abs(v: &[f32]) -> f32 {
+    v.iter().fold(0.0, |m, x| m.max(x.abs()))
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+    let na: f64 = a.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// Sequence lengths in 1..=seq, the first one full; the f32 key mask `[batch, seq]`.
+fn random_mask(rng: &mut Rng, batch: usize, seq: usize) -> Vec<f32> {
+    let mut mask = vec![0f32; batch * seq];
+    for b in 0..batch {
+        let len = if b == 0 { seq } else { 1 + rng.below(seq) };
+        mask[b * seq..b * seq + len].fill(1.0);
+    }
+    mask
+}
+
+// ---------------------------------------------------------------------------
+// 1. The ops against the CPU kernels
+
+/// `(batch, seq, hidden, heads)`: head sizes 32, 64, 96, 16; sequence lengths
+/// below, across and well past the 32-lane and 64-key tiles; 700 tokens forces
+/// fewer queries per block (shared memory).
+const SHAPES: [(usize, usize, usize, usize); 8] = [
+    (1, 1, 64, 2),
+    (3, 37, 64, 2),
+    (2, 130, 384, 12),
+    (2, 45, 128, 2),
+    (1, 19, 96, 1),
+    (4, 7, 64, 4),
+    (2, 300, 64, 2),
+    (1, 700, 64, 2),
+];
+
+#[test]
+fn attention_matches_cpu() {
+    let Some(dev) = cuda() else { return };
+    let ex = CudaExec::new(&dev).expect("compile the kernels");
+    let lane = dev.lease().unwrap();
+    let mut rng = Rng(1);
+    for (batch, seq, hidden, heads) in SHAPES {
+        let d = Dims { batch, seq, hidden, heads };
+        let rows = d.rows();
+        let qkv = rng.vec(rows * 3 * hidden, -2.0, 2.0);
+        let mask = random_mask(&mut rng, batch, seq);
+        let (g_qkv, g_mask) = (up_f32(&lane, &qkv), up_f32(&lane, &mask));
+        let g_out = lane.alloc(rows * hidden * 4).unwrap();
+        ex.attention(&lane, d, g_qkv.ptr(), g_mask.ptr(), g_out.ptr()).unwrap();
+        let got = down(&lane, &g_out, rows * hidden);
+
+        let (mut q, mut k, mut v) = (vec![0f32; rows * hidden], vec![0f32; rows * hidden], vec![0f32; rows * hidden]);
+        for r in 0..rows {
+            let src = &qkv[r * 3 * hidden..(r + 1) * 3 * hidden];
+            q[r * hidden..(r + 1) * hidden].copy_from_slice(&src[..hidden]);
+            k[r * hidden..(r + 1) * hidden].copy_from_slice(&src[hidden..2 * hidden]);
+            v[r * hidden..(r + 1) * hidden].copy_from_slice(&src[2 * hidden..]);
+        }
+        let mut want = vec![0f32; rows * hidden];
+        cpu::attention(&q, &k, &v, &mask, batch, seq, heads, hidden / heads, &mut want);
+        let diff = max_abs_diff(&got, &want);
+        eprintln!("attention {d:?}: max |diff| {diff:.3e}");
+        assert!(diff <= 1e-5, "attention {d:?}: max |diff| {diff:.3e}");
+    }
+}
+
+#[test]
+fn linear_matches_cpu() {
+    let Some(dev) = cuda() else { return };
+    let ex = CudaExec::new(&dev).expect("compile the kernels");
+    let lane = dev.lease().unwrap();
+    let mut rng = Rng(2);
+    // (rows, k, n, gelu): MiniLM's four projections, an odd width (scalar epilogue),
+    // a single row.
+    for (rows, k, n, gelu) in [
+        (74, 384, 1152, false),
+        (74, 384, 384, false),
+        (111, 384, 1536, true),
+        (111, 1536, 384, false),
+        (33, 50, 13, true),
+        (1, 8, 4, true),
+    ] {
+        let x = rng.vec(rows * k, -1.0, 1.0);
+        let w = rng.vec(n * k, -0.2, 0.2);
+        let b = rng.vec(n, -0.5, 0.5);
+        let (gx, gw, gb) = (up_f32(&lane, &x), up_f32(&lane, &w), up_f32(&lane, &b));
+        let gout = lane.alloc(rows * n * 4).unwrap();
+        ex.linear(&lane, rows, k, n, gx.ptr(), gw.ptr(), gb.ptr(), gelu, gout.ptr()).unwrap();
+        let got = down(&lane, &gout, rows * n);
+        let mut want = vec![0f32; rows * n];
+        cpu::linear(&x, rows, k, &w, &b, &mut want);
+        if gelu {
+            cpu::gelu_inplace(&mut want);
+        }
+        let diff = max_abs_diff(&got, &want);
+        let scale = max_abs(&want).max(1.0);
+        eprintln!("linear rows {rows} k {k} n {n} gelu {gelu}: max |diff| {diff:.3e} (max |out| {scale:.2})");
+        assert!(diff <= 2e-6 * scale * (k as f32).sqrt(), "linear {rows}x{k}x{n}: max |diff| {diff:.3e}");
+    }
+}
+
+#[test]
+fn layer_norms_and_pooling_match_cpu() {
+    let Some(dev) = cuda() else { return };
+    let ex = CudaExec::new(&dev).expect("compile the kernels");
+    let lane = dev.lease().unwrap();
+    let mut rng = Rng(3);
+    let eps = 1e-12f32;
+    for (batch, seq, hidden) in [(3, 37, 384), (2, 5, 100), (1, 1, 32), (2, 9, 768), (1, 3, 1000)] {
+        let d = Dims { batch, seq, hidden, heads: 1 };
+        let rows = d.rows();
+        let g = rng.vec(hidden, 0.5, 1.5);
+        let be = rng.vec(hidden, -0.3, 0.3);
+        let (gg, gbe) = (up_f32(&lane, &g), up_f32(&lane, &be));
+
+        // add_layer_norm
+        let x = rng.vec(rows * hidden, -3.0, 3.0);
+        let r = rng.vec(rows * hidden, -1.0, 2.0);
+        let (gx, gr) = (up_f32(&lane, &x), up_f32(&lane, &r));
+        let gout = lane.alloc(rows * hidden * 4).unwrap();
+        ex.add_layer_norm(&lane, rows, hidden, gx.ptr(), gr.ptr(), gg.ptr(), gbe.ptr(), eps, gout.ptr()).unwrap();
+        let got = down(&lane, &gout, rows * hidden);
+        let mut want: Vec<f32> = x.iter().zip(&r).map(|(a, b)| a + b).collect();
+        cpu::layer_norm_inplace(&mut want, rows, hidden, &g, &be, eps);
+        let diff = max_abs_diff(&got, &want);
+        eprintln!("add_layer_norm rows {rows} dim {hidden}: max |diff| {diff:.3e}");
+        assert!(diff <= 1e-5, "add_layer_norm rows {rows} dim {hidden}: {diff:.3e}");
+
+        // embed_ln
+        let (vocab, types_n) = (50usize, 2usize);
+        let word = rng.vec(vocab * hidden, -1.0, 1.0);
+        let pos = rng.vec(seq * hidden, -0.5, 0.5);
+        let tt = rng.vec(types_n * hidden, -0.2, 0.2);
+        let ids: Vec<u32> = (0..rows).map(|_| rng.below(vocab) as u32).collect();
+        let types: Vec<u32> = (0..rows).map(|_| rng.below(types_n) as u32).collect();
+        let (gw, gp, gt) = (up_f32(&lane, &word), up_f32(&lane, &pos), up_f32(&lane, &tt));
+        let (gi, gty) = (up_u32(&lane, &ids), up_u32(&lane, &types));
+        let tables = EmbedTables { word: gw.ptr(), position: gp.ptr(), token_type: gt.ptr(), gamma: gg.ptr(), beta: gbe.ptr() };
+        let gemb = lane.alloc(rows * hidden * 4).unwrap();
+        ex.embed_ln(&lane, d, gi.ptr(), gty.ptr(), &tables, eps, gemb.ptr()).unwrap();
+        let got = down(&lane, &gemb, rows * hidden);
+        let mut want = vec![0f32; rows * hidden];
+        for rr in 0..rows {
+            let (id, ty, p) = (ids[rr] as usize, types[rr] as usize, rr % seq);
+            for i in 0..hidden {
+                want[rr * hidden + i] = (word[id * hidden + i] + tt[ty * hidden + i]) + pos[p * hidden + i];
+            }
+        }
+        cpu::layer_norm_inplace(&mut want, rows, hidden, &g, &be, eps);
+        let diff = max_abs_diff(&got, &want);
+        eprintln!("embed_ln rows {rows} dim {hidden}: max |diff| {diff:.3e}");
+        assert!(diff <= 1e-5, "embed_ln rows {rows} dim {hidden}: {diff:.3e}");
+
+        // pool_normalize
+        let h = rng.vec(rows * hidden, -2.0, 2.0);
+        let mask = random_mask(&mut rng, batch, seq);
+        let (gh, gm) = (up_f32(&lane, &h), up_f32(&lane, &mask));
+        let gpool = lane.alloc(batch * hidden * 4).unwrap();
+        ex.pool_normalize(&lane, d, gh.ptr(), gm.ptr(), gpool.ptr()).unwrap();
+        let got = down(&lane, &gpool, batch * hidden);
+        let mut want = vec![0f32; batch * hidden];
+        cpu::mean_pool(&h, &mask, batch, seq, hidden, &mut want);
+        cpu::l2_normalize(&mut want, batch, hidden);
+        let diff = max_abs_diff(&got, &want);
+        eprintln!("pool_normalize batch {batch} seq {seq} dim {hidden}: max |diff| {diff:.3e}");
+        assert!(diff <= 1e-6, "pool_normalize: {diff:.3e}");
+    }
+}
+
+#[test]
+fn cpu_lane_is_rejected() {
+    let Some(dev) = cuda() else { return };
+    let ex = CudaExec::new(&dev).expect("compile the kernels");
+    let cpu_dev = Device::cpu(DeviceConfig::default()).unwrap();
+    let lane = cpu_dev.lease().unwrap();
+    let p = lanes::DevicePtr(0);
+    let d = Dims { batch: 1, seq: 1, hidden: 32, heads: 1 };
+    assert!(ex.attention(&lane, d, p, p, p).is_err());
+    assert!(ex.linear(&lane, 1, 1, 1, p, p, p, false, p).is_err());
+    assert!(CudaExec::new(&cpu_dev).is_err());
+}
+
+// ---------------------------------------------------------------------------
+// 2. The encoder against the fixture and the CPU reference
+
+struct Stats {
+    min_cos: f64,
+    max_diff: f32,
+}
+
+impl Stats {
+    fn new() -> Stats {
+        Stats { min_cos: 1.0, max_diff: 0.0 }
+    }
+    fn check(&mut self, what: &str, got: &[f32], want: &[f32]) {
+        let (c, d) = (cosine(got, want), max_abs_diff(got, want));
+        self.min_cos = self.min_cos.min(c);
+        self.max_diff = self.max_diff.max(d);
+        assert!(c >= 0.99999 && d <= 1e-5, "{what}: cosine {c:.8}, max |diff| {d:.3e}");
+    }
+}
+
+#[test]
+fn encoder_matches_fixture_and_reference() {
+    let Some(dev) = cuda() else { return };
+    let (Some(dir), Some(fx)) = (model_dir(), fixtures()) else { return };
+    let model = Model::load(&dir).expect("load the model on the host");
+    let enc = Encoder::load(&dir, &dev).expect("load the model on the GPU");
+    let lane = dev.lease().unwrap();
+    let h = model.config.hidden_size;
+    let (mut vs_fixture, mut vs_reference) = (Stats::new(), Stats::new());
+
+    // Each text alone.
+    for (i, f) in fx.iter().enumerate() {
+        let got = enc.embed_on(&lane, &[f.text.as_str()]).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].tokens, f.n_tokens, "text {i}: token count");
+        let tok = model.tokenizer.encode_batch(&[f.text.as_str()]).unwrap();
+        assert_eq!(tok.row_ids(0).unwrap(), &f.input_ids[..], "text {i}: token ids");
+        vs_fixture.check(&format!("text {i} alone vs fixture"), &got[0].vector, &f.embedding);
+        let want = reference::forward(&model.weights, &model.config, &tok).unwrap();
+        vs_reference.check(&format!("text {i} alone vs reference"), &got[0].vector, &want);
+    }
+
+    // Mixed batches: all 25, reversed, and groups of 7 (padding in every batch).
+    let texts: Vec<&str> = fx.iter().map(|f| f.text.as_str()).collect();
+    let all: Vec<usize> = (0..fx.len()).collect();
+    let rev: Vec<usize> = all.iter().rev().copied().collect();
+    let mut batches = vec![all.clone(), rev];
+    batches.extend(all.chunks(7).map(|c| c.to_vec()));
+    batches.push(vec![3, 17, 3, 0, 24]);
+    for idx in &batches {
+        let batch: Vec<&str> = idx.iter().map(|&i| texts[i]).collect();
+        let got = enc.embed_on(&lane, &batch).unwrap();
+        let tok = model.tokenizer.encode_batch(&batch).unwrap();
+        let want = reference::forward(&model.weights, &model.config, &tok).unwrap();
+        for (j, &i) in idx.iter().enumerate() {
+            vs_fixture.check(&format!("text {i} in batch {idx:?} vs fixture"), &got[j].vector, &fx[i].embedding);
+            vs_reference.check(&format!("text {i} in batch {idx:?} vs reference"), &got[j].vector, &want[j * h..(j + 1) * h]);
+        }
+    }
+    eprintln!(
+        "GPU vs fixture: min cosine {:.9}, max |diff| {:.3e}; GPU vs CPU reference: min cosine {:.9}, max |diff| {:.3e}",
+        vs_fixture.min_cos, vs_fixture.max_diff, vs_reference.min_cos, vs_reference.max_diff
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 3. Many threads, one encoder
+
+#[test]
+fn sixteen_threads_share_one_encoder() {
+    let Some(dev) = cuda() else { return };
+    let (Some(dir), Some(fx)) = (model_dir(), fixtures()) else { return };
+    let enc = Arc::new(Encoder::load(&dir, &dev).expect("load the model on the GPU"));
+    let texts: Arc<Vec<String>> = Arc::new(fx.iter().map(|f| f.text.clone()).collect());
+
+    // Requests: every text alone, then mixed batches.
+    let mut requests: Vec<Vec<usize>> = (0..texts.len()).map(|i| vec![i]).collect();
+    requests.push((0..texts.len()).collect());
+    requests.extend((0..texts.len()).collect::<Vec<_>>().chunks(6).map(|c| c.to_vec()));
+    requests.push(vec![24, 1, 12]);
+    let requests = Arc::new(requests);
+
+    let run = |lane: &Lease, enc: &Encoder, idx: &[usize], texts: &[String]| -> Vec<Vec<f32>> {
+        let batch: Vec<&str> = idx.iter().map(|&i| texts[i].as_str()).collect();
+        enc.embed_on(lane, &batch).unwrap().into_iter().map(|e| e.vector).collect()
+    };
+    let expected: Vec<Vec<Vec<f32>>> = {
+        let lane = dev.lease().unwrap();
+        requests.iter().map(|r| run(&lane, &enc, r, &texts)).collect()
+    };
+    let expected = Arc::new(expected);
+
+    let threads = 16;
+    let rounds = 3;
+    let barrier = Arc::new(std::sync::Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (dev, enc, texts, requests, expected, barrier) =
+                (dev.clone(), enc.clone(), texts.clone(), requests.clone(), expected.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let lane = dev.lease().unwrap();
+                barrier.wait();
+                let (mut max_diff, mut identical, mut total) = (0f32, 0usize, 0usize);
+                let mut rng = Rng(100 + t as u64);
+                for _ in 0..rounds * requests.len() {
+                    let r = rng.below(requests.len());
+                    let got = run(&lane, &enc, &requests[r], &texts);
+                    for (g, w) in got.iter().zip(&expected[r]) {
+                        max_diff = max_diff.max(max_abs_diff(g, w));
+                        identical += usize::from(g == w);
+                        total += 1;
+                    }
+                }
+                (lane.index(), max_diff, identical, total)
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().expect("worker panicked")).collect();
+    let mut lanes_used: Vec<usize> = results.iter().map(|r| r.0).collect();
+    lanes_used.sort_unstable();
+    lanes_used.dedup();
+    assert_eq!(lanes_used.len(), threads, "each thread had its own lane");
+    let max_diff = results.iter().map(|r| r.1).fold(0.0, f32::max);
+    let identical: usize = results.iter().map(|r| r.2).sum();
+    let total: usize = results.iter().map(|r| r.3).sum();
+    eprintln!("{threads} threads: {total} embeddings, {identical} bit-identical to one thread, max |diff| {max_diff:.3e}");
+    assert!(max_diff <= 1e-6, "threads disagree with one thread: max |diff| {max_diff:.3e}");
+}
