@@ -3,7 +3,7 @@
 //! releasing its cache, leaks nothing, and lets other threads keep going.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 
 use lanes::alloc::{AllocConfig, Allocator, PendingUse};
 use lanes::backend::host::HostBackend;
@@ -233,20 +233,30 @@ fn random_size(rng: &mut u64) -> usize {
     }
 }
 
-/// Each of `threads` threads works on its own lane: allocate random sizes, keep up
-/// to 8 live, write a pattern into each and check it before freeing (so two live
-/// blocks sharing memory would be seen).
-fn hammer(a: &Allocator, threads: usize, ops: usize) -> u64 {
+/// Each of `threads` threads works on its own lane: first it takes `hold` bytes and
+/// keeps them to the end; once every thread holds its share, it allocates random
+/// sizes, keeps up to 8 live, writes a pattern into each and checks it before
+/// freeing (so two live blocks sharing memory would be seen).
+fn hammer(a: &Allocator, threads: usize, ops: usize, hold: usize) -> u64 {
     let ooms = AtomicU64::new(0);
+    let all_hold = Barrier::new(threads);
     std::thread::scope(|s| {
         for lane in 0..threads {
-            let ooms = &ooms;
+            let (ooms, all_hold) = (&ooms, &all_hold);
             s.spawn(move || {
                 let mut rng = 0x9e37_79b9_7f4a_7c15_u64 ^ (lane as u64 + 1) * 0x1234_5678;
                 let mut live = Vec::new();
+                if hold > 0 {
+                    let b = a.alloc(lane, hold).unwrap();
+                    fill(&b, 0xee);
+                    live.push((b, 0xee));
+                }
+                all_hold.wait();
+                let held = live.len();
                 for i in 0..ops {
-                    if live.len() >= 8 || (!live.is_empty() && xorshift(&mut rng) % 3 == 0) {
-                        let k = (xorshift(&mut rng) as usize) % live.len();
+                    if live.len() >= held + 8 || (live.len() > held && xorshift(&mut rng) % 3 == 0)
+                    {
+                        let k = held + (xorshift(&mut rng) as usize) % (live.len() - held);
                         let (b, tag): (lanes::alloc::Block, u8) = live.swap_remove(k);
                         check(&b, tag);
                         a.free(b, Vec::new()).unwrap();
@@ -299,7 +309,7 @@ fn check(b: &lanes::alloc::Block, tag: u8) {
 fn sixteen_threads_on_their_own_lanes_leave_nothing_behind() {
     let backend = Arc::new(HostBackend::new());
     let a = Allocator::new(backend.clone(), 16, AllocConfig::default());
-    let ooms = hammer(&a, 16, 3000);
+    let ooms = hammer(&a, 16, 3000, 0);
     assert_eq!(ooms, 0);
     let s = a.stats();
     assert_eq!((s.allocated_bytes, s.active_blocks), (0, 0), "{s}");
@@ -312,14 +322,16 @@ fn sixteen_threads_on_their_own_lanes_leave_nothing_behind() {
 
 #[test]
 fn sixteen_threads_under_memory_pressure_keep_going() {
-    let backend = Arc::new(HostBackend::with_capacity(96 * MIB));
+    // Every lane holds 1 MiB of a 2 MiB segment throughout, which leaves 8 MiB of
+    // the cap: the 10-18 MiB requests always fail, the rest compete.
+    let backend = Arc::new(HostBackend::with_capacity(40 * MIB));
     let a = Allocator::new(backend.clone(), 16, AllocConfig::default());
-    let ooms = hammer(&a, 16, 1500);
+    let ooms = hammer(&a, 16, 1500, MIB);
     let s = a.stats();
     assert!(ooms > 0, "the cap should bite: {s}");
     assert_eq!(s.oom_events, ooms);
     assert_eq!((s.allocated_bytes, s.active_blocks), (0, 0), "{s}");
-    assert!(backend.bytes_in_use() <= 96 * MIB);
+    assert!(backend.bytes_in_use() <= 40 * MIB);
     a.empty_cache();
     assert_eq!(backend.bytes_in_use(), 0);
 }

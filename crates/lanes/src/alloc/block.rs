@@ -6,8 +6,7 @@
 //! large pool) keyed by `(size, addr)`. Everything here is plain data: the caller
 //! holds the lane's mutex.
 
-use std::collections::BTreeMap;
-
+use super::index::{Entry, LargeTree, SmallBins};
 use super::stats::{BlockInfo, BlockState, LaneCounters, SegmentInfo};
 use super::PendingUse;
 use crate::backend::DevicePtr;
@@ -130,8 +129,8 @@ pub(crate) struct Grant {
 pub(crate) struct LaneCache {
     nodes: Vec<Node>,
     vacant: Vec<u32>,
-    small: BTreeMap<(usize, u64), u32>,
-    large: BTreeMap<(usize, u64), u32>,
+    small: SmallBins,
+    large: LargeTree,
     segments: Vec<Segment>,
     /// Parked blocks; a forced reclaim may take entries out while it waits.
     pub(crate) parked: Vec<Parked>,
@@ -140,11 +139,28 @@ pub(crate) struct LaneCache {
 }
 
 impl LaneCache {
-    fn index(&mut self, pool: Pool) -> &mut BTreeMap<(usize, u64), u32> {
-        match pool {
-            Pool::Small => &mut self.small,
-            Pool::Large => &mut self.large,
+    /// Enters the free block at `slot` in its pool's index.
+    fn index(&mut self, slot: u32) {
+        let n = &self.nodes[slot as usize];
+        let e = Entry {
+            size: n.size,
+            addr: n.addr,
+            slot,
+        };
+        match n.pool {
+            Pool::Small => self.small.insert(e),
+            Pool::Large => self.large.insert(e),
         }
+    }
+
+    /// Takes the free block at `slot` out of its pool's index.
+    fn unindex(&mut self, slot: u32) {
+        let n = &self.nodes[slot as usize];
+        let removed = match n.pool {
+            Pool::Small => self.small.remove(n.size, n.addr),
+            Pool::Large => self.large.remove(n.size, n.addr),
+        };
+        debug_assert_eq!(removed, Some(slot));
     }
 
     fn new_node(&mut self, node: Node) -> u32 {
@@ -168,9 +184,11 @@ impl LaneCache {
     /// Best fit: the smallest free block of `pool` holding `size`, lowest address
     /// first; split if the rest is worth keeping. Marks it live.
     pub(crate) fn take_best_fit(&mut self, pool: Pool, size: usize) -> Option<Grant> {
-        let (&key, &slot) = self.index(pool).range((size, 0)..).next()?;
-        self.index(pool).remove(&key);
-        Some(self.hand_out(slot, size))
+        let e = match pool {
+            Pool::Small => self.small.take_best_fit(size),
+            Pool::Large => self.large.take_best_fit(size),
+        }?;
+        Some(self.hand_out(e.slot, size))
     }
 
     /// Adds a fresh segment of `pool` as one free block and hands out `size` bytes of it.
@@ -229,7 +247,7 @@ impl LaneCache {
             let n = &mut self.nodes[slot as usize];
             n.next = rest;
             n.size = size;
-            self.index(pool).insert((have - size, rest_addr), rest);
+            self.index(rest);
         }
         self.next_generation += 1;
         let generation = self.next_generation;
@@ -292,16 +310,7 @@ impl LaneCache {
             self.unindex(next);
             self.absorb_next(slot);
         }
-        let n = &self.nodes[slot as usize];
-        let (key, pool) = ((n.size, n.addr), n.pool);
-        self.index(pool).insert(key, slot);
-    }
-
-    fn unindex(&mut self, slot: u32) {
-        let n = &self.nodes[slot as usize];
-        let (key, pool) = ((n.size, n.addr), n.pool);
-        let removed = self.index(pool).remove(&key);
-        debug_assert_eq!(removed, Some(slot));
+        self.index(slot);
     }
 
     /// Merges the block after `slot` into it (the caller has unindexed both as needed).
@@ -363,7 +372,7 @@ impl LaneCache {
     /// Re-adds a segment taken by [`Self::take_free_segments`] that could not be released.
     pub(crate) fn restore_segment(&mut self, seg: Segment) {
         let slot = self.insert_segment(seg.addr, seg.size, seg.pool);
-        self.index(seg.pool).insert((seg.size, seg.addr), slot);
+        self.index(slot);
     }
 
     /// The lane's segments and blocks, in address order.

@@ -48,6 +48,7 @@
 
 mod block;
 mod buffer;
+mod index;
 mod stats;
 
 #[cfg(all(test, any(lanes_loom, lanes_shuttle)))]
