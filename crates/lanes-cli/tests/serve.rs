@@ -1,0 +1,889 @@
+//! `lanes serve` end to end: the real binary on 127.0.0.1 with a free port, a
+//! real HTTP client (ureq), the real model on the CPU backend.
+//!
+//! Needs the model: `$LANES_MODEL` or `<workspace>/models/all-MiniLM-L6-v2`
+//! (`scripts/fetch-model.sh`); `LANES_SKIP_MODEL_TESTS=1` skips instead of failing.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn model_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("LANES_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("models/all-MiniLM-L6-v2"));
+    if ["model.safetensors", "tokenizer.json", "config.json"]
+        .iter()
+        .all(|f| dir.join(f).is_file())
+    {
+        return Some(dir);
+    }
+    if std::env::var("LANES_SKIP_MODEL_TESTS").as_deref() == Ok("1") {
+        eprintln!(
+            "skipped: model not found in {} (LANES_SKIP_MODEL_TESTS=1)",
+            dir.display()
+        );
+        return None;
+    }
+    panic!(
+        "model not found in {}: run scripts/fetch-model.sh or set LANES_MODEL",
+        dir.display()
+    );
+}
+
+/// (text, sentence-transformers embedding) of the 25 fixture lines.
+fn fixtures() -> Vec<(String, Vec<f32>)> {
+    let candidates = [
+        std::env::var_os("LANES_FIXTURE").map(PathBuf::from),
+        Some(workspace_root().join("../shared/fixtures/minilm_reference.jsonl")),
+        Some(workspace_root().join("crates/lanes-nn/tests/fixtures/minilm_reference.jsonl")),
+    ];
+    let path = candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .expect("fixture minilm_reference.jsonl not found (set LANES_FIXTURE)");
+    let text = std::fs::read_to_string(&path).expect("read fixture");
+    let lines: Vec<(String, Vec<f32>)> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("fixture line is JSON");
+            (
+                v["text"].as_str().expect("text").to_string(),
+                floats(&v["embedding"]),
+            )
+        })
+        .collect();
+    assert_eq!(lines.len(), 25, "{}", path.display());
+    lines
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .expect("an array of numbers")
+        .iter()
+        .map(|x| x.as_f64().expect("a number") as f32)
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| f64::from(x) * f64::from(y))
+        .sum();
+    let na: f64 = a.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Batches of different shapes may round differently in the last bits.
+const SAME: f32 = 1e-5;
+
+struct Resp {
+    status: u16,
+    body: String,
+    retry_after: Option<String>,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// `data[i].embedding` of an OpenAI response, checking `index`.
+    fn openai_vectors(&self) -> Vec<Vec<f32>> {
+        assert_eq!(self.status, 200, "{}", self.body);
+        let v = self.json();
+        assert_eq!(v["object"], "list");
+        let data = v["data"].as_array().expect("data");
+        data.iter()
+            .enumerate()
+            .map(|(i, d)| {
+                assert_eq!(d["object"], "embedding");
+                assert_eq!(d["index"].as_u64(), Some(i as u64));
+                let e = floats(&d["embedding"]);
+                assert_eq!(e.len(), 384);
+                e
+            })
+            .collect()
+    }
+}
+
+/// A running `lanes serve`; killed on drop if still running.
+struct Server {
+    child: Child,
+    base: String,
+    stderr: Arc<Mutex<String>>,
+    agent: ureq::Agent,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Option<Server> {
+        let model = model_dir()?;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lanes"))
+            .args([
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--device",
+                "cpu",
+                "--model",
+            ])
+            .arg(&model)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start lanes serve");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+            panic!("no pipes")
+        };
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(out).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "no address line from lanes serve; stderr:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+        };
+        let base = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"));
+        assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(120))
+            .build();
+        Some(Server {
+            child,
+            base: base.to_string(),
+            stderr,
+            agent,
+        })
+    }
+
+    fn send(&self, req: ureq::Request, body: Option<&[u8]>) -> Resp {
+        let result = match body {
+            Some(b) => req.set("Content-Type", "application/json").send_bytes(b),
+            None => req.call(),
+        };
+        let resp = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!(
+                "request failed: {e}; server stderr:\n{}",
+                self.stderr.lock().unwrap()
+            ),
+        };
+        let status = resp.status();
+        let retry_after = resp.header("Retry-After").map(str::to_string);
+        let mut body = String::new();
+        resp.into_reader()
+            .read_to_string(&mut body)
+            .expect("read body");
+        Resp {
+            status,
+            body,
+            retry_after,
+        }
+    }
+
+    fn post(&self, path: &str, body: &str) -> Resp {
+        self.send(
+            self.agent.post(&format!("{}{path}", self.base)),
+            Some(body.as_bytes()),
+        )
+    }
+
+    fn get(&self, path: &str) -> Resp {
+        self.send(self.agent.get(&format!("{}{path}", self.base)), None)
+    }
+
+    /// One Prometheus sample's value (first line starting with `series `).
+    fn metric(&self, series: &str) -> f64 {
+        let text = self.get("/metrics").body;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .map_or(0.0, |v| v.trim().parse().expect("a number"))
+    }
+
+    /// Embeddings of `texts` in one OpenAI request.
+    fn embed(&self, texts: &[&str]) -> Vec<Vec<f32>> {
+        self.post(
+            "/v1/embeddings",
+            &serde_json::json!({ "input": texts }).to_string(),
+        )
+        .openai_vectors()
+    }
+
+    fn signal_term(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(ok.success());
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!(
+                    "lanes serve did not exit within {limit:?}; stderr:\n{}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn embeddings_match_lanes_embed_and_the_reference() {
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let fixtures = fixtures();
+    let texts: Vec<&str> = fixtures.iter().map(|(t, _)| t.as_str()).collect();
+
+    // OpenAI shape, all 25 in one request.
+    let resp = server.post(
+        "/v1/embeddings",
+        &serde_json::json!({"input": texts, "model": "x"}).to_string(),
+    );
+    let batch = resp.openai_vectors();
+    let v = resp.json();
+    assert_eq!(v["model"], "all-MiniLM-L6-v2");
+    let tokens = v["usage"]["prompt_tokens"].as_u64().expect("usage");
+    assert_eq!(v["usage"]["total_tokens"].as_u64(), Some(tokens));
+
+    // `lanes embed` on the same texts.
+    let input: String = texts
+        .iter()
+        .map(|t| format!("{}\n", serde_json::to_string(t).unwrap()))
+        .collect();
+    let mut embed = Command::new(env!("CARGO_BIN_EXE_lanes"))
+        .args(["embed", "--device", "cpu", "--format", "jsonl", "--model"])
+        .arg(model_dir().unwrap())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start lanes embed");
+    {
+        use std::io::Write;
+        embed
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    let out = embed.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "lanes embed failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: Vec<(u64, Vec<f32>)> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["tokens"].as_u64().unwrap(), floats(&v["embedding"]))
+        })
+        .collect();
+    assert_eq!(cli.len(), 25);
+    assert_eq!(
+        cli.iter().map(|(t, _)| t).sum::<u64>(),
+        tokens,
+        "usage.prompt_tokens = tokens of `lanes embed`"
+    );
+
+    // TEI shape, and one text per request.
+    let tei = server.post("/embed", &serde_json::json!({"inputs": texts}).to_string());
+    assert_eq!(tei.status, 200, "{}", tei.body);
+    let tei: Vec<Vec<f32>> = tei.json().as_array().unwrap().iter().map(floats).collect();
+    let tei_one = server.post(
+        "/embed",
+        &serde_json::json!({"inputs": texts[0]}).to_string(),
+    );
+    assert_eq!(
+        tei_one.json().as_array().map(Vec::len),
+        Some(1),
+        "a string input still answers [[...]]"
+    );
+
+    let (mut worst_cli, mut worst_single, mut worst_cos) = (0f32, 0f32, 1f64);
+    for (i, (text, reference)) in fixtures.iter().enumerate() {
+        let single = server
+            .post(
+                "/v1/embeddings",
+                &serde_json::json!({"input": text}).to_string(),
+            )
+            .openai_vectors();
+        assert_eq!(single.len(), 1);
+        worst_cli = worst_cli.max(max_abs_diff(&batch[i], &cli[i].1));
+        worst_single = worst_single.max(max_abs_diff(&batch[i], &single[0]));
+        assert_eq!(
+            tei[i], batch[i],
+            "text {i}: /embed and /v1/embeddings, same batch"
+        );
+        for v in [&batch[i], &single[0]] {
+            let c = cosine(v, reference);
+            worst_cos = worst_cos.min(c);
+            assert!(
+                c >= 0.99999,
+                "text {i}: cosine {c} with the sentence-transformers reference"
+            );
+        }
+    }
+    eprintln!("max |serve - lanes embed| = {worst_cli:e}; max |batched - single| = {worst_single:e}; min cosine vs reference = {worst_cos}");
+    assert!(
+        worst_cli <= SAME,
+        "serve vs lanes embed differ by {worst_cli}"
+    );
+    assert!(
+        worst_single <= SAME,
+        "batched vs single differ by {worst_single}"
+    );
+
+    // base64 encoding: little-endian f32 bytes of the same vector.
+    let b64 = server.post(
+        "/v1/embeddings",
+        &serde_json::json!({"input": texts[0], "encoding_format": "base64"}).to_string(),
+    );
+    assert_eq!(b64.status, 200, "{}", b64.body);
+    let decoded = decode_base64_f32(
+        b64.json()["data"][0]["embedding"]
+            .as_str()
+            .expect("a base64 string"),
+    );
+    let float = server.embed(&[texts[0]]);
+    assert_eq!(decoded, float[0]);
+
+    // A text longer than the model's 256 tokens is truncated, not refused.
+    let long = "word ".repeat(1000);
+    let resp = server.post(
+        "/v1/embeddings",
+        &serde_json::json!({"input": long}).to_string(),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(resp.json()["usage"]["prompt_tokens"], 256);
+
+    let health = server.get("/health");
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert_eq!(health.json()["status"], "ok");
+}
+
+fn decode_base64_f32(s: &str) -> Vec<f32> {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut bytes = Vec::new();
+    for c in s.bytes().filter(|&c| c != b'=') {
+        bits = (bits << 6) | A.iter().position(|&a| a == c).expect("base64 alphabet") as u32;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            bytes.push((bits >> n) as u8);
+        }
+    }
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+#[test]
+fn concurrent_clients_get_their_own_results() {
+    let Some(server) = Server::start(&["--workers", "2", "--max-wait-ms", "5"]) else {
+        return;
+    };
+    let fixtures = fixtures();
+    let texts: Vec<&str> = fixtures.iter().take(8).map(|(t, _)| t.as_str()).collect();
+    let singles: Vec<Vec<f32>> = texts.iter().map(|t| server.embed(&[t]).remove(0)).collect();
+    let batches_before = server.metric("lanes_batches_total");
+
+    let (threads, per_thread) = (16usize, 3usize);
+    let barrier = Barrier::new(threads);
+    let worst = Mutex::new(0f32);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (server, texts, singles, barrier, worst) =
+                (&server, &texts, &singles, &barrier, &worst);
+            s.spawn(move || {
+                barrier.wait();
+                for r in 0..per_thread {
+                    // 1 to 3 texts, a different mix per thread and round.
+                    let picks: Vec<usize> = (0..1 + (t + r) % 3)
+                        .map(|k| (t * 5 + r * 3 + k) % texts.len())
+                        .collect();
+                    let input: Vec<&str> = picks.iter().map(|&i| texts[i]).collect();
+                    let got = if (t + r) % 2 == 0 {
+                        server.embed(&input)
+                    } else {
+                        let resp = server.post(
+                            "/embed",
+                            &serde_json::json!({ "inputs": input }).to_string(),
+                        );
+                        assert_eq!(resp.status, 200, "{}", resp.body);
+                        resp.json().as_array().unwrap().iter().map(floats).collect()
+                    };
+                    assert_eq!(got.len(), picks.len());
+                    for (v, &i) in got.iter().zip(&picks) {
+                        let d = max_abs_diff(v, &singles[i]);
+                        assert!(
+                            d <= SAME,
+                            "thread {t} round {r}: text {i} differs from its single request by {d}"
+                        );
+                        let mut w = worst.lock().unwrap();
+                        *w = w.max(d);
+                    }
+                }
+            });
+        }
+    });
+    let batches = server.metric("lanes_batches_total") - batches_before;
+    let requests = (threads * per_thread) as f64;
+    eprintln!("{requests} concurrent requests ran in {batches} forward passes; max diff to single requests {:e}", worst.into_inner().unwrap());
+    assert!(batches < requests, "dynamic batching should coalesce some of {requests} concurrent requests (ran {batches} passes)");
+    assert_eq!(server.get("/health").status, 200);
+}
+
+#[test]
+fn bad_inputs_are_refused_with_a_message_naming_the_field() {
+    let Some(server) = Server::start(&[
+        "--workers",
+        "1",
+        "--max-inputs-per-request",
+        "4",
+        "--max-body-bytes",
+        "4096",
+    ]) else {
+        return;
+    };
+    let cases: &[(&str, &str, u16, &str, &str)] = &[
+        ("/v1/embeddings", "{not json", 400, "body", "not valid JSON"),
+        (
+            "/v1/embeddings",
+            "[1, 2]",
+            400,
+            "body",
+            "must be a JSON object",
+        ),
+        (
+            "/v1/embeddings",
+            "{}",
+            400,
+            "input",
+            "missing field `input`",
+        ),
+        (
+            "/v1/embeddings",
+            r#"{"input": 5}"#,
+            400,
+            "input",
+            "`input` must be a string or an array of strings",
+        ),
+        (
+            "/v1/embeddings",
+            r#"{"input": null}"#,
+            400,
+            "input",
+            "`input` must be a string or an array of strings",
+        ),
+        (
+            "/v1/embeddings",
+            r#"{"input": {"text": "a"}}"#,
+            400,
+            "input",
+            "`input` must be a string or an array of strings",
+        ),
+        (
+            "/v1/embeddings",
+            r#"{"input": ["a", 5]}"#,
+            400,
+            "input",
+            "`input[1]` must be a string",
+        ),
+        (
+            "/v1/embeddings",
+            r#"{"input": [[101, 102]]}"#,
+            400,
+            "input",
+            "`input[0]` must be a string",
+        ),
+        (
+            "/v1/embeddings",
+            r#"{"input": []}"#,
+            400,
+            "input",
+            "`input` must not be an empty array",
+        ),
+        (
+            "/v1/embeddings",
+            r#"{"input": "a", "model": 3}"#,
+            400,
+            "model",
+            "`model` must be a string",
+        ),
+        (
+            "/v1/embeddings",
+            r#"{"input": "a", "encoding_format": "int8"}"#,
+            400,
+            "encoding_format",
+            "`encoding_format` must be",
+        ),
+        (
+            "/v1/embeddings",
+            r#"{"input": "a", "dimensions": 10}"#,
+            400,
+            "dimensions",
+            "`dimensions` must be 384",
+        ),
+        (
+            "/v1/embeddings",
+            r#"{"input": ["a", "b", "c", "d", "e"]}"#,
+            413,
+            "input",
+            "at most 4 per request",
+        ),
+        ("/embed", "{}", 400, "", "missing field `inputs`"),
+        (
+            "/embed",
+            r#"{"inputs": 5}"#,
+            400,
+            "",
+            "`inputs` must be a string or an array of strings",
+        ),
+        (
+            "/embed",
+            r#"{"inputs": []}"#,
+            400,
+            "",
+            "`inputs` must not be an empty array",
+        ),
+        (
+            "/embed",
+            r#"{"inputs": "a", "normalize": false}"#,
+            400,
+            "",
+            "`normalize: false` is not supported",
+        ),
+        (
+            "/embed",
+            r#"{"inputs": "a", "truncate": "yes"}"#,
+            400,
+            "",
+            "`truncate` must be a boolean",
+        ),
+    ];
+    for &(path, body, status, param, needle) in cases {
+        let resp = server.post(path, body);
+        assert_eq!(resp.status, status, "{path} {body}: {}", resp.body);
+        let v = resp.json();
+        let message = if path == "/embed" {
+            assert_eq!(v["error_type"], "Validation", "{}", resp.body);
+            v["error"].as_str().unwrap_or_default().to_string()
+        } else {
+            assert_eq!(v["error"]["param"], param, "{}", resp.body);
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(
+            message.contains(needle),
+            "{path} {body}: message {message:?} lacks {needle:?}"
+        );
+    }
+
+    // Not UTF-8.
+    let resp = server.send(
+        server.agent.post(&format!("{}/v1/embeddings", server.base)),
+        Some(b"{\"input\": \"\xff\xfe\"}"),
+    );
+    assert_eq!(resp.status, 400, "{}", resp.body);
+    // Too large a body: 413 before any parsing.
+    let big = serde_json::json!({ "input": "x".repeat(10_000) }).to_string();
+    let resp = server.post("/v1/embeddings", &big);
+    assert_eq!(resp.status, 413, "{}", resp.body);
+    assert!(resp.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("larger than the limit of 4096 bytes"));
+    // Wrong method, unknown route: JSON errors too.
+    let resp = server.get("/v1/embeddings");
+    assert_eq!(resp.status, 405, "{}", resp.body);
+    let resp = server.get("/nope");
+    assert_eq!(resp.status, 404, "{}", resp.body);
+    assert!(resp.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no route"));
+
+    // The server is unharmed and counted everything.
+    assert_eq!(server.embed(&["still here", "and well"]).len(), 2);
+    assert_eq!(server.get("/health").status, 200);
+    let expected_400 = cases.iter().filter(|c| c.2 == 400).count() as f64 + 1.0;
+    let got_400 = server.metric("lanes_http_requests_total{path=\"/v1/embeddings\",code=\"400\"}")
+        + server.metric("lanes_http_requests_total{path=\"/embed\",code=\"400\"}");
+    assert_eq!(got_400, expected_400);
+    assert_eq!(
+        server.metric("lanes_http_requests_total{path=\"/v1/embeddings\",code=\"413\"}"),
+        2.0
+    );
+}
+
+#[test]
+fn an_inference_error_or_panic_fails_only_its_request() {
+    // One worker that waits up to 200 ms for company, so the faulty requests
+    // share forward passes with good ones.
+    let Some(server) =
+        Server::start(&["--workers", "1", "--max-wait-ms", "200", "--inject-faults"])
+    else {
+        return;
+    };
+    let good = [
+        "A man is eating food.",
+        "GPU streams let independent work overlap.",
+    ];
+    let expected: Vec<Vec<f32>> = good.iter().map(|t| server.embed(&[t]).remove(0)).collect();
+    let inputs: Vec<Vec<&str>> = vec![
+        vec![good[0]],
+        vec!["__lanes_fault:error__"],
+        vec![good[1], good[0]],
+        vec![good[0], "__lanes_fault:panic__"],
+        vec![good[1]],
+    ];
+    let barrier = Barrier::new(inputs.len());
+    let results: Vec<Resp> = std::thread::scope(|s| {
+        let handles: Vec<_> = inputs
+            .iter()
+            .map(|input| {
+                let (server, barrier) = (&server, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    server.post(
+                        "/v1/embeddings",
+                        &serde_json::json!({ "input": input }).to_string(),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let check = |resp: &Resp, texts: &[usize]| {
+        let got = resp.openai_vectors();
+        for (v, &i) in got.iter().zip(texts) {
+            assert!(max_abs_diff(v, &expected[i]) <= SAME);
+        }
+    };
+    check(&results[0], &[0]);
+    check(&results[2], &[1, 0]);
+    check(&results[4], &[1]);
+    assert_eq!(results[1].status, 500, "{}", results[1].body);
+    assert!(
+        results[1].json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("injected fault"),
+        "{}",
+        results[1].body
+    );
+    assert_eq!(results[3].status, 500, "{}", results[3].body);
+    assert!(
+        results[3].json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("panicked"),
+        "{}",
+        results[3].body
+    );
+
+    // The worker survived.
+    let health = server.get("/health");
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert_eq!(health.json()["workers_alive"], 1);
+    assert!(max_abs_diff(&server.embed(&[good[0]])[0], &expected[0]) <= SAME);
+    assert!(server.metric("lanes_worker_panics_total") >= 1.0);
+    assert!(server.metric("lanes_batch_failures_total") >= 2.0);
+}
+
+#[test]
+fn overload_answers_429_with_retry_after_and_recovers() {
+    let Some(server) = Server::start(&["--workers", "1", "--queue", "1", "--no-batching"]) else {
+        return;
+    };
+    // Long texts keep the single worker busy while the burst arrives.
+    let long =
+        "The committee postponed its decision until more data could be gathered. ".repeat(20);
+    let body = serde_json::json!({ "input": [long] }).to_string();
+    let clients = 24;
+    let (mut ok, mut overloaded) = (0, 0);
+    for _burst in 0..3 {
+        let barrier = Barrier::new(clients);
+        let results: Vec<Resp> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..clients)
+                .map(|_| {
+                    let (server, barrier, body) = (&server, &barrier, &body);
+                    s.spawn(move || {
+                        barrier.wait();
+                        server.post("/v1/embeddings", body)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in &results {
+            match r.status {
+                200 => ok += 1,
+                429 => {
+                    overloaded += 1;
+                    assert_eq!(
+                        r.retry_after.as_deref(),
+                        Some("1"),
+                        "429 without Retry-After"
+                    );
+                    let msg = r.json()["error"]["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    assert!(msg.contains("overloaded"), "{msg}");
+                }
+                other => panic!("unexpected status {other}: {}", r.body),
+            }
+        }
+        if overloaded > 0 {
+            break;
+        }
+    }
+    eprintln!("burst of {clients}: {ok} answered, {overloaded} refused with 429");
+    assert!(
+        overloaded > 0,
+        "a queue of 1 under a burst of {clients} must refuse some requests"
+    );
+    assert!(
+        ok >= 2,
+        "the running request and the queued one are answered"
+    );
+    // Recovered: the queue drained, new requests are served.
+    assert_eq!(server.metric("lanes_queue_texts"), 0.0);
+    assert_eq!(server.embed(&["after the storm"]).len(), 1);
+    assert_eq!(server.get("/health").status, 200);
+    assert_eq!(
+        server.metric("lanes_http_requests_total{path=\"/v1/embeddings\",code=\"429\"}"),
+        overloaded as f64
+    );
+}
+
+#[test]
+fn sigterm_finishes_every_accepted_request_and_exits_0() {
+    // One worker; each request sleeps 150 ms in its forward pass, so six of them
+    // are still queued or running when the signal arrives.
+    let Some(mut server) = Server::start(&["--workers", "1", "--no-batching", "--inject-faults"])
+    else {
+        return;
+    };
+    let expected = server.embed(&["still embedded"]).remove(0);
+    let n = 6;
+    let results = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                let server = &server;
+                s.spawn(move || {
+                    let body = serde_json::json!({ "input": ["__lanes_fault:sleep_ms=150__", "still embedded"] });
+                    server.post("/v1/embeddings", &body.to_string())
+                })
+            })
+            .collect();
+        // Wait until all six are in flight, then ask the server to stop.
+        let start = Instant::now();
+        while server.metric("lanes_http_requests_in_flight") < n as f64 {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "requests never got in flight"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        server.signal_term();
+        // New connections are refused while the accepted requests finish.
+        std::thread::sleep(Duration::from_millis(200));
+        let refused =
+            std::net::TcpStream::connect(server.base.trim_start_matches("http://")).is_err();
+        let results: Vec<Resp> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        (results, refused)
+    });
+    let (results, refused) = results;
+    for r in &results {
+        let v = r.openai_vectors();
+        assert_eq!(v.len(), 2);
+        assert!(max_abs_diff(&v[1], &expected) <= SAME);
+    }
+    let status = server.wait_exit(Duration::from_secs(30));
+    let stderr = server.stderr.lock().unwrap().clone();
+    assert!(
+        status.success(),
+        "exit status {status:?}; stderr:\n{stderr}"
+    );
+    assert!(
+        refused,
+        "a new connection was accepted after SIGTERM; stderr:\n{stderr}"
+    );
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+}
