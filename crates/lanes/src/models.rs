@@ -310,7 +310,9 @@ mod shuttle_models {
 
     #[test]
     fn shuttle_thread_exit_vs_device_drop() {
-        both(super::thread_exit_vs_drop);
+        // PCT's scheduler rejects this scenario's first execution as having no
+        // concurrency (shuttle-schedulers 0.1.1, pct.rs:79); random schedules run it.
+        shuttle::check_random(super::thread_exit_vs_drop, ITER);
     }
 
     #[test]

@@ -18,7 +18,7 @@
 pub(crate) use loom::{
     sync::{
         atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
-        Arc, Condvar, Mutex, MutexGuard, Weak,
+        Condvar, Mutex, MutexGuard,
     },
     thread,
 };
@@ -27,7 +27,7 @@ pub(crate) use loom::{
 pub(crate) use shuttle::{
     sync::{
         atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
-        Arc, Condvar, Mutex, MutexGuard, Weak,
+        Condvar, Mutex, MutexGuard,
     },
     thread,
 };
@@ -36,10 +36,17 @@ pub(crate) use shuttle::{
 pub(crate) use std::{
     sync::{
         atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
-        Arc, Condvar, Mutex, MutexGuard, Weak,
+        Condvar, Mutex, MutexGuard,
     },
     thread,
 };
+
+/// Reference counts are always `std`'s, in every mode: trait objects
+/// (`Arc<dyn Backend>`, `Arc<dyn BufferOwner>`) need unsized coercion and `Weak`,
+/// which loom's `Arc` lacks. The protocols the checkers must explore live in the
+/// atomics, locks and condition variables above, which are the checkers' own; a
+/// std `Arc` is only a correct reference count to them.
+pub(crate) use std::sync::{Arc, Weak};
 
 /// Declares a thread-local through the active implementation (`loom`'s macro
 /// rejects `const {}` initializers, so callers use plain expressions).
