@@ -244,7 +244,7 @@ fn hammer(a: &Allocator, threads: usize, ops: usize, hold: usize) -> u64 {
         for lane in 0..threads {
             let (ooms, all_hold) = (&ooms, &all_hold);
             s.spawn(move || {
-                let mut rng = 0x9e37_79b9_7f4a_7c15_u64 ^ (lane as u64 + 1) * 0x1234_5678;
+                let mut rng = 0x9e37_79b9_7f4a_7c15_u64 ^ ((lane as u64 + 1) * 0x1234_5678);
                 let mut live = Vec::new();
                 if hold > 0 {
                     let b = a.alloc(lane, hold).unwrap();
@@ -254,7 +254,8 @@ fn hammer(a: &Allocator, threads: usize, ops: usize, hold: usize) -> u64 {
                 all_hold.wait();
                 let held = live.len();
                 for i in 0..ops {
-                    if live.len() >= held + 8 || (live.len() > held && xorshift(&mut rng) % 3 == 0)
+                    if live.len() >= held + 8
+                        || (live.len() > held && xorshift(&mut rng).is_multiple_of(3))
                     {
                         let k = held + (xorshift(&mut rng) as usize) % (live.len() - held);
                         let (b, tag): (lanes::alloc::Block, u8) = live.swap_remove(k);

@@ -49,24 +49,6 @@ impl Buffer {
         })
     }
 
-    /// Wraps a block that `owner`'s allocator handed out.
-    ///
-    /// Fails with [`Error::StaleBuffer`] (and frees nothing) if it came from another allocator or
-    /// has been freed; the block is then returned in the error's place unchanged.
-    pub fn from_block(
-        owner: Arc<dyn BufferOwner>,
-        block: Block,
-    ) -> std::result::Result<Buffer, (Error, Block)> {
-        if let Err(e) = owner.allocator().resolve(block.id()) {
-            return Err((e, block));
-        }
-        Ok(Buffer {
-            owner,
-            block: Some(block),
-            uses: AtomicU64::new(0),
-        })
-    }
-
     fn block(&self) -> &Block {
         // Invariant: `block` is `Some` for the whole life of a `Buffer` value; only
         // `free` and `drop` take it, and both consume the buffer.

@@ -50,7 +50,7 @@ impl Default for SmallBins {
 
 impl SmallBins {
     fn class(size: usize) -> usize {
-        debug_assert!(size % ROUND == 0 && size > 0 && size <= SMALL_SEGMENT);
+        debug_assert!(size.is_multiple_of(ROUND) && size > 0 && size <= SMALL_SEGMENT);
         size / ROUND - 1
     }
 
@@ -95,11 +95,13 @@ impl SmallBins {
         }
         let k = Self::class(e.size);
         let bin = &mut self.bins[k];
-        // Descending by address: the insertion point is after every larger address.
-        let at = bin.partition_point(|&(a, _)| a > e.addr);
-        bin.insert(at, (e.addr, e.slot));
-        if bin.len() == 1 {
+        if bin.is_empty() {
+            bin.push((e.addr, e.slot));
             self.mark(k, true);
+        } else {
+            // Descending by address: the insertion point is after every larger address.
+            let at = bin.partition_point(|&(a, _)| a > e.addr);
+            bin.insert(at, (e.addr, e.slot));
         }
     }
 

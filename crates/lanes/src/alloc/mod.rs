@@ -275,7 +275,7 @@ impl Allocator {
             }
         }
         let pool = Pool::of_request(size);
-        if let Some(g) = self.from_cache(lane, pool, size, true) {
+        if let Some(g) = self.take_cached(lane, pool, size, true) {
             return Ok(self.block(lane, g, bytes));
         }
         match self.grow(lane, size) {
@@ -285,7 +285,7 @@ impl Allocator {
         }
         // Out of memory: reclaim everything reclaimable on every lane, retry once.
         self.reclaim(true);
-        if let Some(g) = self.from_cache(lane, pool, size, false) {
+        if let Some(g) = self.take_cached(lane, pool, size, false) {
             return Ok(self.block(lane, g, bytes));
         }
         match self.grow(lane, size) {
@@ -312,7 +312,7 @@ impl Allocator {
     }
 
     /// A cached block of `lane`, after releasing parked blocks whose markers are done.
-    fn from_cache(&self, lane: usize, pool: Pool, size: usize, count_miss: bool) -> Option<Grant> {
+    fn take_cached(&self, lane: usize, pool: Pool, size: usize, count_miss: bool) -> Option<Grant> {
         let mut cache = self.cache(lane);
         if !cache.parked.is_empty() {
             cache.poll_parked();
