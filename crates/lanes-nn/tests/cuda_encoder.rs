@@ -442,3 +442,78 @@ fn sixteen_threads_share_one_encoder() {
     eprintln!("{threads} threads: {total} embeddings, {identical} bit-identical to one thread, max |diff| {max_diff:.3e}");
     assert!(max_diff <= 1e-6, "threads disagree with one thread: max |diff| {max_diff:.3e}");
 }
+
+// ---------------------------------------------------------------------------
+// Throughput figures (only with LANES_CUDA_BENCH=1; prints, asserts nothing)
+
+#[test]
+fn throughput_report() {
+    if std::env::var("LANES_CUDA_BENCH").as_deref() != Ok("1") {
+        eprintln!("SKIPPED (set LANES_CUDA_BENCH=1 for throughput figures)");
+        return;
+    }
+    let Some(dev) = cuda() else { return };
+    let Some(dir) = model_dir() else { return };
+    let enc = Arc::new(Encoder::load(&dir, &dev).expect("load the model on the GPU"));
+    let seq = 128;
+    let batch_of = |n: usize, seed: u64| {
+        let mut rng = Rng(seed);
+        let seqs: Vec<(Vec<u32>, Vec<u32>)> = (0..n)
+            .map(|_| {
+                let mut ids: Vec<u32> = (0..seq).map(|_| 1000 + rng.below(20_000) as u32).collect();
+                ids[0] = 101;
+                ids[seq - 1] = 102;
+                (ids, vec![0; seq])
+            })
+            .collect();
+        lanes_nn::Encoded::from_sequences(&seqs).unwrap()
+    };
+    let lane = dev.lease().unwrap();
+    for batch in [1usize, 8, 32] {
+        let e = batch_of(batch, batch as u64);
+        for _ in 0..3 {
+            enc.forward(&lane, &e).unwrap();
+        }
+        let iters = (256 / batch).max(8);
+        let t0 = std::time::Instant::now();
+        for _ in 0..iters {
+            enc.forward(&lane, &e).unwrap();
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "1 thread, batch {batch} x {seq} tokens: {:.3} ms/forward, {:.0} sequences/s",
+            1e3 * dt / iters as f64,
+            (iters * batch) as f64 / dt
+        );
+    }
+    drop(lane);
+    for batch in [1usize, 8, 32] {
+        let threads = 16;
+        let iters = (512 / batch).clamp(8, 64);
+        let barrier = Arc::new(std::sync::Barrier::new(threads + 1));
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (dev, enc, barrier) = (dev.clone(), enc.clone(), barrier.clone());
+                let e = batch_of(batch, 1000 + t as u64);
+                std::thread::spawn(move || {
+                    let lane = dev.lease().unwrap();
+                    enc.forward(&lane, &e).unwrap();
+                    barrier.wait();
+                    for _ in 0..iters {
+                        enc.forward(&lane, &e).unwrap();
+                    }
+                })
+            })
+            .collect();
+        barrier.wait();
+        let t0 = std::time::Instant::now();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "{threads} threads, batch {batch} x {seq} tokens: {:.0} sequences/s",
+            (threads * iters * batch) as f64 / dt
+        );
+    }
+}
