@@ -6,7 +6,7 @@
 //! large pool) keyed by `(size, addr)`. Everything here is plain data: the caller
 //! holds the lane's mutex.
 
-use super::index::{Entry, LargeTree, SmallBins};
+use super::index::{Bins, Entry};
 use super::stats::{BlockInfo, BlockState, LaneCounters, SegmentInfo};
 use super::PendingUse;
 use crate::backend::DevicePtr;
@@ -125,17 +125,31 @@ pub(crate) struct Grant {
 }
 
 /// A lane's segments, blocks, free indexes and parked blocks.
-#[derive(Default)]
 pub(crate) struct LaneCache {
     nodes: Vec<Node>,
     vacant: Vec<u32>,
-    small: SmallBins,
-    large: LargeTree,
+    small: Bins,
+    large: Bins,
     segments: Vec<Segment>,
     /// Parked blocks; a forced reclaim may take entries out while it waits.
     pub(crate) parked: Vec<Parked>,
     next_generation: u64,
     pub(crate) counters: LaneCounters,
+}
+
+impl Default for LaneCache {
+    fn default() -> Self {
+        LaneCache {
+            nodes: Vec::new(),
+            vacant: Vec::new(),
+            small: Bins::small(),
+            large: Bins::large(),
+            segments: Vec::new(),
+            parked: Vec::new(),
+            next_generation: 0,
+            counters: LaneCounters::default(),
+        }
+    }
 }
 
 impl LaneCache {

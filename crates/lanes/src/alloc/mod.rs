@@ -64,6 +64,10 @@ pub use self::stats::{AllocStats, BlockInfo, BlockState, SegmentInfo};
 
 /// A marker that says when another lane has finished with a freed block (an event
 /// recorded on that lane at free time).
+///
+/// `is_done` runs, and a completed marker is dropped, while the allocator holds the
+/// home lane's lock: neither may call back into the allocator. `wait` runs with no
+/// allocator lock held.
 pub trait PendingUse: Send + Sync {
     /// `true` once the lane's work before the marker has completed.
     fn is_done(&self) -> Result<bool>;
