@@ -8,6 +8,10 @@ use clap::{Parser, Subcommand};
 mod common;
 mod embed;
 mod serve;
+mod bench;
+mod stress;
+mod verify;
+mod version;
 
 /// Thread-safe parallel inference: many threads, one GPU, every result checked.
 #[derive(Parser)]
@@ -26,6 +30,15 @@ enum Command {
     /// Closed-loop HTTP load against a loopback `lanes serve` (for the benchmark).
     #[command(hide = true)]
     Loadgen(serve::loadgen::LoadgenArgs),
+    /// Many threads × many requests, every result checked against a reference and
+    /// every counter against its baseline; exit 0 only on a pass.
+    Stress(stress::StressArgs),
+    /// Throughput, latency and scaling: a lane per thread vs one lane under a global lock.
+    Bench(bench::BenchArgs),
+    /// A verification round: refuse a stale binary, stress at 4-32 threads, record in a ledger.
+    Verify(verify::VerifyArgs),
+    /// The version; --verbose adds the source hash, git commit, rustc, profile, build time.
+    Version(version::VersionArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +47,10 @@ fn main() -> ExitCode {
         Command::Embed(args) => embed::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Loadgen(args) => serve::loadgen::run(args),
+        Command::Stress(args) => stress::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Verify(args) => verify::run(args),
+        Command::Version(args) => version::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -1,0 +1,275 @@
+//! `lanes stress`: many threads × many requests of real inference, every result
+//! compared with a single-threaded reference, every counter back to its baseline.
+//!
+//! 1. The suite: `--distinct` requests of batch 1..=`--max-batch` and
+//!    1..=`--max-len` tokens, texts and synthetic token sequences, all derived from
+//!    `--seed` ([`requests`]).
+//! 2. The reference pass: each request once, on one lane of the same device, one
+//!    after the other. The small ones are also checked against the host reference
+//!    forward (the `anchor` check; `--no-anchor` skips it).
+//! 3. The run: `--threads` threads, each leasing its own lane (and giving it back
+//!    and leasing again every few requests), run `--requests` requests each, picked
+//!    from the suite by the seed. Every row is compared with its reference
+//!    (cosine ≥ 0.99999 and max |diff| ≤ 1e-5).
+//! 4. The baseline: afterwards the allocator's allocated bytes, the leases held,
+//!    the pooled events handed out and the pending callbacks must equal what they
+//!    were before the run.
+//!
+//! The run passes only if every check holds; the exit code is 0 only then.
+//! `--inject oom:P` makes a fraction P of allocations fail during the run (see
+//! [`inject`]): those requests must end with an allocation error, the others must
+//! still match, and nothing may leak.
+//!
+//! Test hooks (hidden from `--help`): `--plant mismatch` perturbs thread 0's first
+//! result by 1e-3 before it is compared; `--plant leak` makes thread 0 allocate
+//! 4 KiB and forget the buffer; `--plant lease-leak` makes it forget a lease. Each
+//! must make the run fail; the tests prove it.
+
+pub mod compare;
+pub mod engine;
+pub mod inject;
+pub mod report;
+pub mod requests;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use lanes::{Device, DeviceConfig, Policy, Wait};
+use lanes_nn::{Encoder, Model};
+
+pub use engine::{prepare, run_stress, Plant, RunConfig};
+pub use inject::FaultyBackend;
+pub use report::StressReport;
+pub use requests::Shapes;
+
+/// Arguments of `lanes stress`.
+#[derive(Args, Debug, Clone)]
+pub struct StressArgs {
+    /// Model folder (else $LANES_MODEL, else ./models/all-MiniLM-L6-v2).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Threads, each on its own lane.
+    #[arg(long, default_value_t = 8)]
+    pub threads: usize,
+    /// Requests per thread.
+    #[arg(long, default_value_t = 16)]
+    pub requests: usize,
+    /// Distinct requests in the suite (each gets a reference).
+    #[arg(long, default_value_t = 16)]
+    pub distinct: usize,
+    /// Largest batch of a request (1..=32).
+    #[arg(long, default_value_t = 32)]
+    pub max_batch: usize,
+    /// Longest sequence of a request in tokens (1..=256).
+    #[arg(long, default_value_t = 256)]
+    pub max_len: usize,
+    /// Fault injection during the run: `oom:P` fails a fraction P of allocations.
+    #[arg(long, value_name = "oom:P", value_parser = parse_inject)]
+    pub inject: Option<f64>,
+    /// Seed of the requests, the schedule and the injection.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Skip the check of the device's references against the host reference forward.
+    #[arg(long)]
+    pub no_anchor: bool,
+    /// One JSON object instead of the summary line.
+    #[arg(long)]
+    pub json: bool,
+    /// Test hook: plant a failure the checks must catch.
+    #[arg(long, value_enum, hide = true)]
+    pub plant: Option<Plant>,
+    /// A thread gives its lane back and leases one again every this many requests.
+    #[arg(long, default_value_t = 4, hide = true)]
+    pub relay_every: usize,
+}
+
+/// Parses `oom:P` with P in 0..=1.
+pub fn parse_inject(s: &str) -> std::result::Result<f64, String> {
+    let p = s
+        .strip_prefix("oom:")
+        .ok_or_else(|| format!("expected oom:P (e.g. oom:0.3), not `{s}`"))?;
+    let p: f64 = p
+        .parse()
+        .map_err(|_| format!("`{p}` is not a probability"))?;
+    if !(0.0..=1.0).contains(&p) {
+        return Err(format!("the probability {p} is outside 0..=1"));
+    }
+    Ok(p)
+}
+
+impl StressArgs {
+    /// The suite's shapes, validated.
+    pub fn shapes(&self) -> Result<Shapes> {
+        Shapes::checked(self.distinct, self.max_batch, self.max_len)
+    }
+}
+
+/// Opens `spec` with `lanes` exclusive lanes. With `faulty_seed`, the device runs
+/// on a [`FaultyBackend`] over the real backend (disarmed until a run arms it).
+pub fn open_device(
+    spec: &str,
+    lanes: usize,
+    faulty_seed: Option<u64>,
+) -> Result<(Device, Option<Arc<FaultyBackend>>)> {
+    if lanes == 0 || lanes > lanes::MAX_LANES {
+        bail!(
+            "{lanes} lanes asked for; a device has 1..={}",
+            lanes::MAX_LANES
+        );
+    }
+    let device = crate::common::open_device(spec, lanes)?;
+    let Some(seed) = faulty_seed else {
+        return Ok((device, None));
+    };
+    let faulty = Arc::new(FaultyBackend::new(device.backend().clone(), seed));
+    drop(device);
+    let config = DeviceConfig {
+        lanes,
+        policy: Policy::Exclusive {
+            wait: Wait::Forever,
+        },
+        ..Default::default()
+    };
+    let device = Device::new(faulty.clone(), config)
+        .with_context(|| format!("cannot open device `{spec}`"))?;
+    Ok((device, Some(faulty)))
+}
+
+/// Loads the encoder onto `device` and, unless skipped, the host model for the anchor.
+pub fn load(
+    dir: &std::path::Path,
+    device: &Device,
+    anchor: bool,
+) -> Result<(Encoder, Option<Model>)> {
+    let encoder = Encoder::load(dir, device)
+        .with_context(|| format!("cannot load the model from {}", dir.display()))?;
+    let host = if anchor {
+        Some(
+            Model::load(dir)
+                .with_context(|| format!("cannot load the host model from {}", dir.display()))?,
+        )
+    } else {
+        None
+    };
+    Ok((encoder, host))
+}
+
+/// Runs `lanes stress`; 0 only if the run passed.
+pub fn run(args: StressArgs) -> Result<u8> {
+    if args.threads == 0 || args.requests == 0 {
+        bail!("--threads and --requests must be at least 1");
+    }
+    let shapes = args.shapes()?;
+    let dir = crate::common::model_dir(args.model.clone())?;
+    // Injection keeps one extra lane out of the rotation (see `inject`).
+    let lanes = args.threads + usize::from(args.inject.is_some());
+    let (device, faulty) = open_device(&args.device, lanes, args.inject.map(|_| args.seed))?;
+    let (encoder, host) = load(&dir, &device, !args.no_anchor)?;
+    let suite = prepare(&encoder, host.as_ref(), shapes, args.seed)?;
+    drop(host);
+    let cfg = RunConfig {
+        threads: args.threads,
+        requests: args.requests,
+        seed: args.seed,
+        relay_every: args.relay_every,
+        inject: args.inject,
+        plant: args.plant,
+        progress: !args.json,
+    };
+    let report = run_stress(&encoder, &suite, &cfg, faulty.as_deref())?;
+    print_report(&report, args.json)?;
+    Ok(if report.passed { 0 } else { 1 })
+}
+
+/// Prints the JSON object, or the summary line and, on failure, what failed.
+pub fn print_report(report: &StressReport, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+        return Ok(());
+    }
+    println!("{}", report.summary());
+    if !report.passed {
+        if let Some(m) = &report.first_mismatch {
+            println!("  first mismatch: {m}");
+        }
+        if let Some(e) = &report.first_error {
+            println!("  first error: {e}");
+        }
+        for c in report.checks.iter().filter(|c| !c.passed) {
+            println!("  check {} failed: {}", c.name, c.detail);
+        }
+    }
+    Ok(())
+}
+
+/// One step of splitmix64: a well-mixed hash of `x`.
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A small deterministic generator (splitmix64 over a counter).
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        splitmix64(self.0)
+    }
+
+    /// Uniform in `0..n` (`n` ≥ 1).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n.max(1))) >> 64) as u64
+    }
+
+    /// In `1..=max`, log-uniform: small values as likely per octave as large ones.
+    pub fn log_uniform(&mut self, max: usize) -> usize {
+        let max = max.max(1);
+        let u = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let v = ((max as f64 + 1.0).ln() * u).exp().floor() as usize;
+        v.clamp(1, max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inject_parses_probabilities_only() {
+        assert_eq!(parse_inject("oom:0.3"), Ok(0.3));
+        assert_eq!(parse_inject("oom:1"), Ok(1.0));
+        assert!(parse_inject("0.3").is_err());
+        assert!(parse_inject("oom:1.5").is_err());
+        assert!(parse_inject("oom:x").is_err());
+    }
+
+    #[test]
+    fn the_generator_is_deterministic_and_in_range() {
+        let mut a = Rng::new(9);
+        let mut b = Rng::new(9);
+        for _ in 0..1000 {
+            let (x, y) = (a.log_uniform(256), b.log_uniform(256));
+            assert_eq!(x, y);
+            assert!((1..=256).contains(&x));
+            assert!(a.below(7) < 7 && b.below(7) < 7);
+        }
+        let mut r = Rng::new(1);
+        let hits = (0..4000).filter(|_| r.log_uniform(32) == 32).count();
+        assert!(hits > 0, "the maximum is reachable");
+    }
+}

@@ -1,0 +1,106 @@
+//! `lanes bench` and `lanes bench alloc` on a tiny CPU run: every field is there
+//! and every figure is positive. Timings themselves are never asserted.
+
+mod cli_support;
+
+use cli_support::{json_lines, lanes, model_dir, run};
+
+fn positive(v: &serde_json::Value, field: &str) -> f64 {
+    let x = v[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("field `{field}` missing or not a number: {v}"));
+    assert!(x > 0.0, "`{field}` is {x}: {v}");
+    x
+}
+
+#[test]
+fn a_tiny_bench_reports_both_modes_with_every_field() {
+    let Some(model) = model_dir() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("bench.png");
+    let (code, out, err) = run(lanes(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--batch",
+        "1",
+        "--seq",
+        "8",
+        "--duration-ms",
+        "30",
+        "--json",
+    ])
+    .arg("--model")
+    .arg(model)
+    .arg("--plot")
+    .arg(&png));
+    assert_eq!(code, 0, "stderr: {err}");
+    let cells = json_lines(&out);
+    assert_eq!(cells.len(), 2, "{out}");
+    let modes: Vec<&str> = cells.iter().map(|c| c["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["lanes", "global-lock"]);
+    for c in &cells {
+        assert_eq!(c["device"], "cpu");
+        assert_eq!(c["threads"], 1);
+        assert_eq!(c["batch"], 1);
+        assert_eq!(c["seq"], 8);
+        for f in ["seq_per_s", "p50_ms", "p99_ms", "efficiency"] {
+            positive(c, f);
+        }
+        assert!(positive(c, "p99_ms") >= positive(c, "p50_ms"));
+    }
+    let bytes = std::fs::read(&png).expect("the plot was written");
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+}
+
+#[test]
+fn bench_alloc_reports_the_allocator_beside_the_backend() {
+    let (code, out, err) = run(&mut lanes(&[
+        "bench",
+        "alloc",
+        "--device",
+        "cpu",
+        "--threads",
+        "1,2",
+        "--bytes",
+        "4096",
+        "--duration-ms",
+        "20",
+        "--json",
+    ]));
+    assert_eq!(code, 0, "stderr: {err}");
+    let cells = json_lines(&out);
+    assert_eq!(cells.len(), 4, "{out}");
+    let paths: Vec<(&str, u64)> = cells
+        .iter()
+        .map(|c| (c["path"].as_str().unwrap(), c["threads"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("allocator", 1),
+            ("allocator", 2),
+            ("backend", 1),
+            ("backend", 2)
+        ]
+    );
+    for c in &cells {
+        assert_eq!(c["bytes"], 4096);
+        for f in ["pairs", "ns_per_pair", "pairs_per_s"] {
+            positive(c, f);
+        }
+    }
+}
+
+#[test]
+fn bench_flags_are_checked() {
+    let (code, _, err) = run(&mut lanes(&["bench", "--threads", "0", "--device", "cpu"]));
+    assert_ne!(code, 0);
+    assert!(err.contains("at least 1"), "{err}");
+    let (code, _, err) = run(&mut lanes(&["bench", "--modes", "fast"]));
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run(&mut lanes(&["bench", "--iters", "3", "--duration-ms", "5"]));
+    assert_eq!(code, 2, "{err}");
+}

@@ -1,0 +1,186 @@
+//! `lanes stress` end to end on the CPU: a clean run passes, and every planted
+//! failure (a perturbed result, a leaked buffer, a leaked lease) makes it fail;
+//! injected allocation failures end cleanly without mismatches or leaks.
+
+mod cli_support;
+
+use cli_support::{json_object, lanes, model_dir, run};
+
+/// A small suite: 2 threads × 8 requests of batch ≤ 3 and ≤ 16 tokens.
+fn small(extra: &[&str]) -> Option<(i32, serde_json::Value, String)> {
+    let model = model_dir()?;
+    let mut args = vec![
+        "stress",
+        "--device",
+        "cpu",
+        "--threads",
+        "2",
+        "--requests",
+        "8",
+        "--distinct",
+        "4",
+        "--max-batch",
+        "3",
+        "--max-len",
+        "16",
+        "--seed",
+        "7",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let (code, out, err) = run(lanes(&args).arg("--model").arg(model));
+    Some((code, json_object(&out), err))
+}
+
+fn num(v: &serde_json::Value, field: &str) -> f64 {
+    v[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("field `{field}` is missing or not a number: {v}"))
+}
+
+#[test]
+fn a_clean_run_passes_with_every_figure_reported() {
+    let Some((code, v, err)) = small(&[]) else {
+        return;
+    };
+    assert_eq!(code, 0, "stderr: {err}\n{v:#}");
+    assert_eq!(v["passed"], true);
+    for field in [
+        "requests",
+        "errors",
+        "mismatches",
+        "min_cosine",
+        "max_abs_diff",
+        "leaked_bytes",
+        "leases_outstanding",
+        "events_outstanding",
+        "seconds",
+        "threads",
+    ] {
+        num(&v, field);
+    }
+    assert_eq!(v["device"], "cpu");
+    assert_eq!(num(&v, "requests"), 16.0);
+    assert_eq!(num(&v, "errors"), 0.0);
+    assert_eq!(num(&v, "mismatches"), 0.0);
+    assert_eq!(num(&v, "leaked_bytes"), 0.0);
+    assert_eq!(num(&v, "leases_outstanding"), 0.0);
+    assert!(num(&v, "min_cosine") >= 0.99999);
+    assert!(num(&v, "max_abs_diff") <= 1e-5);
+    assert!(v["first_mismatch"].is_null());
+    let checks: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "results",
+        "errors",
+        "allocated_bytes",
+        "leases",
+        "events",
+        "callbacks",
+        "anchor",
+    ] {
+        assert!(checks.contains(&name), "check {name} missing: {checks:?}");
+    }
+}
+
+#[test]
+fn a_planted_mismatch_fails_the_run_and_is_described() {
+    let Some((code, v, err)) = small(&["--plant", "mismatch"]) else {
+        return;
+    };
+    assert_ne!(code, 0, "stderr: {err}");
+    assert_eq!(v["passed"], false);
+    assert!(num(&v, "mismatches") >= 1.0);
+    let m = &v["first_mismatch"];
+    assert_eq!(m["thread"], 0);
+    assert!(m["row"].is_u64(), "{m}");
+    assert!(m["max_abs_diff"].as_f64().unwrap() > 1e-5, "{m}");
+}
+
+#[test]
+fn a_planted_mismatch_is_described_in_the_summary() {
+    let Some(model) = model_dir() else { return };
+    let (code, out, _) = run(lanes(&[
+        "stress",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--requests",
+        "1",
+        "--distinct",
+        "1",
+        "--max-batch",
+        "1",
+        "--max-len",
+        "4",
+        "--no-anchor",
+        "--plant",
+        "mismatch",
+    ])
+    .arg("--model")
+    .arg(model));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL"), "{out}");
+    assert!(
+        out.contains("first mismatch: thread 0 step 0 (suite request 0"),
+        "{out}"
+    );
+    assert!(out.contains("row 0: cosine"), "{out}");
+}
+
+#[test]
+fn a_planted_leak_fails_the_run() {
+    let Some((code, v, err)) = small(&["--plant", "leak"]) else {
+        return;
+    };
+    assert_ne!(code, 0, "stderr: {err}");
+    assert_eq!(v["passed"], false);
+    assert!(num(&v, "leaked_bytes") > 0.0, "{v}");
+    assert_eq!(num(&v, "mismatches"), 0.0);
+}
+
+#[test]
+fn a_planted_lease_leak_fails_the_run() {
+    let Some((code, v, err)) = small(&["--plant", "lease-leak"]) else {
+        return;
+    };
+    assert_ne!(code, 0, "stderr: {err}");
+    assert_eq!(v["passed"], false);
+    assert!(num(&v, "leases_outstanding") > 0.0, "{v}");
+}
+
+#[test]
+fn injected_oom_fails_requests_cleanly_and_the_run_passes() {
+    let Some((code, v, err)) = small(&["--inject", "oom:0.3"]) else {
+        return;
+    };
+    assert_eq!(code, 0, "stderr: {err}\n{v:#}");
+    assert_eq!(v["passed"], true);
+    assert!(num(&v, "errors") > 0.0, "{v}");
+    assert!(num(&v, "injected_failures") > 0.0, "{v}");
+    assert_eq!(num(&v, "unclean_errors"), 0.0);
+    assert_eq!(num(&v, "mismatches"), 0.0);
+    assert_eq!(num(&v, "leaked_bytes"), 0.0);
+    assert_eq!(num(&v, "leases_outstanding"), 0.0);
+}
+
+#[test]
+fn bad_flags_are_errors_not_panics() {
+    let (code, _, err) = run(&mut lanes(&["stress", "--inject", "0.3"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("expected oom:P"), "{err}");
+    let (code, _, err) = run(&mut lanes(&["stress", "--threads", "two"]));
+    assert_eq!(code, 2, "{err}");
+    let Some(model) = model_dir() else { return };
+    let (code, _, err) = run(lanes(&["stress", "--device", "cpu", "--max-batch", "64"])
+        .arg("--model")
+        .arg(model));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--max-batch must be 1..=32"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
