@@ -154,6 +154,7 @@ impl Default for LaneCache {
 
 impl LaneCache {
     /// Enters the free block at `slot` in its pool's index.
+    #[inline]
     fn index(&mut self, slot: u32) {
         let n = &self.nodes[slot as usize];
         let e = Entry {
@@ -168,6 +169,7 @@ impl LaneCache {
     }
 
     /// Takes the free block at `slot` out of its pool's index.
+    #[inline]
     fn unindex(&mut self, slot: u32) {
         let n = &self.nodes[slot as usize];
         let removed = match n.pool {
@@ -177,6 +179,7 @@ impl LaneCache {
         debug_assert_eq!(removed, Some(slot));
     }
 
+    #[inline]
     fn new_node(&mut self, node: Node) -> u32 {
         match self.vacant.pop() {
             Some(slot) => {
@@ -190,6 +193,7 @@ impl LaneCache {
         }
     }
 
+    #[inline]
     fn vacate(&mut self, slot: u32) {
         self.nodes[slot as usize].state = NodeState::Vacant;
         self.vacant.push(slot);
@@ -197,6 +201,7 @@ impl LaneCache {
 
     /// Best fit: the smallest free block of `pool` holding `size`, lowest address
     /// first; split if the rest is worth keeping. Marks it live.
+    #[inline]
     pub(crate) fn take_best_fit(&mut self, pool: Pool, size: usize) -> Option<Grant> {
         let e = match pool {
             Pool::Small => self.small.take_best_fit(size),
@@ -238,6 +243,7 @@ impl LaneCache {
     }
 
     /// Marks the free block at `slot` (not in an index) live, splitting off the rest.
+    #[inline]
     fn hand_out(&mut self, slot: u32, size: usize) -> Grant {
         let (addr, have, pool, next) = {
             let n = &self.nodes[slot as usize];
@@ -279,6 +285,7 @@ impl LaneCache {
     }
 
     /// The size of the live block at `slot` with this generation, if it is one.
+    #[inline]
     pub(crate) fn live_size(&self, slot: u32, generation: u64) -> Option<usize> {
         let n = self.nodes.get(slot as usize)?;
         (n.state == NodeState::Live && n.generation == generation).then_some(n.size)
@@ -298,6 +305,7 @@ impl LaneCache {
     }
 
     /// Returns the live block at `slot` to the free index, merging with free neighbours.
+    #[inline]
     pub(crate) fn release_live(&mut self, slot: u32) {
         self.counters.active_blocks -= 1;
         self.release(slot);
@@ -310,6 +318,7 @@ impl LaneCache {
         self.release(slot);
     }
 
+    #[inline]
     fn release(&mut self, mut slot: u32) {
         let prev = self.nodes[slot as usize].prev;
         if prev != NIL && self.nodes[prev as usize].state == NodeState::Free {
@@ -328,6 +337,7 @@ impl LaneCache {
     }
 
     /// Merges the block after `slot` into it (the caller has unindexed both as needed).
+    #[inline]
     fn absorb_next(&mut self, slot: u32) {
         let next = self.nodes[slot as usize].next;
         let (size, after) = {

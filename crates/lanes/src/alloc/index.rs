@@ -24,6 +24,7 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    #[inline]
     fn key(&self) -> (usize, u64) {
         (self.size, self.addr)
     }
@@ -52,6 +53,7 @@ impl Classes {
     }
 
     /// The class of `size`; classes never decrease as sizes grow.
+    #[inline]
     fn of(self, size: usize) -> usize {
         match self {
             Classes::Exact => {
@@ -102,6 +104,7 @@ impl Bins {
         }
     }
 
+    #[inline]
     fn mark(&mut self, k: usize, nonempty: bool) {
         let (w, b) = (k / 64, k % 64);
         if nonempty {
@@ -116,6 +119,7 @@ impl Bins {
     }
 
     /// The first non-empty class above `k`.
+    #[inline]
     fn next_after(&self, k: usize) -> Option<usize> {
         let k = k + 1;
         let (w, b) = (k / 64, k % 64);
@@ -133,6 +137,7 @@ impl Bins {
         Some(w * 64 + self.words[w].trailing_zeros() as usize)
     }
 
+    #[inline]
     pub(crate) fn insert(&mut self, e: Entry) {
         if self.bins.is_empty() {
             self.bins = (0..self.classes.count()).map(|_| Vec::new()).collect();
@@ -149,6 +154,7 @@ impl Bins {
     }
 
     /// Removes the block of `size` at `addr`; returns its slot.
+    #[inline]
     pub(crate) fn remove(&mut self, size: usize, addr: u64) -> Option<u32> {
         let k = self.classes.of(size);
         let bin = self.bins.get_mut(k)?;
@@ -165,6 +171,7 @@ impl Bins {
 
     /// Removes and returns the smallest block of at least `size` bytes, lowest
     /// address among equals.
+    #[inline]
     pub(crate) fn take_best_fit(&mut self, size: usize) -> Option<Entry> {
         let k = self.classes.of(size);
         if let Some(bin) = self.bins.get_mut(k) {

@@ -299,6 +299,7 @@ impl Allocator {
         }
     }
 
+    #[inline]
     fn block(&self, lane: usize, g: Grant, requested: usize) -> Block {
         self.counters.add_allocated(g.size);
         let id = BlockId {
@@ -316,6 +317,7 @@ impl Allocator {
     }
 
     /// A cached block of `lane`, after releasing parked blocks whose markers are done.
+    #[inline]
     fn take_cached(&self, lane: usize, pool: Pool, size: usize, count_miss: bool) -> Option<Grant> {
         let mut cache = self.cache(lane);
         if !cache.parked.is_empty() {
