@@ -267,7 +267,7 @@ impl Allocator {
             });
         }
         let Some(size) = round_size(bytes) else {
-            return Err(self.oom(usize::MAX));
+            return Err(self.oom(bytes));
         };
         if let Some(inj) = &self.injector {
             let n = self.counters.inject_draws.fetch_add(1, Ordering::Relaxed);
