@@ -118,12 +118,17 @@ impl Backend for HostBackend {
 
     fn synchronize(&self) -> Result<()> {
         let queues: Vec<_> = lock(&self.lanes).iter().filter_map(|q| q.upgrade()).collect();
+        // A job waiting for its own lane would deadlock; refusing also keeps the
+        // allocator from releasing segments that later jobs on that lane may use.
+        if queues.iter().any(|q| q.worker == Some(thread::current().id())) {
+            return Err(Error::InvalidArgument(
+                "the CPU device cannot be synchronized from one of its own lane threads".into(),
+            ));
+        }
         for q in queues {
             // Errors stay with the lanes' holders; this only waits.
-            if q.worker != Some(thread::current().id()) {
-                let n = lock(&q.state).submitted;
-                q.wait_for(n);
-            }
+            let n = lock(&q.state).submitted;
+            q.wait_for(n);
         }
         Ok(())
     }
