@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lanes::{Buffer, Device, DeviceConfig, Lease};
-use lanes_nn::exec::cuda::CudaExec;
+use lanes_nn::exec::cuda::{CudaExec, Gemm};
 use lanes_nn::exec::{Dims, EmbedTables, Exec};
 use lanes_nn::{cpu, reference, Encoder, Model};
 
@@ -201,35 +201,40 @@ fn attention_matches_cpu() {
 #[test]
 fn linear_matches_cpu() {
     let Some(dev) = cuda() else { return };
-    let ex = CudaExec::new(&dev).expect("compile the kernels");
     let lane = dev.lease().unwrap();
-    let mut rng = Rng(2);
-    // (rows, k, n, gelu): MiniLM's four projections, an odd width (scalar epilogue),
-    // a single row.
-    for (rows, k, n, gelu) in [
-        (74, 384, 1152, false),
-        (74, 384, 384, false),
-        (111, 384, 1536, true),
-        (111, 1536, 384, false),
-        (33, 50, 13, true),
-        (1, 8, 4, true),
-    ] {
-        let x = rng.vec(rows * k, -1.0, 1.0);
-        let w = rng.vec(n * k, -0.2, 0.2);
-        let b = rng.vec(n, -0.5, 0.5);
-        let (gx, gw, gb) = (up_f32(&lane, &x), up_f32(&lane, &w), up_f32(&lane, &b));
-        let gout = lane.alloc(rows * n * 4).unwrap();
-        ex.linear(&lane, rows, k, n, gx.ptr(), gw.ptr(), gb.ptr(), gelu, gout.ptr()).unwrap();
-        let got = down(&lane, &gout, rows * n);
-        let mut want = vec![0f32; rows * n];
-        cpu::linear(&x, rows, k, &w, &b, &mut want);
-        if gelu {
-            cpu::gelu_inplace(&mut want);
+    for gemm in [Gemm::Cublas, Gemm::Fused, Gemm::Auto] {
+        let ex = CudaExec::with_gemm(&dev, gemm).expect("compile the kernels");
+        let mut rng = Rng(2);
+        // (rows, k, n, gelu): MiniLM's four projections (split over K for the fused
+        // kernel), more rows, an odd width and depth, a single row.
+        for (rows, k, n, gelu) in [
+            (74, 384, 1152, false),
+            (74, 384, 384, false),
+            (111, 384, 1536, true),
+            (111, 1536, 384, false),
+            (300, 384, 1536, true),
+            (1030, 384, 384, false),
+            (33, 50, 13, true),
+            (70, 333, 67, false),
+            (1, 8, 4, true),
+        ] {
+            let x = rng.vec(rows * k, -1.0, 1.0);
+            let w = rng.vec(n * k, -0.2, 0.2);
+            let b = rng.vec(n, -0.5, 0.5);
+            let (gx, gw, gb) = (up_f32(&lane, &x), up_f32(&lane, &w), up_f32(&lane, &b));
+            let gout = lane.alloc(rows * n * 4).unwrap();
+            ex.linear(&lane, rows, k, n, gx.ptr(), gw.ptr(), gb.ptr(), gelu, gout.ptr()).unwrap();
+            let got = down(&lane, &gout, rows * n);
+            let mut want = vec![0f32; rows * n];
+            cpu::linear(&x, rows, k, &w, &b, &mut want);
+            if gelu {
+                cpu::gelu_inplace(&mut want);
+            }
+            let diff = max_abs_diff(&got, &want);
+            let scale = max_abs(&want).max(1.0);
+            eprintln!("linear {gemm:?} rows {rows} k {k} n {n} gelu {gelu}: max |diff| {diff:.3e} (max |out| {scale:.2})");
+            assert!(diff <= 2e-6 * scale * (k as f32).sqrt(), "linear {gemm:?} {rows}x{k}x{n}: max |diff| {diff:.3e}");
         }
-        let diff = max_abs_diff(&got, &want);
-        let scale = max_abs(&want).max(1.0);
-        eprintln!("linear rows {rows} k {k} n {n} gelu {gelu}: max |diff| {diff:.3e} (max |out| {scale:.2})");
-        assert!(diff <= 2e-6 * scale * (k as f32).sqrt(), "linear {rows}x{k}x{n}: max |diff| {diff:.3e}");
     }
 }
 
@@ -455,6 +460,7 @@ fn throughput_report() {
     let Some(dev) = cuda() else { return };
     let Some(dir) = model_dir() else { return };
     let enc = Arc::new(Encoder::load(&dir, &dev).expect("load the model on the GPU"));
+    eprintln!("linear path: {:?} (LANES_NN_GEMM)", Gemm::from_env().unwrap());
     let seq = 128;
     let batch_of = |n: usize, seed: u64| {
         let mut rng = Rng(seed);
@@ -515,5 +521,67 @@ fn throughput_report() {
             "{threads} threads, batch {batch} x {seq} tokens: {:.0} sequences/s",
             (threads * iters * batch) as f64 / dt
         );
+    }
+}
+
+/// Per-op GPU time at MiniLM's shapes (only with LANES_CUDA_BENCH=1): each op
+/// enqueued `N` times back to back between two lane synchronizations.
+#[test]
+fn op_timing_report() {
+    if std::env::var("LANES_CUDA_BENCH").as_deref() != Ok("1") {
+        eprintln!("SKIPPED (set LANES_CUDA_BENCH=1 for per-op timings)");
+        return;
+    }
+    let Some(dev) = cuda() else { return };
+    let ex = CudaExec::with_gemm(&dev, Gemm::Cublas).expect("compile the kernels");
+    let fused = CudaExec::with_gemm(&dev, Gemm::Fused).expect("compile the kernels");
+    let lane = dev.lease().unwrap();
+    let cl = lane.raw().as_any().downcast_ref::<lanes::backend::cuda::CudaLane>().unwrap();
+    let mut rng = Rng(7);
+    let (hidden, heads, inter, vocab) = (384usize, 12usize, 1536usize, 30522usize);
+    const N: u32 = 200;
+    for (batch, seq) in [(1usize, 128usize), (8, 128), (32, 128)] {
+        let d = Dims { batch, seq, hidden, heads };
+        let rows = d.rows();
+        let x = up_f32(&lane, &rng.vec(rows * inter, -1.0, 1.0));
+        let y = up_f32(&lane, &rng.vec(rows * hidden, -1.0, 1.0));
+        let qkv = up_f32(&lane, &rng.vec(rows * 3 * hidden, -1.0, 1.0));
+        let w = up_f32(&lane, &rng.vec(inter * hidden, -0.1, 0.1));
+        let b = up_f32(&lane, &rng.vec(inter, -0.1, 0.1));
+        let g = up_f32(&lane, &vec![1.0; hidden]);
+        let mask = up_f32(&lane, &vec![1.0; rows]);
+        let out = lane.alloc(rows * inter * 4).unwrap();
+        let word = up_f32(&lane, &rng.vec(vocab * hidden, -1.0, 1.0));
+        let ids = up_u32(&lane, &(0..rows as u32).collect::<Vec<_>>());
+        let types = up_u32(&lane, &vec![0; rows]);
+        let tables = EmbedTables { word: word.ptr(), position: y.ptr(), token_type: y.ptr(), gamma: g.ptr(), beta: b.ptr() };
+        let time = |name: &str, f: &mut dyn FnMut()| {
+            f();
+            lane.synchronize().unwrap();
+            let t0 = std::time::Instant::now();
+            for _ in 0..N {
+                f();
+            }
+            lane.synchronize().unwrap();
+            let us = t0.elapsed().as_secs_f64() * 1e6 / f64::from(N);
+            eprintln!("batch {batch:2} x {seq}: {name:<28} {us:8.1} us");
+        };
+        let (xp, yp, qp, wp, bp, op) = (x.ptr(), y.ptr(), qkv.ptr(), w.ptr(), b.ptr(), out.ptr());
+        time("embed_ln", &mut || ex.embed_ln(&lane, d, ids.ptr(), types.ptr(), &tables, 1e-12, op).unwrap());
+        time("linear qkv (384->1152)", &mut || ex.linear(&lane, rows, hidden, 3 * hidden, yp, wp, bp, false, op).unwrap());
+        time("  sgemm alone", &mut || {
+            // SAFETY: y holds rows*384, w 1536*384 >= 1152*384, out rows*1536 >= rows*1152 f32s.
+            unsafe { cl.sgemm(lanes::backend::cuda::Op::T, lanes::backend::cuda::Op::N, 3 * hidden, rows, hidden, 1.0, wp, hidden, yp, hidden, 0.0, op, 3 * hidden) }.unwrap()
+        });
+        time("  fused linear_tn", &mut || fused.linear(&lane, rows, hidden, 3 * hidden, yp, wp, bp, false, op).unwrap());
+        time("attention", &mut || ex.attention(&lane, d, qp, mask.ptr(), op).unwrap());
+        time("linear out (384->384)", &mut || ex.linear(&lane, rows, hidden, hidden, yp, wp, bp, false, op).unwrap());
+        time("  fused linear_tn", &mut || fused.linear(&lane, rows, hidden, hidden, yp, wp, bp, false, op).unwrap());
+        time("add_layer_norm", &mut || ex.add_layer_norm(&lane, rows, hidden, yp, yp, g.ptr(), bp, 1e-12, op).unwrap());
+        time("linear up+gelu (384->1536)", &mut || ex.linear(&lane, rows, hidden, inter, yp, wp, bp, true, op).unwrap());
+        time("  fused linear_tn", &mut || fused.linear(&lane, rows, hidden, inter, yp, wp, bp, true, op).unwrap());
+        time("linear down (1536->384)", &mut || ex.linear(&lane, rows, inter, hidden, xp, wp, bp, false, op).unwrap());
+        time("  fused linear_tn", &mut || fused.linear(&lane, rows, inter, hidden, xp, wp, bp, false, op).unwrap());
+        time("pool_normalize", &mut || ex.pool_normalize(&lane, d, xp, mask.ptr(), op).unwrap());
     }
 }

@@ -4,7 +4,7 @@
 //! | op | launches |
 //! | --- | --- |
 //! | `embed_ln` | 1 (gather + LayerNorm, a warp per row) |
-//! | `linear` | 2 (cuBLAS SGEMM, bias + optional GELU) |
+//! | `linear` | 2 (cuBLAS SGEMM, bias + optional GELU), or 1–2 with [`Gemm::Fused`] |
 //! | `attention` | 1 (scores, masked softmax and `P·V` per query tile, straight from `qkv`) |
 //! | `add_layer_norm` | 1 (a warp per row) |
 //! | `pool_normalize` | 1 (a block per sequence) |
@@ -40,14 +40,60 @@ const EPI_THREADS: u32 = 256;
 /// LayerNorm variants: values per lane (`dim <= 32 * V`) and kernel suffix.
 const LN_VARIANTS: [usize; 3] = [4, 12, 32];
 
+/// Output tile of `linear_tn` (`GM` × `GN`) and its K slice (`GK`).
+const GM: usize = 64;
+const GN: usize = 64;
+const GK: usize = 16;
+/// `linear_tn` splits K until about this many blocks run (H100 and H200 have 132
+/// SMs), keeping at least `MIN_K_PER_SPLIT` of K per split.
+const TARGET_BLOCKS: usize = 128;
+const MIN_K_PER_SPLIT: usize = 128;
+
+/// How [`Exec::linear`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gemm {
+    /// cuBLAS SGEMM (default math mode: no TF32), then a bias (+ GELU) kernel.
+    Cublas,
+    /// `linear_tn`: one tiled kernel with the bias (+ GELU) fused, split over K
+    /// (plus a reduce kernel) when the output has too few tiles to fill the GPU.
+    Fused,
+    /// [`Gemm::Fused`] for outputs of fewer than `Gemm::AUTO_TILES` tiles (small
+    /// batches, where cuBLAS leaves most SMs idle), else [`Gemm::Cublas`].
+    Auto,
+}
+
+impl Gemm {
+    /// Output tiles (64 × 64) below which [`Gemm::Auto`] takes the fused kernel.
+    pub const AUTO_TILES: usize = 132;
+
+    /// The path named by `LANES_NN_GEMM` (`cublas`, `fused`, `auto`), else
+    /// [`Gemm::Cublas`].
+    pub fn from_env() -> Result<Gemm> {
+        match std::env::var("LANES_NN_GEMM") {
+            Err(_) => Ok(Gemm::Cublas),
+            Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "cublas" => Ok(Gemm::Cublas),
+                "fused" => Ok(Gemm::Fused),
+                "auto" => Ok(Gemm::Auto),
+                other => Err(NnError::InvalidInput(format!(
+                    "LANES_NN_GEMM={other}: expected cublas, fused or auto"
+                ))),
+            },
+        }
+    }
+}
+
 /// The CUDA executor of one device: the compiled kernels (shared by all lanes).
 pub struct CudaExec {
     ordinal: usize,
+    gemm: Gemm,
     /// `add_ln_{V}` and `embed_ln_{V}` per [`LN_VARIANTS`] entry.
     add_ln: [CudaFunction; 3],
     embed_ln: [CudaFunction; 3],
     bias_act: CudaFunction,
     bias_act4: CudaFunction,
+    linear_tn: CudaFunction,
+    splitk_reduce: CudaFunction,
     /// `attention_q{Q}_c{C}`, indexed `[log2 C][log2 Q]` (Q, C in 1, 2, 4).
     attention: [[CudaFunction; 3]; 3],
     pool_normalize: CudaFunction,
@@ -55,8 +101,14 @@ pub struct CudaExec {
 
 impl CudaExec {
     /// Compiles the kernel module for `device` (once per device; NVRTC takes a
-    /// second or two) and loads every kernel.
+    /// second or two) and loads every kernel; `linear` runs as `LANES_NN_GEMM` says
+    /// ([`Gemm::from_env`]).
     pub fn new(device: &lanes::Device) -> Result<CudaExec> {
+        CudaExec::with_gemm(device, Gemm::from_env()?)
+    }
+
+    /// As [`CudaExec::new`], with `linear` on the given path.
+    pub fn with_gemm(device: &lanes::Device, gemm: Gemm) -> Result<CudaExec> {
         let ordinal = match device.kind() {
             DeviceKind::Cuda(n) => n,
             other => {
@@ -86,10 +138,13 @@ impl CudaExec {
         };
         Ok(CudaExec {
             ordinal,
+            gemm,
             add_ln: ln("add_ln")?,
             embed_ln: ln("embed_ln")?,
             bias_act: f("bias_act")?,
             bias_act4: f("bias_act4")?,
+            linear_tn: f("linear_tn")?,
+            splitk_reduce: f("splitk_reduce")?,
             attention: [att(1)?, att(2)?, att(4)?],
             pool_normalize: f("pool_normalize")?,
         })
@@ -108,6 +163,79 @@ impl CudaExec {
             )));
         }
         Ok(lane)
+    }
+
+    /// The path `linear` takes.
+    pub fn gemm(&self) -> Gemm {
+        self.gemm
+    }
+
+    /// `linear` as `linear_tn` (+ `splitk_reduce` when K is split).
+    #[allow(clippy::too_many_arguments)]
+    fn linear_fused(
+        &self,
+        lease: &Lease,
+        lane: &CudaLane,
+        (rows, k, n): (usize, usize, usize),
+        x: DevicePtr,
+        w: DevicePtr,
+        b: DevicePtr,
+        gelu: bool,
+        out: DevicePtr,
+    ) -> Result<()> {
+        let tiles = rows.div_ceil(GM) * n.div_ceil(GN);
+        let max_splits = (k / MIN_K_PER_SPLIT).max(1);
+        let want = TARGET_BLOCKS.div_ceil(tiles).clamp(1, max_splits);
+        let kchunk = k.div_ceil(want).div_ceil(GK) * GK;
+        let splits = k.div_ceil(kchunk);
+        let grid = (u32_of("linear tiles", n.div_ceil(GN))?, u32_of("linear tiles", rows.div_ceil(GM))?, splits as u32);
+        if grid.1 > 65_535 {
+            return Err(NnError::Unsupported(format!("linear: {rows} rows exceed the launch grid")));
+        }
+        let total = rows * n;
+        let ws = if splits > 1 { Some(lease.alloc(splits * total * 4)?) } else { None };
+        let (m_u, n_u, k_u, kc_u, gelu_i) = (rows as u32, n as u32, k as u32, kchunk as u32, i32::from(gelu));
+        let (xp, wp, bp, op) = (x.0, w.0, b.0, out.0);
+        let wsp = ws.as_ref().map_or(0u64, |w| w.ptr().0);
+        let mut args = [
+            kernel_arg(&xp),
+            kernel_arg(&wp),
+            kernel_arg(&bp),
+            kernel_arg(&op),
+            kernel_arg(&wsp),
+            kernel_arg(&m_u),
+            kernel_arg(&n_u),
+            kernel_arg(&k_u),
+            kernel_arg(&kc_u),
+            kernel_arg(&gelu_i),
+        ];
+        // SAFETY: the arguments match `linear_tn(x, w, bias, out, ws, M, N, K, kchunk,
+        // gelu)`; x holds rows*k f32s, w n*k, b n, out rows*n (`Exec::linear`); ws,
+        // written only when the grid has more than one split, holds splits*rows*n and
+        // is allocated on this lane, so its reuse is ordered after this work; the
+        // kernel bounds every tile access by M, N and the split's k range.
+        unsafe { launch(lane, &self.linear_tn, grid, 256, 0, &mut args) }?;
+        if let Some(ws) = ws {
+            let (total_u, splits_u) = (total as u32, splits as u32);
+            let wsp = ws.ptr().0;
+            let mut args = [
+                kernel_arg(&wsp),
+                kernel_arg(&bp),
+                kernel_arg(&op),
+                kernel_arg(&total_u),
+                kernel_arg(&n_u),
+                kernel_arg(&splits_u),
+                kernel_arg(&gelu_i),
+            ];
+            let grid = total_u.div_ceil(EPI_THREADS).clamp(1, 4096);
+            // SAFETY: the arguments match `splitk_reduce(ws, bias, out, total, N,
+            // splits, gelu)`; ws holds splits*total f32s written by the launch above
+            // (same lane, so ordered before this), bias n, out total.
+            unsafe { launch(lane, &self.splitk_reduce, (grid, 1, 1), EPI_THREADS, 0, &mut args) }?;
+            // `ws` goes back to this lane's cache here: later work on the lane is
+            // ordered after both kernels.
+        }
+        Ok(())
     }
 
     /// The LayerNorm variant for rows of `dim`.
@@ -208,7 +336,18 @@ impl Exec for CudaExec {
             return Err(NnError::InvalidInput("linear: input width k = 0".into()));
         }
         let lane = self.lane(lease)?;
-        let total = u32_of("rows * n", rows.checked_mul(n).unwrap_or(usize::MAX))?;
+        let total = u32_of("rows * n", rows.saturating_mul(n))?;
+        let fused = match self.gemm {
+            Gemm::Cublas => false,
+            Gemm::Fused => true,
+            Gemm::Auto => rows.div_ceil(GM) * n.div_ceil(GN) < Gemm::AUTO_TILES,
+        };
+        if fused {
+            // Split-K scratch must stay addressable by u32 offsets too.
+            u32_of("rows * k", rows.saturating_mul(k))?;
+            u32_of("n * k", n.saturating_mul(k))?;
+            return self.linear_fused(lease, lane, (rows, k, n), x, w, b, gelu, out);
+        }
         // Row-major out[rows, n] = x[rows, k] · w[n, k]ᵀ is, column-major,
         // C (n × rows, ldc n) = op(A) · op(B) with A = w seen as k × n (lda k),
         // op(A) = Aᵀ (n × k), and B = x seen as k × rows (ldb k), op(B) = B.
@@ -252,7 +391,7 @@ impl Exec for CudaExec {
                 )))
             }
         };
-        u32_of("rows * 3 * hidden", d.rows().checked_mul(3 * d.hidden).unwrap_or(usize::MAX))?;
+        u32_of("rows * 3 * hidden", d.rows().saturating_mul(3 * d.hidden))?;
         // Queries per warp: 4 unless the score rows would not fit in shared memory.
         let smem_for = |q: usize| 4 * (q * ATT_WARPS * (hd + d.seq) + ATT_KT * (hd + 1));
         let Some(q_idx) = (0..3).rev().find(|&i| smem_for(1 << i) <= SMEM_LIMIT) else {
@@ -313,7 +452,7 @@ impl Exec for CudaExec {
         let lane = self.lane(lease)?;
         let v = self.ln_variant("add_layer_norm", dim)?;
         let (rows_u, dim_u) = (u32_of("rows", rows)?, u32_of("dim", dim)?);
-        u32_of("rows * dim", rows.checked_mul(dim).unwrap_or(usize::MAX))?;
+        u32_of("rows * dim", rows.saturating_mul(dim))?;
         let (x, r, g, b, o) = (x.0, residual.0, gamma.0, beta.0, out.0);
         let mut args = [
             kernel_arg(&x),
@@ -339,7 +478,7 @@ impl Exec for CudaExec {
         }
         let lane = self.lane(lease)?;
         let (batch, seq, dim) = (u32_of("batch", d.batch)?, u32_of("seq", d.seq)?, u32_of("hidden", d.hidden)?);
-        u32_of("rows * hidden", d.rows().checked_mul(d.hidden).unwrap_or(usize::MAX))?;
+        u32_of("rows * hidden", d.rows().saturating_mul(d.hidden))?;
         // The means of one sequence and 32 f64 partial sums live in shared memory.
         let smem = 32 * 8 + 4 * d.hidden;
         if smem > SMEM_LIMIT {
@@ -371,12 +510,15 @@ mod tests {
                 assert!(SOURCE.contains(&format!("ATT_KERNEL({q}, {c})")), "attention_q{q}_c{c}");
             }
         }
-        for name in ["bias_act(", "bias_act4(", "pool_normalize("] {
-            assert!(SOURCE.contains(&format!("void {name}")), "{name}");
+        for name in ["bias_act(", "bias_act4(", "pool_normalize(", "linear_tn(", "splitk_reduce("] {
+            assert!(SOURCE.contains(&format!(" {name}")), "{name}");
         }
         assert!(SOURCE.contains(&format!("#define LN_WARPS {LN_WARPS}")));
         assert!(SOURCE.contains(&format!("#define ATT_WARPS {ATT_WARPS}")));
         assert!(SOURCE.contains(&format!("#define ATT_KT {ATT_KT}")));
+        assert!(SOURCE.contains(&format!("#define GM {GM}")));
+        assert!(SOURCE.contains(&format!("#define GN {GN}")));
+        assert!(SOURCE.contains(&format!("#define GK {GK}")));
     }
 
     #[test]

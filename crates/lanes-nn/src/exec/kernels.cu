@@ -164,6 +164,91 @@ extern "C" __global__ void bias_act4(float4* __restrict__ out, const float4* __r
 }
 
 // ---------------------------------------------------------------------------
+// Linear as one kernel: out[m, n] = act(Σ_k x[m, k] · w[n, k] + bias[n]) with
+// x [M, K] and w [N, K] row-major (both K-contiguous). Tiles of GM × GN outputs,
+// GK-deep slices of K through shared memory; 256 threads, each a 4 × 4 block of
+// outputs, accumulated in f32 in k order. Split-K: blockIdx.z takes the k range
+// [z * kchunk, (z + 1) * kchunk) and, when gridDim.z > 1, writes its partial sums
+// to ws [gridDim.z, M, N] for `splitk_reduce` (fixed order: deterministic).
+
+#define GM 64
+#define GN 64
+#define GK 16
+#define GPAD 4
+
+extern "C" __global__ void __launch_bounds__(256)
+    linear_tn(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+              float* __restrict__ out, float* __restrict__ ws, unsigned M, unsigned N, unsigned K, unsigned kchunk,
+              int gelu) {
+    __shared__ __align__(16) float Xs[GK][GM + GPAD];
+    __shared__ __align__(16) float Ws[GK][GN + GPAD];
+    const unsigned tx = threadIdx.x & 15u, ty = threadIdx.x >> 4;
+    const unsigned m0 = blockIdx.y * GM, n0 = blockIdx.x * GN;
+    const unsigned kbeg = blockIdx.z * kchunk;
+    const unsigned kend = min(K, kbeg + kchunk);
+    float acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
+
+    for (unsigned k0 = kbeg; k0 < kend; k0 += GK) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const unsigned idx = threadIdx.x + 256u * e;
+            const unsigned r = idx >> 4, kk = idx & 15u;
+            const unsigned k = k0 + kk;
+            const unsigned m = m0 + r, n = n0 + r;
+            Xs[kk][r] = (m < M && k < kend) ? x[(size_t)m * K + k] : 0.0f;
+            Ws[kk][r] = (n < N && k < kend) ? w[(size_t)n * K + k] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < GK; kk++) {
+            const float4 a = *reinterpret_cast<const float4*>(&Xs[kk][ty * 4]);
+            const float4 b = *reinterpret_cast<const float4*>(&Ws[kk][tx * 4]);
+            const float av[4] = {a.x, a.y, a.z, a.w};
+            const float bv[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+
+    const bool split = gridDim.z > 1;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const unsigned m = m0 + ty * 4 + i;
+        if (m >= M) continue;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const unsigned n = n0 + tx * 4 + j;
+            if (n >= N) continue;
+            if (split) {
+                ws[((size_t)blockIdx.z * M + m) * N + n] = acc[i][j];
+            } else {
+                const float v = __fadd_rn(acc[i][j], bias[n]);
+                out[(size_t)m * N + n] = gelu ? gelu_exact(v) : v;
+            }
+        }
+    }
+}
+
+// out[i] = act(Σ_s ws[s, i] + bias[i % N]), the splits summed in order; total = M * N.
+extern "C" __global__ void splitk_reduce(const float* __restrict__ ws, const float* __restrict__ bias,
+                                         float* __restrict__ out, unsigned total, unsigned N, unsigned splits,
+                                         int gelu) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        float s = ws[i];
+        for (unsigned z = 1; z < splits; z++) s = __fadd_rn(s, ws[(size_t)z * total + i]);
+        const float v = __fadd_rn(s, bias[i % N]);
+        out[i] = gelu ? gelu_exact(v) : v;
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Multi-head attention straight from the fused projection, one block per
 // (query tile, head, sequence): ATT_WARPS warps, each owning Q query rows of
 // the tile. Dynamic shared memory:
