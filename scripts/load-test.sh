@@ -38,7 +38,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_server() { # mode
+start_server() { # mode; sets server_pid and url
   local flags=()
   [[ $1 == no-batching ]] && flags=(--no-batching)
   : >"$work/out"
@@ -47,7 +47,7 @@ start_server() { # mode
   server_pid=$!
   for _ in $(seq 1 600); do
     if grep -q '^listening on ' "$work/out"; then
-      sed -n 's/^listening on //p' "$work/out" | head -n1
+      url=$(sed -n 's/^listening on //p' "$work/out" | head -n1)
       return 0
     fi
     if ! kill -0 "$server_pid" 2>/dev/null; then
@@ -75,7 +75,7 @@ echo
 echo "| mode | clients | requests/s | texts/s | p50 ms | p90 ms | p99 ms | non-2xx | errors | forward passes | mean texts/pass |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for mode in $MODES; do
-  url=$(start_server "$mode")
+  start_server "$mode"
   for c in $CONCURRENCY; do
     m0=$(exec 3<>/dev/tcp/127.0.0.1/"${url##*:}"; printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3; cat <&3)
     line=$("$BIN" loadgen --url "$url" --path "$ROUTE" --concurrency "$c" \

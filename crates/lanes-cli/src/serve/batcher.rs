@@ -1,13 +1,15 @@
 //! The inference workers and dynamic batching.
 //!
-//! Each worker is a dedicated OS
-//! thread holding one lane lease for its whole life. A worker pops a job, tokenizes
-//! it, then (dynamic batching) keeps popping jobs until the padded token budget
-//! (`texts × longest text`) is reached or the oldest job has waited `max_wait`,
-//! runs one forward pass over the texts it holds, and splits the vectors back to
-//! each job. A job too large for one budget is run over several passes on the same
-//! worker. A failed or panicking pass that mixed several jobs is re-run job by job,
-//! so an inference error fails only the request that caused it.
+//! Each worker is a dedicated OS thread holding one lane lease for its whole
+//! life. It pops the oldest queued job (already tokenized by the handler), then
+//! (dynamic batching) pops the oldest queued jobs that fit the pass it is
+//! forming (within the padded token budget, `texts × longest text`, and with
+//! little padding) until the pass is full or the oldest job it holds has waited
+//! `max_wait`. Jobs that do not fit stay queued for other workers. It runs one
+//! forward pass and splits the vectors back to each job. A job too large (or too
+//! mixed in length) for one pass runs over several passes on the same worker. A
+//! failed or panicking pass that mixed several jobs is re-run job by job, so an
+//! inference error fails only the request that caused it.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -33,10 +35,61 @@ pub struct BatchConfig {
     pub max_wait: Duration,
     /// `false`: one request per forward pass (a large one split by the budget).
     pub batching: bool,
-    /// Test hook: texts `__lanes_fault:error__`, `__lanes_fault:panic__` and
-    /// `__lanes_fault:sleep_ms=N__` make the pass that holds them fail, panic or
-    /// sleep N ms (at most 10 s). Off unless `--inject-faults`.
-    pub inject_faults: bool,
+    /// Padding tokens a pass may always carry when texts of different lengths
+    /// share it; past that, padding may be at most a quarter of the pass.
+    pub padding_slack: usize,
+}
+
+/// One tokenized text, as queued.
+pub struct Seq {
+    pub ids: Vec<u32>,
+    pub types: Vec<u32>,
+    fault: Option<Fault>,
+}
+
+impl Seq {
+    /// A text's token ids (all of type 0), without a fault.
+    #[cfg(test)]
+    pub fn new(ids: Vec<u32>) -> Seq {
+        let types = vec![0; ids.len()];
+        Seq {
+            ids,
+            types,
+            fault: None,
+        }
+    }
+}
+
+/// Tokenizes `texts` as the model does (truncating to its maximum length).
+/// `Err((i, message))` names the text that failed.
+pub fn tokenize(
+    encoder: &Encoder,
+    texts: &[String],
+    inject_faults: bool,
+) -> std::result::Result<Vec<Seq>, (usize, String)> {
+    let tokenizer = encoder.tokenizer();
+    let mut seqs = Vec::with_capacity(texts.len());
+    for (i, text) in texts.iter().enumerate() {
+        let encoded = catch_unwind(AssertUnwindSafe(|| tokenizer.encode(text)));
+        match encoded {
+            Ok(Ok((ids, types))) => {
+                let fault = if inject_faults {
+                    parse_fault(text)
+                } else {
+                    None
+                };
+                seqs.push(Seq { ids, types, fault });
+            }
+            Ok(Err(e)) => return Err((i, e.to_string())),
+            Err(panic) => {
+                return Err((
+                    i,
+                    format!("the tokenizer panicked: {}", panic_message(&*panic)),
+                ))
+            }
+        }
+    }
+    Ok(seqs)
 }
 
 /// Starts `n` workers, each with its own lane; returns once every one holds its
@@ -179,6 +232,8 @@ impl Worker {
                         self.active.len()
                     );
                     self.pending.clear();
+                    let n = self.active.len();
+                    self.metrics.jobs_in_workers.fetch_sub(n, Ordering::SeqCst);
                     for (_, job) in self.active.drain() {
                         let _ = job.reply.send(Err(msg.clone()));
                     }
@@ -202,8 +257,26 @@ impl Worker {
                     .and_then(|i| self.active.get(&i.job))
                     .map(|a| a.enqueued);
                 let deadline = oldest.unwrap_or_else(Instant::now) + self.config.max_wait;
-                while !self.budget_full() {
-                    match self.queue.pop(Some(deadline)) {
+                loop {
+                    let next = plan(&self.pending, &self.config);
+                    // Holding more than one pass already, or a full pass: run it.
+                    if next.picked.len() < self.pending.len()
+                        || next.padded() >= self.config.max_batch_tokens
+                    {
+                        break;
+                    }
+                    // Wait only while requests are on their way (read, parsed or
+                    // queued, not held by a worker): a lone client never waits.
+                    let wait_until = if self.metrics.requests_on_the_way() > 0 {
+                        deadline
+                    } else {
+                        Instant::now()
+                    };
+                    let config = &self.config;
+                    match self
+                        .queue
+                        .pop_where(Some(wait_until), |job| fits(&next, job, config))
+                    {
                         Some(job) => self.admit(job),
                         None => break,
                     }
@@ -216,96 +289,53 @@ impl Worker {
         }
     }
 
-    /// Tokenizes `job` and adds its texts to the pending items.
+    /// Adds `job`'s texts to the pending items (or drops it if its client left).
     fn admit(&mut self, job: Job) {
         if job.reply.is_closed() {
             self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let tokenizer = self.encoder.tokenizer();
-        let inject = self.config.inject_faults;
-        let encoded = catch_unwind(AssertUnwindSafe(|| {
-            job.texts
-                .iter()
-                .map(|t| {
-                    tokenizer
-                        .encode(t)
-                        .map(|(ids, types)| (ids, types, inject.then(|| parse_fault(t)).flatten()))
-                })
-                .collect::<std::result::Result<Vec<_>, _>>()
-        }));
-        let seqs = match encoded {
-            Ok(Ok(seqs)) => seqs,
-            Ok(Err(e)) => {
-                let _ = job
-                    .reply
-                    .send(Err(format!("cannot tokenize the input: {e}")));
-                return;
-            }
-            Err(panic) => {
-                self.metrics.worker_panics.fetch_add(1, Ordering::Relaxed);
-                let _ = job.reply.send(Err(format!(
-                    "the tokenizer panicked: {}",
-                    panic_message(&*panic)
-                )));
-                return;
-            }
-        };
-        if seqs.is_empty() {
+        let n = job.seqs.len();
+        if n == 0 {
             let _ = job.reply.send(Ok(Vec::new()));
             return;
         }
         let id = self.next_id;
         self.next_id += 1;
-        for (row, (ids, types, fault)) in seqs.into_iter().enumerate() {
+        for (row, seq) in job.seqs.into_iter().enumerate() {
             self.pending.push_back(Item {
                 job: id,
                 row,
-                ids,
-                types,
-                fault,
+                ids: seq.ids,
+                types: seq.types,
+                fault: seq.fault,
             });
         }
-        let n = job.texts.len();
-        self.active.insert(
-            id,
-            Active {
-                reply: job.reply,
-                results: vec![None; n],
-                remaining: n,
-                enqueued: job.enqueued,
-            },
-        );
-    }
-
-    /// How many pending items the next batch takes, and its padded tokens.
-    fn plan(&self) -> (usize, usize) {
-        let budget = self.config.max_batch_tokens;
-        let first_job = self.pending.front().map(|i| i.job);
-        let (mut n, mut longest) = (0usize, 0usize);
-        for item in &self.pending {
-            if !self.config.batching && Some(item.job) != first_job {
-                break;
-            }
-            let l = longest.max(item.ids.len());
-            if n > 0 && (n + 1) * l > budget {
-                break;
-            }
-            n += 1;
-            longest = l;
-        }
-        (n, n * longest)
-    }
-
-    /// `true` when the next batch cannot take more texts.
-    fn budget_full(&self) -> bool {
-        let (n, padded) = self.plan();
-        n < self.pending.len() || padded >= self.config.max_batch_tokens
+        let active = Active {
+            reply: job.reply,
+            results: vec![None; n],
+            remaining: n,
+            enqueued: job.enqueued,
+        };
+        self.active.insert(id, active);
+        self.metrics.jobs_in_workers.fetch_add(1, Ordering::SeqCst);
     }
 
     fn take_batch(&mut self) -> Vec<Item> {
-        let (n, _) = self.plan();
-        self.pending.drain(..n).collect()
+        let picked = plan(&self.pending, &self.config).picked;
+        let mut batch = Vec::with_capacity(picked.len());
+        let mut rest = VecDeque::with_capacity(self.pending.len() - picked.len());
+        let mut next = picked.iter().peekable();
+        for (i, item) in self.pending.drain(..).enumerate() {
+            if next.peek() == Some(&&i) {
+                next.next();
+                batch.push(item);
+            } else {
+                rest.push_back(item);
+            }
+        }
+        self.pending = rest;
+        batch
     }
 
     fn run_batch(&mut self, batch: Vec<Item>) {
@@ -430,6 +460,7 @@ impl Worker {
             }
             if job.remaining == 0 {
                 if let Some(job) = self.active.remove(&item.job) {
+                    self.metrics.jobs_in_workers.fetch_sub(1, Ordering::SeqCst);
                     let results: Option<Vec<Embedding>> = job.results.into_iter().collect();
                     let reply = results
                         .ok_or_else(|| "internal error: a text got no embedding".to_string());
@@ -443,9 +474,89 @@ impl Worker {
     fn fail(&mut self, id: u64, msg: String) {
         self.pending.retain(|i| i.job != id);
         if let Some(job) = self.active.remove(&id) {
+            self.metrics.jobs_in_workers.fetch_sub(1, Ordering::SeqCst);
             let _ = job.reply.send(Err(msg));
         }
     }
+}
+
+/// The texts of the next forward pass.
+struct Plan {
+    /// Indices into the worker's pending items, ascending.
+    picked: Vec<usize>,
+    /// Longest picked text, in tokens.
+    longest: usize,
+    /// Real tokens of the picked texts.
+    real: usize,
+}
+
+impl Plan {
+    fn padded(&self) -> usize {
+        self.picked.len() * self.longest
+    }
+}
+
+/// Whether a pass of `padded` tokens, `real` of them real, pads little enough:
+/// at most `padding_slack` tokens, or else at most a quarter of the pass.
+fn padding_ok(padded: usize, real: usize, config: &BatchConfig) -> bool {
+    let waste = padded.saturating_sub(real);
+    waste <= config.padding_slack || waste * 4 <= padded
+}
+
+/// Which pending items the next forward pass takes. The oldest item always
+/// goes. With batching, later items join, in order, while the pass stays within
+/// the token budget and [`padding_ok`]: one 256-token text does not make fifty
+/// 10-token texts pay for 256 tokens each; it leads a later pass instead (it is
+/// the oldest there). Without batching: only the oldest item's request, in
+/// order, up to the budget.
+fn plan(pending: &VecDeque<Item>, config: &BatchConfig) -> Plan {
+    let Some(first) = pending.front() else {
+        return Plan {
+            picked: Vec::new(),
+            longest: 0,
+            real: 0,
+        };
+    };
+    let budget = config.max_batch_tokens;
+    let mut plan = Plan {
+        picked: vec![0],
+        longest: first.ids.len(),
+        real: first.ids.len(),
+    };
+    for (i, item) in pending.iter().enumerate().skip(1) {
+        if (plan.picked.len() + 1) * plan.longest > budget {
+            break; // not even a shorter text fits
+        }
+        if !config.batching && item.job != first.job {
+            break;
+        }
+        let len = item.ids.len();
+        let longest = plan.longest.max(len);
+        let padded = (plan.picked.len() + 1) * longest;
+        if padded > budget || (config.batching && !padding_ok(padded, plan.real + len, config)) {
+            if config.batching {
+                continue;
+            }
+            break;
+        }
+        plan.picked.push(i);
+        plan.longest = longest;
+        plan.real += len;
+    }
+    plan
+}
+
+/// Whether all of `job`'s texts can join the pass `plan` describes.
+fn fits(plan: &Plan, job: &Job, config: &BatchConfig) -> bool {
+    let n = plan.picked.len() + job.seqs.len();
+    let longest = job
+        .seqs
+        .iter()
+        .map(|s| s.ids.len())
+        .fold(plan.longest, usize::max);
+    let real = plan.real + job.seqs.iter().map(|s| s.ids.len()).sum::<usize>();
+    let padded = n * longest;
+    padded <= config.max_batch_tokens && padding_ok(padded, real, config)
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -477,5 +588,105 @@ mod tests {
         );
         assert!(parse_fault("__lanes_fault:sleep_ms=x__").is_none());
         assert!(parse_fault("hello").is_none());
+    }
+
+    fn pp(pending: &VecDeque<Item>, config: &BatchConfig) -> (Vec<usize>, usize) {
+        let plan = plan(pending, config);
+        let padded = plan.padded();
+        (plan.picked, padded)
+    }
+
+    fn cfg(budget: usize, batching: bool, padding_slack: usize) -> BatchConfig {
+        BatchConfig {
+            max_batch_tokens: budget,
+            max_wait: Duration::ZERO,
+            batching,
+            padding_slack,
+        }
+    }
+
+    fn items(spec: &[(u64, usize)]) -> VecDeque<Item> {
+        spec.iter()
+            .map(|&(job, len)| Item {
+                job,
+                row: 0,
+                ids: vec![1; len],
+                types: vec![0; len],
+                fault: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plan_keeps_within_the_token_budget_and_always_takes_the_oldest() {
+        let p = items(&[(0, 300), (1, 10)]);
+        assert_eq!(
+            pp(&p, &cfg(256, true, 0)),
+            (vec![0], 300),
+            "an over-budget text still runs, alone"
+        );
+        let p = items(&[(0, 10); 30]);
+        let (picked, padded) = pp(&p, &cfg(100, true, 0));
+        assert_eq!((picked.len(), padded), (10, 100));
+    }
+
+    #[test]
+    fn plan_leaves_a_long_text_out_of_a_batch_of_short_ones() {
+        let mut spec = vec![(0, 10), (1, 256)];
+        spec.extend((2..40).map(|j| (j, 12)));
+        let (picked, padded) = pp(&items(&spec), &cfg(8192, true, 128));
+        assert!(!picked.contains(&1), "{picked:?}");
+        assert_eq!(picked.len(), 39);
+        assert_eq!(padded, 39 * 12);
+        // The long text leads the next pass once it is the oldest.
+        let (picked, _) = pp(
+            &items(&[(1, 256), (2, 12), (3, 200)]),
+            &cfg(8192, true, 128),
+        );
+        assert_eq!(picked, vec![0, 2]);
+    }
+
+    #[test]
+    fn plan_without_batching_takes_one_request_in_order() {
+        let p = items(&[(0, 10), (0, 200), (0, 10), (1, 10)]);
+        assert_eq!(pp(&p, &cfg(8192, false, 0)), (vec![0, 1, 2], 600));
+        assert_eq!(pp(&p, &cfg(400, false, 0)), (vec![0, 1], 400));
+    }
+
+    #[test]
+    fn plan_padding_slack_lets_short_texts_of_different_lengths_share_a_pass() {
+        let p = items(&[(0, 10), (1, 60), (2, 20)]);
+        assert_eq!(
+            pp(&p, &cfg(8192, true, 0)).0,
+            vec![0, 2],
+            "no slack: 10 and 60 do not mix"
+        );
+        assert_eq!(
+            pp(&p, &cfg(8192, true, 256)).0,
+            vec![0, 1, 2],
+            "with slack they do"
+        );
+    }
+
+    #[test]
+    fn a_job_fits_only_without_much_padding_or_over_the_budget() {
+        let config = cfg(100, true, 0);
+        let pending = items(&[(0, 10), (0, 12)]);
+        let next = plan(&pending, &config);
+        let job = |lens: &[usize]| {
+            let (tx, _rx) = oneshot::channel();
+            let seqs = lens.iter().map(|&l| Seq::new(vec![1; l])).collect();
+            Job {
+                seqs,
+                reply: tx,
+                enqueued: Instant::now(),
+            }
+        };
+        assert!(fits(&next, &job(&[11, 12]), &config));
+        assert!(
+            !fits(&next, &job(&[40]), &config),
+            "padding 10 and 12 to 40"
+        );
+        assert!(!fits(&next, &job(&[12; 7]), &config), "9 x 12 > 100 tokens");
     }
 }

@@ -14,17 +14,19 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use lanes_nn::Embedding;
+use lanes_nn::{Embedding, Encoder};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::api::{base64_f32, json_object, kind, texts, ApiError, Flavor};
+use super::batcher::{tokenize, Seq};
 use super::metrics::{route_index, Metrics, Snapshot};
 use super::queue::{Job, PushError, Queue};
 
 /// What every handler shares.
 pub struct App {
+    pub encoder: Arc<Encoder>,
     pub queue: Arc<Queue>,
     pub metrics: Arc<Metrics>,
     pub device: lanes::Device,
@@ -37,6 +39,10 @@ pub struct App {
     pub max_body_bytes: usize,
     /// Set once a shutdown signal arrived: /health turns 503.
     pub shutting_down: AtomicBool,
+    /// `--inject-faults` (testing only): texts `__lanes_fault:error__`,
+    /// `__lanes_fault:panic__` and `__lanes_fault:sleep_ms=N__` make the forward
+    /// pass that holds them fail, panic or sleep N ms (at most 10 s).
+    pub inject_faults: bool,
 }
 
 /// The router: embedding routes, health, metrics, JSON 404/405.
@@ -83,11 +89,38 @@ impl Drop for InFlight {
     }
 }
 
-/// Queues `texts` and awaits the worker's answer.
-async fn run(app: &App, texts: Vec<String>, flavor: Flavor) -> Result<Vec<Embedding>, ApiError> {
+/// Bodies with more text than this are tokenized on the blocking pool, not
+/// on an async thread.
+const INLINE_TOKENIZE_BYTES: usize = 16 * 1024;
+
+/// Tokenizes `texts` (truncating as the model does), queues them and awaits the
+/// worker's answer.
+async fn run(
+    app: &App,
+    texts: Vec<String>,
+    field: &'static str,
+    flavor: Flavor,
+) -> Result<Vec<Embedding>, ApiError> {
+    let bytes: usize = texts.iter().map(String::len).sum();
+    let (encoder, inject) = (app.encoder.clone(), app.inject_faults);
+    let tokenized = if bytes <= INLINE_TOKENIZE_BYTES {
+        tokenize(&encoder, &texts, inject)
+    } else {
+        match tokio::task::spawn_blocking(move || tokenize(&encoder, &texts, inject)).await {
+            Ok(r) => r,
+            Err(e) => Err((0, format!("the tokenizer task failed: {e}"))),
+        }
+    };
+    let seqs: Vec<Seq> = tokenized.map_err(|(i, e)| {
+        ApiError::bad(
+            flavor,
+            field,
+            format!("cannot tokenize `{field}[{i}]`: {e}"),
+        )
+    })?;
     let (tx, rx) = oneshot::channel();
     match app.queue.try_push(Job {
-        texts,
+        seqs,
         reply: tx,
         enqueued: Instant::now(),
     }) {
@@ -240,7 +273,7 @@ async fn openai_embeddings(
         }
     }
     let n = texts.len();
-    let embeddings = match run(&app, texts, F).await {
+    let embeddings = match run(&app, texts, "input", F).await {
         Ok(e) => e,
         Err(e) => return e.into_response(),
     };
@@ -305,7 +338,7 @@ async fn tei_embed(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejecti
         .into_response();
     }
     let n = texts.len();
-    match run(&app, texts, F).await {
+    match run(&app, texts, "inputs", F).await {
         Ok(embeddings) => {
             let vectors: Vec<Vec<f32>> = embeddings.into_iter().map(|e| e.vector).collect();
             json_response(vectors, n > 16, F).await

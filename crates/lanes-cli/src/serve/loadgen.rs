@@ -77,9 +77,8 @@ pub fn run(args: LoadgenArgs) -> Result<u8> {
     if args.concurrency == 0 || args.concurrency > 1024 {
         bail!("--concurrency must be between 1 and 1024");
     }
-    if !(args.duration_secs > 0.0 && args.duration_secs <= 3600.0)
-        || !(0.0..=3600.0).contains(&args.warmup_secs)
-    {
+    let duration_ok = (0.0..=3600.0).contains(&args.duration_secs) && args.duration_secs != 0.0;
+    if !duration_ok || !(0.0..=3600.0).contains(&args.warmup_secs) {
         bail!("--duration-secs must be in (0, 3600] and --warmup-secs in [0, 3600]");
     }
     if args.inputs_per_request == 0 {

@@ -125,6 +125,8 @@ pub struct Metrics {
     pub workers_busy: AtomicUsize,
     /// Worker threads running (each holds one lane).
     pub workers_alive: AtomicUsize,
+    /// Requests a worker has taken from the queue and not yet answered.
+    pub jobs_in_workers: AtomicUsize,
 }
 
 impl Default for Metrics {
@@ -146,6 +148,7 @@ impl Default for Metrics {
             cancelled: AtomicU64::new(0),
             workers_busy: AtomicUsize::new(0),
             workers_alive: AtomicUsize::new(0),
+            jobs_in_workers: AtomicUsize::new(0),
         }
     }
 }
@@ -160,6 +163,13 @@ pub struct Snapshot {
 }
 
 impl Metrics {
+    /// Embedding requests in flight that no worker holds yet: being read,
+    /// parsed, tokenized, or queued. Only these can join a batch being formed.
+    pub fn requests_on_the_way(&self) -> usize {
+        let in_flight = self.in_flight.load(Ordering::SeqCst);
+        in_flight.saturating_sub(self.jobs_in_workers.load(Ordering::SeqCst))
+    }
+
     /// Counts one response; `latency` is recorded for the embedding routes only.
     pub fn record(&self, route: usize, status: u16, latency: Duration) {
         *self

@@ -1,8 +1,10 @@
 //! The bounded request queue between the HTTP handlers and the workers.
 //!
-//! Handlers [`Queue::try_push`] a [`Job`] and await its oneshot reply; a full
-//! queue is an immediate error (a 429), never a wait on the async threads.
-//! Workers [`Queue::pop`] with an optional deadline (the batching wait).
+//! Handlers [`Queue::try_push`] a tokenized [`Job`] and await its oneshot reply;
+//! a full queue is an immediate error (a 429), never a wait on the async threads.
+//! Workers [`Queue::pop`] the oldest job, or [`Queue::pop_where`] the oldest job
+//! that fits the batch they are forming, with an optional deadline (the batching
+//! wait). Jobs that do not fit stay queued for other workers.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -11,12 +13,14 @@ use std::time::Instant;
 use lanes_nn::Embedding;
 use tokio::sync::oneshot;
 
+use super::batcher::Seq;
+
 /// A request's result: its embeddings in input order, or a message saying why not.
 pub type Reply = std::result::Result<Vec<Embedding>, String>;
 
-/// One request's texts and where its reply goes.
+/// One request's tokenized texts and where its reply goes.
 pub struct Job {
-    pub texts: Vec<String>,
+    pub seqs: Vec<Seq>,
     pub reply: oneshot::Sender<Reply>,
     pub enqueued: Instant,
 }
@@ -72,7 +76,7 @@ impl Queue {
         if s.closed {
             return Err((PushError::Closed, job));
         }
-        let n = job.texts.len();
+        let n = job.seqs.len();
         if s.texts > 0 && s.texts + n > self.capacity {
             let err = PushError::Full {
                 queued_texts: s.texts,
@@ -83,17 +87,35 @@ impl Queue {
         s.texts += n;
         s.jobs.push_back(job);
         drop(s);
-        self.ready.notify_one();
+        // Every waiter looks: one forming a batch may pass over this job, which
+        // an idle one would take.
+        self.ready.notify_all();
         Ok(())
     }
 
     /// The oldest job; waits until `deadline` (forever with `None`). `None` on
     /// timeout, or once the queue is closed and empty.
     pub fn pop(&self, deadline: Option<Instant>) -> Option<Job> {
+        self.pop_where(deadline, |_| true)
+    }
+
+    /// The oldest job that `accept`s; waits until `deadline` (forever with
+    /// `None`) for one. `None` on timeout, or once the queue is closed and no
+    /// queued job is accepted.
+    pub fn pop_where(
+        &self,
+        deadline: Option<Instant>,
+        mut accept: impl FnMut(&Job) -> bool,
+    ) -> Option<Job> {
         let mut s = self.lock();
         loop {
-            if let Some(job) = s.jobs.pop_front() {
-                s.texts -= job.texts.len();
+            if let Some(job) = s
+                .jobs
+                .iter()
+                .position(&mut accept)
+                .and_then(|i| s.jobs.remove(i))
+            {
+                s.texts -= job.seqs.len();
                 return Some(job);
             }
             if s.closed {
@@ -142,7 +164,7 @@ mod tests {
         let (tx, rx) = oneshot::channel();
         (
             Job {
-                texts: vec!["x".into(); n],
+                seqs: (0..n).map(|_| Seq::new(vec![101, 102])).collect(),
                 reply: tx,
                 enqueued: Instant::now(),
             },
@@ -194,5 +216,23 @@ mod tests {
         let t = Instant::now();
         assert!(q.pop(Some(t + Duration::from_millis(20))).is_none());
         assert!(t.elapsed() >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn pop_where_skips_jobs_that_do_not_fit_and_leaves_them_queued() {
+        let q = Queue::new(10);
+        let (a, _ra) = job(3);
+        let (b, _rb) = job(1);
+        q.try_push(a).map_err(|_| "push").unwrap();
+        q.try_push(b).map_err(|_| "push").unwrap();
+        let got = q
+            .pop_where(Some(Instant::now()), |j| j.seqs.len() == 1)
+            .expect("b fits");
+        assert_eq!(got.seqs.len(), 1);
+        assert_eq!(q.depth(), (1, 3));
+        assert!(q
+            .pop_where(Some(Instant::now()), |j| j.seqs.len() == 1)
+            .is_none());
+        assert_eq!(q.pop(None).map(|j| j.seqs.len()), Some(3));
     }
 }
