@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod common;
 mod embed;
 mod serve;
-mod bench;
 mod stress;
 mod verify;
 mod version;

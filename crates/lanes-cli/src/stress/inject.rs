@@ -109,3 +109,45 @@ impl Backend for FaultyBackend {
         self.inner.as_any()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanes::backend::host::HostBackend;
+
+    #[test]
+    fn armed_allocations_fail_cleanly_and_disarmed_ones_pass_through() {
+        let f = FaultyBackend::new(Arc::new(HostBackend::new()), 3);
+        assert_eq!(f.kind(), DeviceKind::Cpu);
+        assert!(
+            f.as_any().downcast_ref::<HostBackend>().is_some(),
+            "executors see the real backend"
+        );
+        let p = f.alloc(4096).unwrap();
+        // SAFETY: `p` came from `alloc(4096)` on this backend and is freed once.
+        unsafe { f.free(p, 4096) };
+        f.arm(1.0);
+        let e = f.alloc(4096).unwrap_err();
+        assert!(matches!(e, lanes::Error::Injected(_)), "{e}");
+        assert_eq!((f.injected(), f.draws()), (1, 1));
+        f.arm(0.3);
+        let failed = (0..1000)
+            .filter(|_| match f.alloc(512) {
+                Ok(p) => {
+                    // SAFETY: as above.
+                    unsafe { f.free(p, 512) };
+                    false
+                }
+                Err(_) => true,
+            })
+            .count();
+        assert!(
+            (200..400).contains(&failed),
+            "{failed} of 1000 failed at p=0.3"
+        );
+        f.arm(0.0);
+        let p = f.alloc(512).unwrap();
+        // SAFETY: as above.
+        unsafe { f.free(p, 512) };
+    }
+}
