@@ -20,8 +20,8 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::api::{base64_f32, json_object, kind, texts, ApiError, Flavor};
-use super::batcher::{tokenize, Seq};
 use super::metrics::{route_index, Metrics, Snapshot};
+use super::plan::{tokenize, Seq};
 use super::queue::{Job, PushError, Queue};
 
 /// What every handler shares.

@@ -29,11 +29,12 @@ mod batcher;
 mod http;
 pub mod loadgen;
 mod metrics;
+mod plan;
 mod queue;
 
-use batcher::BatchConfig;
 use http::App;
 use metrics::Metrics;
+use plan::BatchConfig;
 use queue::Queue;
 
 /// Arguments of `lanes serve`.

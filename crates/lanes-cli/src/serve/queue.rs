@@ -13,7 +13,7 @@ use std::time::Instant;
 use lanes_nn::Embedding;
 use tokio::sync::oneshot;
 
-use super::batcher::Seq;
+use super::plan::Seq;
 
 /// A request's result: its embeddings in input order, or a message saying why not.
 pub type Reply = std::result::Result<Vec<Embedding>, String>;
