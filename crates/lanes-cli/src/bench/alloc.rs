@@ -69,6 +69,8 @@ pub struct AllocCell {
     pub pairs_per_s: f64,
     /// Measured wall time.
     pub seconds: f64,
+    /// The first 12 hex digits of this binary's source hash.
+    pub source: &'static str,
 }
 
 /// Runs `lanes bench alloc`.
@@ -204,5 +206,6 @@ pub fn measure(
         ns_per_pair: seconds * 1e9 * threads as f64 / pairs.max(1) as f64,
         pairs_per_s: pairs as f64 / seconds,
         seconds,
+        source: super::source(),
     })
 }

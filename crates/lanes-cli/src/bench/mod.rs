@@ -128,6 +128,15 @@ pub struct Cell {
     pub calls: usize,
     /// Measured wall time.
     pub seconds: f64,
+    /// The first 12 hex digits of the source hash this binary was built from.
+    pub source: &'static str,
+}
+
+/// The first 12 hex digits of this binary's source hash (every JSON line carries
+/// it, so a figure can always be traced to the sources that produced it).
+pub fn source() -> &'static str {
+    let h = env!("LANES_SOURCE_HASH");
+    h.get(..12).unwrap_or(h)
 }
 
 /// Runs `lanes bench` (or `lanes bench alloc`).
@@ -208,6 +217,7 @@ fn run_model(args: ModelBenchArgs) -> Result<u8> {
                     efficiency: single.map(|s| seq_per_s / (n as f64 * s)),
                     calls: m.calls,
                     seconds: m.seconds,
+                    source: source(),
                 };
                 if args.json {
                     println!("{}", serde_json::to_string(&cell)?);

@@ -273,6 +273,7 @@ mod tests {
             efficiency: None,
             calls: 1,
             seconds: 1.0,
+            source: "test",
         };
         let cells = vec![
             cell(Mode::Lanes, 1, 1, 100.0),

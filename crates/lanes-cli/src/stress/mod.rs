@@ -68,7 +68,9 @@ pub struct StressArgs {
     /// Longest sequence of a request in tokens (1..=256).
     #[arg(long, default_value_t = 256)]
     pub max_len: usize,
-    /// Fault injection during the run: `oom:P` fails a fraction P of allocations.
+    /// Fault injection during the run: `oom:P` fails a fraction P of the device
+    /// (segment) allocations; the cache is emptied before most requests so that
+    /// they allocate. Failed requests must end with a clean error.
     #[arg(long, value_name = "oom:P", value_parser = parse_inject)]
     pub inject: Option<f64>,
     /// Seed of the requests, the schedule and the injection.
