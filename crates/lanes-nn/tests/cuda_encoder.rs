@@ -11,7 +11,7 @@
 //! Every test opens CUDA device 0 and, where that fails (no driver, no GPU: CI),
 //! prints `SKIPPED (no CUDA): <error>` to stderr and passes. The model folder is
 //! `$LANES_MODEL` (else `<workspace>/models/all-MiniLM-L6-v2`); the fixture file is
-//! `$LANES_FIXTURES` (else `<workspace>/../shared/fixtures/minilm_reference.jsonl`).
+//! `$LANES_FIXTURE` (else `<workspace>/../shared/fixtures/minilm_reference.jsonl`).
 //! Without them the model tests print `SKIPPED (no model)` / `SKIPPED (no fixture)`.
 #![cfg(feature = "cuda")]
 
@@ -61,7 +61,7 @@ struct Fixture {
 }
 
 fn fixtures() -> Option<Vec<Fixture>> {
-    let path = std::env::var_os("LANES_FIXTURES")
+    let path = std::env::var_os("LANES_FIXTURE")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("../shared/fixtures/minilm_reference.jsonl"));
     let Ok(text) = std::fs::read_to_string(&path) else {

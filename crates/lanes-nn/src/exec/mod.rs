@@ -60,6 +60,7 @@ pub struct EmbedTables {
 pub trait Exec: Send + Sync + 'static {
     /// `out[r] = LayerNorm(word[ids[r]] + position[r % seq] + token_type[types[r]])`;
     /// `ids`, `types` are `u32 [rows]`, `out` is `[rows, hidden]`.
+    #[allow(clippy::too_many_arguments)]
     fn embed_ln(
         &self,
         lane: &Lease,
