@@ -100,7 +100,11 @@ fn a_fresh_binary_runs_a_round_and_records_it() {
         run(&mut cmd)
     };
     let (code, out, err) = round(true);
-    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert_eq!(
+        code, 0,
+        "stdout: {out}\nstderr: {err}\n(exit 3 here means the sources changed after cargo built the binary, \
+         e.g. an edit made while the tests ran)"
+    );
     let rec = json_object(&out);
     assert_eq!(rec["clean"], true);
     assert_eq!(rec["device"], "cpu");

@@ -179,7 +179,9 @@ struct Tally {
     cmp: Compare,
     /// (global sequence number, mismatch)
     first_mismatch: Option<(u64, Mismatch)>,
-    first_error: Option<(u64, String)>,
+    /// ((clean, global sequence number), message): an unclean error ranks before
+    /// a clean (allocation) one, then the earlier one first.
+    first_error: Option<((bool, u64), String)>,
 }
 
 /// `true` for errors an injected or real allocation failure causes.
@@ -301,10 +303,8 @@ pub fn run_stress(
                 t.first_mismatch = Some(m);
             }
         }
-        if let Some(e) = x.first_error {
-            if t.first_error.as_ref().is_none_or(|(s, _)| e.0 < *s) {
-                t.first_error = Some(e);
-            }
+        if let Some((key, msg)) = x.first_error {
+            note_error(&mut t.first_error, key, || msg);
         }
     }
     let leaked = after.alloc.allocated_bytes as i64 - base.alloc.allocated_bytes as i64;
@@ -406,7 +406,7 @@ fn panicked() -> Tally {
     Tally {
         errors: 1,
         unclean: 1,
-        first_error: Some((0, "a stress thread panicked".into())),
+        first_error: Some(((false, 0), "a stress thread panicked".into())),
         ..Tally::default()
     }
 }
@@ -465,10 +465,9 @@ fn worker(
                 Err(e) => {
                     tally.errors += 1;
                     tally.unclean += 1;
-                    tally.first_error.get_or_insert((
-                        n,
-                        format!("thread {t} step {step}: cannot lease a lane: {e}"),
-                    ));
+                    note_error(&mut tally.first_error, (false, n), || {
+                        format!("thread {t} step {step}: cannot lease a lane: {e}")
+                    });
                     continue;
                 }
             },
@@ -528,17 +527,13 @@ fn worker(
                 if !clean {
                     tally.unclean += 1;
                 }
-                if tally.first_error.is_none() || !clean {
-                    let msg = format!(
+                note_error(&mut tally.first_error, (clean, n), || {
+                    format!(
                         "thread {t} step {step} ({}): {}",
                         req.describe(),
                         error_chain(&e)
-                    );
-                    match &tally.first_error {
-                        Some(_) if clean => {}
-                        _ => tally.first_error = Some((n, msg)),
-                    }
-                }
+                    )
+                });
             }
         }
         if let Some(p) = progress {
@@ -559,6 +554,17 @@ fn worker(
         }
     }
     tally
+}
+
+/// Keeps the error that ranks first: unclean before clean, then the earlier.
+fn note_error(
+    slot: &mut Option<((bool, u64), String)>,
+    key: (bool, u64),
+    msg: impl FnOnce() -> String,
+) {
+    if slot.as_ref().is_none_or(|(k, _)| key < *k) {
+        *slot = Some((key, msg()));
+    }
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
