@@ -30,6 +30,7 @@ pub mod engine;
 pub mod inject;
 pub mod report;
 pub mod requests;
+mod worker;
 
 use std::path::PathBuf;
 use std::sync::Arc;
