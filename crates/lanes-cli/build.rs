@@ -53,7 +53,10 @@ fn main() {
     println!("cargo:rustc-env=LANES_GIT_COMMIT={commit}");
     println!("cargo:rustc-env=LANES_GIT_STATE={dirty}");
     println!("cargo:rustc-env=LANES_RUSTC={rustc_version}");
-    println!("cargo:rustc-env=LANES_PROFILE={}", std::env::var("PROFILE").unwrap_or_default());
+    println!(
+        "cargo:rustc-env=LANES_PROFILE={}",
+        std::env::var("PROFILE").unwrap_or_default()
+    );
     println!("cargo:rustc-env=LANES_FEATURES={}", features.join(","));
     println!("cargo:rustc-env=LANES_BUILT_UNIX={built}");
 }

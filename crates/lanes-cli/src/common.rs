@@ -29,7 +29,9 @@ pub fn model_dir(arg: Option<PathBuf>) -> Result<PathBuf> {
 pub fn open_device(spec: &str, lanes: usize) -> Result<Device> {
     let config = DeviceConfig {
         lanes: lanes.clamp(1, lanes::MAX_LANES),
-        policy: Policy::Exclusive { wait: Wait::Forever },
+        policy: Policy::Exclusive {
+            wait: Wait::Forever,
+        },
         ..Default::default()
     };
     Device::from_spec(spec, config).with_context(|| format!("cannot open device `{spec}`"))

@@ -53,18 +53,27 @@ pub fn run(args: EmbedArgs) -> Result<u8> {
         bail!("--threads and --batch must be at least 1");
     }
     let raw = match &args.input {
-        Some(path) => std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+        Some(path) => {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+        }
         None => {
             let mut buf = Vec::new();
-            std::io::stdin().lock().read_to_end(&mut buf).context("cannot read stdin")?;
+            std::io::stdin()
+                .lock()
+                .read_to_end(&mut buf)
+                .context("cannot read stdin")?;
             buf
         }
     };
-    let source = args.input.as_ref().map_or("stdin".to_string(), |p| p.display().to_string());
+    let source = args
+        .input
+        .as_ref()
+        .map_or("stdin".to_string(), |p| p.display().to_string());
     let texts = parse_input(&raw, args.format, &source)?;
     let dir = common::model_dir(args.model.clone())?;
     let device = common::open_device(&args.device, args.threads)?;
-    let encoder = Encoder::load(&dir, &device).with_context(|| format!("cannot load the model from {}", dir.display()))?;
+    let encoder = Encoder::load(&dir, &device)
+        .with_context(|| format!("cannot load the model from {}", dir.display()))?;
 
     let start = Instant::now();
     let embeddings = embed_all(&encoder, &texts, args.threads, args.batch)?;
@@ -72,12 +81,18 @@ pub fn run(args: EmbedArgs) -> Result<u8> {
 
     let mut out = Vec::with_capacity(texts.len() * 4096);
     for (i, e) in embeddings.iter().enumerate() {
-        serde_json::to_writer(&mut out, &serde_json::json!({"index": i, "tokens": e.tokens, "embedding": e.vector}))?;
+        serde_json::to_writer(
+            &mut out,
+            &serde_json::json!({"index": i, "tokens": e.tokens, "embedding": e.vector}),
+        )?;
         out.push(b'\n');
     }
     match &args.output {
         Some(path) => write_atomically(path, &out)?,
-        None => std::io::stdout().lock().write_all(&out).context("cannot write stdout")?,
+        None => std::io::stdout()
+            .lock()
+            .write_all(&out)
+            .context("cannot write stdout")?,
     }
     eprintln!(
         "lanes embed: {} texts on {} with {} threads in {:.3} s ({:.1} texts/s)",
@@ -105,7 +120,9 @@ pub fn parse_input(raw: &[u8], format: Format, source: &str) -> Result<Vec<Strin
             .with_context(|| format!("{source}, line {lineno}: invalid UTF-8"))?;
         let text = match format {
             Format::Text => line.to_string(),
-            Format::Jsonl => parse_json_line(line).with_context(|| format!("{source}, line {lineno}"))?,
+            Format::Jsonl => {
+                parse_json_line(line).with_context(|| format!("{source}, line {lineno}"))?
+            }
         };
         texts.push(text);
     }
@@ -121,7 +138,10 @@ fn parse_json_line(line: &str) -> Result<String> {
             Some(other) => bail!("field `text` must be a string, not {}", kind(&other)),
             None => bail!("object has no field `text`"),
         },
-        other => bail!("expected a JSON string or an object with `text`, not {}", kind(&other)),
+        other => bail!(
+            "expected a JSON string or an object with `text`, not {}",
+            kind(&other)
+        ),
     }
 }
 
@@ -138,7 +158,12 @@ fn kind(v: &serde_json::Value) -> &'static str {
 
 /// Embeds every text with `threads` threads, each on its own lane, pulling batches
 /// of `batch` texts from a shared cursor; results come back in input order.
-pub fn embed_all(encoder: &Encoder, texts: &[String], threads: usize, batch: usize) -> Result<Vec<Embedding>> {
+pub fn embed_all(
+    encoder: &Encoder,
+    texts: &[String],
+    threads: usize,
+    batch: usize,
+) -> Result<Vec<Embedding>> {
     let chunks: Vec<&[String]> = texts.chunks(batch).collect();
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Vec<Embedding>>>> = Mutex::new(vec![None; chunks.len()]);
@@ -150,13 +175,17 @@ pub fn embed_all(encoder: &Encoder, texts: &[String], threads: usize, batch: usi
                 let lane = match encoder.device().current_lane() {
                     Ok(lane) => lane,
                     Err(e) => {
-                        first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e.into());
+                        first_error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(e.into());
                         return;
                     }
                 };
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= chunks.len() || first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                    if i >= chunks.len() || first_error.lock().map(|e| e.is_some()).unwrap_or(true)
+                    {
                         break;
                     }
                     let refs: Vec<&str> = chunks[i].iter().map(String::as_str).collect();
@@ -168,8 +197,12 @@ pub fn embed_all(encoder: &Encoder, texts: &[String], threads: usize, batch: usi
                             results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(embs);
                         }
                         Err(e) => {
-                            let e = anyhow::Error::new(e).context(format!("batch starting at text {}", i * batch));
-                            first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                            let e = anyhow::Error::new(e)
+                                .context(format!("batch starting at text {}", i * batch));
+                            first_error
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert(e);
                         }
                     }
                 }
@@ -207,13 +240,22 @@ fn progress_bar(total: usize) -> Option<indicatif::ProgressBar> {
 pub fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
     // Devices and pipes (`/dev/stdout`, a FIFO) cannot be replaced: write through.
     if path.exists() && !path.is_file() {
-        return std::fs::write(path, data).with_context(|| format!("cannot write {}", path.display()));
+        return std::fs::write(path, data)
+            .with_context(|| format!("cannot write {}", path.display()));
     }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path.file_name().context("output path has no file name")?;
-    let tmp = dir.join(format!(".{}.partial.{}", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.partial.{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let write = || -> Result<()> {
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
         f.write_all(data)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
@@ -233,14 +275,23 @@ mod tests {
     fn text_lines_keep_empty_texts_but_not_the_final_newline() {
         let t = parse_input(b"a\n\nb\n", Format::Text, "x").unwrap();
         assert_eq!(t, vec!["a", "", "b"]);
-        assert_eq!(parse_input(b"", Format::Text, "x").unwrap(), Vec::<String>::new());
-        assert_eq!(parse_input(b"only", Format::Text, "x").unwrap(), vec!["only"]);
+        assert_eq!(
+            parse_input(b"", Format::Text, "x").unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            parse_input(b"only", Format::Text, "x").unwrap(),
+            vec!["only"]
+        );
     }
 
     #[test]
     fn invalid_utf8_names_the_line() {
         let err = parse_input(b"ok\n\xff\xfe\n", Format::Text, "in.txt").unwrap_err();
-        assert!(format!("{err:#}").contains("in.txt, line 2: invalid UTF-8"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("in.txt, line 2: invalid UTF-8"),
+            "{err:#}"
+        );
     }
 
     #[test]
@@ -249,7 +300,10 @@ mod tests {
         assert_eq!(t, vec!["a", "b"]);
         let err = parse_input(b"\"a\"\n{\"text\": 3}\n", Format::Jsonl, "f.jsonl").unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("f.jsonl, line 2") && msg.contains("`text` must be a string"), "{msg}");
+        assert!(
+            msg.contains("f.jsonl, line 2") && msg.contains("`text` must be a string"),
+            "{msg}"
+        );
         let err = parse_input(b"{oops\n", Format::Jsonl, "f.jsonl").unwrap_err();
         assert!(format!("{err:#}").contains("line 1: bad JSON"), "{err:#}");
     }

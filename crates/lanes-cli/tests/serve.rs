@@ -834,8 +834,8 @@ fn overload_answers_429_with_retry_after_and_recovers() {
 
 #[test]
 fn sigterm_finishes_every_accepted_request_and_exits_0() {
-    // One worker; each request sleeps 150 ms in its forward pass, so six of them
-    // are still queued or running when the signal arrives.
+    // One worker. The first request holds it for 2 s; five more queue behind it;
+    // the signal arrives while all six are in flight.
     let Some(mut server) = Server::start(&["--workers", "1", "--no-batching", "--inject-faults"])
     else {
         return;
@@ -843,33 +843,38 @@ fn sigterm_finishes_every_accepted_request_and_exits_0() {
     let expected = server.embed(&["still embedded"]).remove(0);
     let n = 6;
     let results = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..n)
-            .map(|_| {
-                let server = &server;
-                s.spawn(move || {
-                    let body = serde_json::json!({ "input": ["__lanes_fault:sleep_ms=150__", "still embedded"] });
-                    server.post("/v1/embeddings", &body.to_string())
-                })
+        let send = |sleep_ms: u64| {
+            let server = &server;
+            s.spawn(move || {
+                let fault = format!("__lanes_fault:sleep_ms={sleep_ms}__");
+                let body = serde_json::json!({ "input": [fault, "still embedded"] });
+                server.post("/v1/embeddings", &body.to_string())
             })
-            .collect();
-        // Wait until all six are in flight, then ask the server to stop.
-        let start = Instant::now();
-        while server.metric("lanes_http_requests_in_flight") < n as f64 {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "requests never got in flight"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        };
+        let wait_for = |series: &str, value: f64| {
+            let start = Instant::now();
+            while server.metric(series) < value {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "{series} never reached {value}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        let mut handles = vec![send(2000)];
+        wait_for("lanes_workers_busy", 1.0);
+        handles.extend((1..n).map(|_| send(50)));
+        wait_for("lanes_http_requests_in_flight", n as f64);
         server.signal_term();
         // New connections are refused while the accepted requests finish.
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(300));
         let refused =
             std::net::TcpStream::connect(server.base.trim_start_matches("http://")).is_err();
         let results: Vec<Resp> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         (results, refused)
     });
     let (results, refused) = results;
+    assert_eq!(results.len(), n);
     for r in &results {
         let v = r.openai_vectors();
         assert_eq!(v.len(), 2);

@@ -42,8 +42,18 @@ struct DeviceLayer {
 impl DeviceLayer {
     fn buffers(&self) -> [&Buffer; 12] {
         [
-            &self.qkv_w, &self.qkv_b, &self.o_w, &self.o_b, &self.ln1_g, &self.ln1_b, &self.i_w,
-            &self.i_b, &self.out_w, &self.out_b, &self.ln2_g, &self.ln2_b,
+            &self.qkv_w,
+            &self.qkv_b,
+            &self.o_w,
+            &self.o_b,
+            &self.ln1_g,
+            &self.ln1_b,
+            &self.i_w,
+            &self.i_b,
+            &self.out_w,
+            &self.out_b,
+            &self.ln2_g,
+            &self.ln2_b,
         ]
     }
 }
@@ -170,14 +180,18 @@ impl Encoder {
         Ok(flat
             .chunks_exact(h)
             .zip(&enc.lengths)
-            .map(|(v, &tokens)| Embedding { tokens, vector: v.to_vec() })
+            .map(|(v, &tokens)| Embedding {
+                tokens,
+                vector: v.to_vec(),
+            })
             .collect())
     }
 
     /// Runs the encoder on a tokenized batch; returns `batch × hidden` embeddings.
     pub fn forward(&self, lane: &Lease, enc: &Encoded) -> Result<Vec<f32>> {
         enc.check()?;
-        if lane.device().name() != self.device.name() || !same_device(&lane.device(), &self.device) {
+        if lane.device().name() != self.device.name() || !same_device(&lane.device(), &self.device)
+        {
             return Err(NnError::InvalidInput(format!(
                 "a lane of {} was used with a model on {}",
                 lane.device().name(),
@@ -186,10 +200,20 @@ impl Encoder {
         }
         let c = &self.config;
         if let Some(&bad) = enc.ids.iter().find(|&&id| id as usize >= c.vocab_size) {
-            return Err(NnError::InvalidInput(format!("token id {bad} is outside the vocabulary ({})", c.vocab_size)));
+            return Err(NnError::InvalidInput(format!(
+                "token id {bad} is outside the vocabulary ({})",
+                c.vocab_size
+            )));
         }
-        if let Some(&bad) = enc.type_ids.iter().find(|&&t| t as usize >= c.type_vocab_size) {
-            return Err(NnError::InvalidInput(format!("token type {bad} is outside 0..{}", c.type_vocab_size)));
+        if let Some(&bad) = enc
+            .type_ids
+            .iter()
+            .find(|&&t| t as usize >= c.type_vocab_size)
+        {
+            return Err(NnError::InvalidInput(format!(
+                "token type {bad} is outside 0..{}",
+                c.type_vocab_size
+            )));
         }
         if enc.seq > c.max_position_embeddings {
             return Err(NnError::InvalidInput(format!(
@@ -198,8 +222,18 @@ impl Encoder {
             )));
         }
         self.prepare_lane(lane)?;
-        let d = Dims { batch: enc.batch, seq: enc.seq, hidden: c.hidden_size, heads: c.num_attention_heads };
-        let (rows, h, inter, eps) = (d.rows(), d.hidden, c.intermediate_size, c.layer_norm_eps as f32);
+        let d = Dims {
+            batch: enc.batch,
+            seq: enc.seq,
+            hidden: c.hidden_size,
+            heads: c.num_attention_heads,
+        };
+        let (rows, h, inter, eps) = (
+            d.rows(),
+            d.hidden,
+            c.intermediate_size,
+            c.layer_norm_eps as f32,
+        );
         let f32s = |n: usize| lane.alloc(n * 4);
 
         let ids = lane.alloc(rows * 4)?;
@@ -221,23 +255,83 @@ impl Encoder {
         ex.embed_ln(lane, d, ids.ptr(), types.ptr(), &tables, eps, x.ptr())?;
         for l in &self.layers {
             let qkv = f32s(rows * 3 * h)?;
-            ex.linear(lane, rows, h, 3 * h, x.ptr(), l.qkv_w.ptr(), l.qkv_b.ptr(), false, qkv.ptr())?;
+            ex.linear(
+                lane,
+                rows,
+                h,
+                3 * h,
+                x.ptr(),
+                l.qkv_w.ptr(),
+                l.qkv_b.ptr(),
+                false,
+                qkv.ptr(),
+            )?;
             let ctx = f32s(rows * h)?;
             ex.attention(lane, d, qkv.ptr(), mask.ptr(), ctx.ptr())?;
             drop(qkv);
             let attn = f32s(rows * h)?;
-            ex.linear(lane, rows, h, h, ctx.ptr(), l.o_w.ptr(), l.o_b.ptr(), false, attn.ptr())?;
+            ex.linear(
+                lane,
+                rows,
+                h,
+                h,
+                ctx.ptr(),
+                l.o_w.ptr(),
+                l.o_b.ptr(),
+                false,
+                attn.ptr(),
+            )?;
             drop(ctx);
             let h1 = f32s(rows * h)?;
-            ex.add_layer_norm(lane, rows, h, attn.ptr(), x.ptr(), l.ln1_g.ptr(), l.ln1_b.ptr(), eps, h1.ptr())?;
+            ex.add_layer_norm(
+                lane,
+                rows,
+                h,
+                attn.ptr(),
+                x.ptr(),
+                l.ln1_g.ptr(),
+                l.ln1_b.ptr(),
+                eps,
+                h1.ptr(),
+            )?;
             drop(attn);
             let up = f32s(rows * inter)?;
-            ex.linear(lane, rows, h, inter, h1.ptr(), l.i_w.ptr(), l.i_b.ptr(), true, up.ptr())?;
+            ex.linear(
+                lane,
+                rows,
+                h,
+                inter,
+                h1.ptr(),
+                l.i_w.ptr(),
+                l.i_b.ptr(),
+                true,
+                up.ptr(),
+            )?;
             let down = f32s(rows * h)?;
-            ex.linear(lane, rows, inter, h, up.ptr(), l.out_w.ptr(), l.out_b.ptr(), false, down.ptr())?;
+            ex.linear(
+                lane,
+                rows,
+                inter,
+                h,
+                up.ptr(),
+                l.out_w.ptr(),
+                l.out_b.ptr(),
+                false,
+                down.ptr(),
+            )?;
             drop(up);
             let h2 = f32s(rows * h)?;
-            ex.add_layer_norm(lane, rows, h, down.ptr(), h1.ptr(), l.ln2_g.ptr(), l.ln2_b.ptr(), eps, h2.ptr())?;
+            ex.add_layer_norm(
+                lane,
+                rows,
+                h,
+                down.ptr(),
+                h1.ptr(),
+                l.ln2_g.ptr(),
+                l.ln2_b.ptr(),
+                eps,
+                h2.ptr(),
+            )?;
             // Freed buffers return to this lane's cache: later work on the lane is
             // ordered after the ops above, so reuse is safe without a wait.
             x = h2;

@@ -44,10 +44,16 @@ fn model_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("LANES_MODEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("models/all-MiniLM-L6-v2"));
-    if ["model.safetensors", "tokenizer.json", "config.json"].iter().all(|f| dir.join(f).is_file()) {
+    if ["model.safetensors", "tokenizer.json", "config.json"]
+        .iter()
+        .all(|f| dir.join(f).is_file())
+    {
         Some(dir)
     } else {
-        eprintln!("SKIPPED (no model): {} lacks model.safetensors, tokenizer.json or config.json", dir.display());
+        eprintln!(
+            "SKIPPED (no model): {} lacks model.safetensors, tokenizer.json or config.json",
+            dir.display()
+        );
         None
     }
 }
@@ -73,7 +79,12 @@ fn fixtures() -> Option<Vec<Fixture>> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).expect("fixture line is valid JSON"))
         .collect();
-    assert_eq!(lines.len(), 25, "fixture {} should hold 25 texts", path.display());
+    assert_eq!(
+        lines.len(),
+        25,
+        "fixture {} should hold 25 texts",
+        path.display()
+    );
     Some(lines)
 }
 
@@ -103,7 +114,9 @@ impl Rng {
 fn up_f32(lane: &Lease, data: &[f32]) -> Buffer {
     let buf = lane.alloc(data.len().max(1) * 4).expect("alloc");
     // SAFETY: f32 has no padding; any f32 is plain bytes.
-    let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data)) };
+    let bytes = unsafe {
+        std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data))
+    };
     lane.upload(&buf, bytes).expect("upload");
     buf
 }
@@ -111,7 +124,9 @@ fn up_f32(lane: &Lease, data: &[f32]) -> Buffer {
 fn up_u32(lane: &Lease, data: &[u32]) -> Buffer {
     let buf = lane.alloc(data.len().max(1) * 4).expect("alloc");
     // SAFETY: u32 has no padding; any u32 is plain bytes.
-    let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data)) };
+    let bytes = unsafe {
+        std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data))
+    };
     lane.upload(&buf, bytes).expect("upload");
     buf
 }
@@ -134,7 +149,11 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| f64::from(x) * f64::from(y))
+        .sum();
     let na: f64 = a.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)
@@ -174,16 +193,26 @@ fn attention_matches_cpu() {
     let lane = dev.lease().unwrap();
     let mut rng = Rng(1);
     for (batch, seq, hidden, heads) in SHAPES {
-        let d = Dims { batch, seq, hidden, heads };
+        let d = Dims {
+            batch,
+            seq,
+            hidden,
+            heads,
+        };
         let rows = d.rows();
         let qkv = rng.vec(rows * 3 * hidden, -2.0, 2.0);
         let mask = random_mask(&mut rng, batch, seq);
         let (g_qkv, g_mask) = (up_f32(&lane, &qkv), up_f32(&lane, &mask));
         let g_out = lane.alloc(rows * hidden * 4).unwrap();
-        ex.attention(&lane, d, g_qkv.ptr(), g_mask.ptr(), g_out.ptr()).unwrap();
+        ex.attention(&lane, d, g_qkv.ptr(), g_mask.ptr(), g_out.ptr())
+            .unwrap();
         let got = down(&lane, &g_out, rows * hidden);
 
-        let (mut q, mut k, mut v) = (vec![0f32; rows * hidden], vec![0f32; rows * hidden], vec![0f32; rows * hidden]);
+        let (mut q, mut k, mut v) = (
+            vec![0f32; rows * hidden],
+            vec![0f32; rows * hidden],
+            vec![0f32; rows * hidden],
+        );
         for r in 0..rows {
             let src = &qkv[r * 3 * hidden..(r + 1) * 3 * hidden];
             q[r * hidden..(r + 1) * hidden].copy_from_slice(&src[..hidden]);
@@ -191,7 +220,17 @@ fn attention_matches_cpu() {
             v[r * hidden..(r + 1) * hidden].copy_from_slice(&src[2 * hidden..]);
         }
         let mut want = vec![0f32; rows * hidden];
-        cpu::attention(&q, &k, &v, &mask, batch, seq, heads, hidden / heads, &mut want);
+        cpu::attention(
+            &q,
+            &k,
+            &v,
+            &mask,
+            batch,
+            seq,
+            heads,
+            hidden / heads,
+            &mut want,
+        );
         let diff = max_abs_diff(&got, &want);
         eprintln!("attention {d:?}: max |diff| {diff:.3e}");
         assert!(diff <= 1e-5, "attention {d:?}: max |diff| {diff:.3e}");
@@ -223,7 +262,18 @@ fn linear_matches_cpu() {
             let b = rng.vec(n, -0.5, 0.5);
             let (gx, gw, gb) = (up_f32(&lane, &x), up_f32(&lane, &w), up_f32(&lane, &b));
             let gout = lane.alloc(rows * n * 4).unwrap();
-            ex.linear(&lane, rows, k, n, gx.ptr(), gw.ptr(), gb.ptr(), gelu, gout.ptr()).unwrap();
+            ex.linear(
+                &lane,
+                rows,
+                k,
+                n,
+                gx.ptr(),
+                gw.ptr(),
+                gb.ptr(),
+                gelu,
+                gout.ptr(),
+            )
+            .unwrap();
             let got = down(&lane, &gout, rows * n);
             let mut want = vec![0f32; rows * n];
             cpu::linear(&x, rows, k, &w, &b, &mut want);
@@ -233,7 +283,10 @@ fn linear_matches_cpu() {
             let diff = max_abs_diff(&got, &want);
             let scale = max_abs(&want).max(1.0);
             eprintln!("linear {gemm:?} rows {rows} k {k} n {n} gelu {gelu}: max |diff| {diff:.3e} (max |out| {scale:.2})");
-            assert!(diff <= 2e-6 * scale * (k as f32).sqrt(), "linear {gemm:?} {rows}x{k}x{n}: max |diff| {diff:.3e}");
+            assert!(
+                diff <= 2e-6 * scale * (k as f32).sqrt(),
+                "linear {gemm:?} {rows}x{k}x{n}: max |diff| {diff:.3e}"
+            );
         }
     }
 }
@@ -245,8 +298,19 @@ fn layer_norms_and_pooling_match_cpu() {
     let lane = dev.lease().unwrap();
     let mut rng = Rng(3);
     let eps = 1e-12f32;
-    for (batch, seq, hidden) in [(3, 37, 384), (2, 5, 100), (1, 1, 32), (2, 9, 768), (1, 3, 1000)] {
-        let d = Dims { batch, seq, hidden, heads: 1 };
+    for (batch, seq, hidden) in [
+        (3, 37, 384),
+        (2, 5, 100),
+        (1, 1, 32),
+        (2, 9, 768),
+        (1, 3, 1000),
+    ] {
+        let d = Dims {
+            batch,
+            seq,
+            hidden,
+            heads: 1,
+        };
         let rows = d.rows();
         let g = rng.vec(hidden, 0.5, 1.5);
         let be = rng.vec(hidden, -0.3, 0.3);
@@ -257,13 +321,27 @@ fn layer_norms_and_pooling_match_cpu() {
         let r = rng.vec(rows * hidden, -1.0, 2.0);
         let (gx, gr) = (up_f32(&lane, &x), up_f32(&lane, &r));
         let gout = lane.alloc(rows * hidden * 4).unwrap();
-        ex.add_layer_norm(&lane, rows, hidden, gx.ptr(), gr.ptr(), gg.ptr(), gbe.ptr(), eps, gout.ptr()).unwrap();
+        ex.add_layer_norm(
+            &lane,
+            rows,
+            hidden,
+            gx.ptr(),
+            gr.ptr(),
+            gg.ptr(),
+            gbe.ptr(),
+            eps,
+            gout.ptr(),
+        )
+        .unwrap();
         let got = down(&lane, &gout, rows * hidden);
         let mut want: Vec<f32> = x.iter().zip(&r).map(|(a, b)| a + b).collect();
         cpu::layer_norm_inplace(&mut want, rows, hidden, &g, &be, eps);
         let diff = max_abs_diff(&got, &want);
         eprintln!("add_layer_norm rows {rows} dim {hidden}: max |diff| {diff:.3e}");
-        assert!(diff <= 1e-5, "add_layer_norm rows {rows} dim {hidden}: {diff:.3e}");
+        assert!(
+            diff <= 1e-5,
+            "add_layer_norm rows {rows} dim {hidden}: {diff:.3e}"
+        );
 
         // embed_ln
         let (vocab, types_n) = (50usize, 2usize);
@@ -272,30 +350,46 @@ fn layer_norms_and_pooling_match_cpu() {
         let tt = rng.vec(types_n * hidden, -0.2, 0.2);
         let ids: Vec<u32> = (0..rows).map(|_| rng.below(vocab) as u32).collect();
         let types: Vec<u32> = (0..rows).map(|_| rng.below(types_n) as u32).collect();
-        let (gw, gp, gt) = (up_f32(&lane, &word), up_f32(&lane, &pos), up_f32(&lane, &tt));
+        let (gw, gp, gt) = (
+            up_f32(&lane, &word),
+            up_f32(&lane, &pos),
+            up_f32(&lane, &tt),
+        );
         let (gi, gty) = (up_u32(&lane, &ids), up_u32(&lane, &types));
-        let tables = EmbedTables { word: gw.ptr(), position: gp.ptr(), token_type: gt.ptr(), gamma: gg.ptr(), beta: gbe.ptr() };
+        let tables = EmbedTables {
+            word: gw.ptr(),
+            position: gp.ptr(),
+            token_type: gt.ptr(),
+            gamma: gg.ptr(),
+            beta: gbe.ptr(),
+        };
         let gemb = lane.alloc(rows * hidden * 4).unwrap();
-        ex.embed_ln(&lane, d, gi.ptr(), gty.ptr(), &tables, eps, gemb.ptr()).unwrap();
+        ex.embed_ln(&lane, d, gi.ptr(), gty.ptr(), &tables, eps, gemb.ptr())
+            .unwrap();
         let got = down(&lane, &gemb, rows * hidden);
         let mut want = vec![0f32; rows * hidden];
         for rr in 0..rows {
             let (id, ty, p) = (ids[rr] as usize, types[rr] as usize, rr % seq);
             for i in 0..hidden {
-                want[rr * hidden + i] = (word[id * hidden + i] + tt[ty * hidden + i]) + pos[p * hidden + i];
+                want[rr * hidden + i] =
+                    (word[id * hidden + i] + tt[ty * hidden + i]) + pos[p * hidden + i];
             }
         }
         cpu::layer_norm_inplace(&mut want, rows, hidden, &g, &be, eps);
         let diff = max_abs_diff(&got, &want);
         eprintln!("embed_ln rows {rows} dim {hidden}: max |diff| {diff:.3e}");
-        assert!(diff <= 1e-5, "embed_ln rows {rows} dim {hidden}: {diff:.3e}");
+        assert!(
+            diff <= 1e-5,
+            "embed_ln rows {rows} dim {hidden}: {diff:.3e}"
+        );
 
         // pool_normalize
         let h = rng.vec(rows * hidden, -2.0, 2.0);
         let mask = random_mask(&mut rng, batch, seq);
         let (gh, gm) = (up_f32(&lane, &h), up_f32(&lane, &mask));
         let gpool = lane.alloc(batch * hidden * 4).unwrap();
-        ex.pool_normalize(&lane, d, gh.ptr(), gm.ptr(), gpool.ptr()).unwrap();
+        ex.pool_normalize(&lane, d, gh.ptr(), gm.ptr(), gpool.ptr())
+            .unwrap();
         let got = down(&lane, &gpool, batch * hidden);
         let mut want = vec![0f32; batch * hidden];
         cpu::mean_pool(&h, &mask, batch, seq, hidden, &mut want);
@@ -313,7 +407,12 @@ fn cpu_lane_is_rejected() {
     let cpu_dev = Device::cpu(DeviceConfig::default()).unwrap();
     let lane = cpu_dev.lease().unwrap();
     let p = lanes::DevicePtr(0);
-    let d = Dims { batch: 1, seq: 1, hidden: 32, heads: 1 };
+    let d = Dims {
+        batch: 1,
+        seq: 1,
+        hidden: 32,
+        heads: 1,
+    };
     assert!(ex.attention(&lane, d, p, p, p).is_err());
     assert!(ex.linear(&lane, 1, 1, 1, p, p, p, false, p).is_err());
     assert!(CudaExec::new(&cpu_dev).is_err());
@@ -329,20 +428,28 @@ struct Stats {
 
 impl Stats {
     fn new() -> Stats {
-        Stats { min_cos: 1.0, max_diff: 0.0 }
+        Stats {
+            min_cos: 1.0,
+            max_diff: 0.0,
+        }
     }
     fn check(&mut self, what: &str, got: &[f32], want: &[f32]) {
         let (c, d) = (cosine(got, want), max_abs_diff(got, want));
         self.min_cos = self.min_cos.min(c);
         self.max_diff = self.max_diff.max(d);
-        assert!(c >= 0.99999 && d <= 1e-5, "{what}: cosine {c:.8}, max |diff| {d:.3e}");
+        assert!(
+            c >= 0.99999 && d <= 1e-5,
+            "{what}: cosine {c:.8}, max |diff| {d:.3e}"
+        );
     }
 }
 
 #[test]
 fn encoder_matches_fixture_and_reference() {
     let Some(dev) = cuda() else { return };
-    let (Some(dir), Some(fx)) = (model_dir(), fixtures()) else { return };
+    let (Some(dir), Some(fx)) = (model_dir(), fixtures()) else {
+        return;
+    };
     let model = Model::load(&dir).expect("load the model on the host");
     let enc = Encoder::load(&dir, &dev).expect("load the model on the GPU");
     let lane = dev.lease().unwrap();
@@ -355,10 +462,22 @@ fn encoder_matches_fixture_and_reference() {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].tokens, f.n_tokens, "text {i}: token count");
         let tok = model.tokenizer.encode_batch(&[f.text.as_str()]).unwrap();
-        assert_eq!(tok.row_ids(0).unwrap(), &f.input_ids[..], "text {i}: token ids");
-        vs_fixture.check(&format!("text {i} alone vs fixture"), &got[0].vector, &f.embedding);
+        assert_eq!(
+            tok.row_ids(0).unwrap(),
+            &f.input_ids[..],
+            "text {i}: token ids"
+        );
+        vs_fixture.check(
+            &format!("text {i} alone vs fixture"),
+            &got[0].vector,
+            &f.embedding,
+        );
         let want = reference::forward(&model.weights, &model.config, &tok).unwrap();
-        vs_reference.check(&format!("text {i} alone vs reference"), &got[0].vector, &want);
+        vs_reference.check(
+            &format!("text {i} alone vs reference"),
+            &got[0].vector,
+            &want,
+        );
     }
 
     // Mixed batches: all 25, reversed, and groups of 7 (padding in every batch).
@@ -374,8 +493,16 @@ fn encoder_matches_fixture_and_reference() {
         let tok = model.tokenizer.encode_batch(&batch).unwrap();
         let want = reference::forward(&model.weights, &model.config, &tok).unwrap();
         for (j, &i) in idx.iter().enumerate() {
-            vs_fixture.check(&format!("text {i} in batch {idx:?} vs fixture"), &got[j].vector, &fx[i].embedding);
-            vs_reference.check(&format!("text {i} in batch {idx:?} vs reference"), &got[j].vector, &want[j * h..(j + 1) * h]);
+            vs_fixture.check(
+                &format!("text {i} in batch {idx:?} vs fixture"),
+                &got[j].vector,
+                &fx[i].embedding,
+            );
+            vs_reference.check(
+                &format!("text {i} in batch {idx:?} vs reference"),
+                &got[j].vector,
+                &want[j * h..(j + 1) * h],
+            );
         }
     }
     eprintln!(
@@ -390,24 +517,38 @@ fn encoder_matches_fixture_and_reference() {
 #[test]
 fn sixteen_threads_share_one_encoder() {
     let Some(dev) = cuda() else { return };
-    let (Some(dir), Some(fx)) = (model_dir(), fixtures()) else { return };
+    let (Some(dir), Some(fx)) = (model_dir(), fixtures()) else {
+        return;
+    };
     let enc = Arc::new(Encoder::load(&dir, &dev).expect("load the model on the GPU"));
     let texts: Arc<Vec<String>> = Arc::new(fx.iter().map(|f| f.text.clone()).collect());
 
     // Requests: every text alone, then mixed batches.
     let mut requests: Vec<Vec<usize>> = (0..texts.len()).map(|i| vec![i]).collect();
     requests.push((0..texts.len()).collect());
-    requests.extend((0..texts.len()).collect::<Vec<_>>().chunks(6).map(|c| c.to_vec()));
+    requests.extend(
+        (0..texts.len())
+            .collect::<Vec<_>>()
+            .chunks(6)
+            .map(|c| c.to_vec()),
+    );
     requests.push(vec![24, 1, 12]);
     let requests = Arc::new(requests);
 
     let run = |lane: &Lease, enc: &Encoder, idx: &[usize], texts: &[String]| -> Vec<Vec<f32>> {
         let batch: Vec<&str> = idx.iter().map(|&i| texts[i].as_str()).collect();
-        enc.embed_on(lane, &batch).unwrap().into_iter().map(|e| e.vector).collect()
+        enc.embed_on(lane, &batch)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.vector)
+            .collect()
     };
     let expected: Vec<Vec<Vec<f32>>> = {
         let lane = dev.lease().unwrap();
-        requests.iter().map(|r| run(&lane, &enc, r, &texts)).collect()
+        requests
+            .iter()
+            .map(|r| run(&lane, &enc, r, &texts))
+            .collect()
     };
     let expected = Arc::new(expected);
 
@@ -416,8 +557,14 @@ fn sixteen_threads_share_one_encoder() {
     let barrier = Arc::new(std::sync::Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
         .map(|t| {
-            let (dev, enc, texts, requests, expected, barrier) =
-                (dev.clone(), enc.clone(), texts.clone(), requests.clone(), expected.clone(), barrier.clone());
+            let (dev, enc, texts, requests, expected, barrier) = (
+                dev.clone(),
+                enc.clone(),
+                texts.clone(),
+                requests.clone(),
+                expected.clone(),
+                barrier.clone(),
+            );
             std::thread::spawn(move || {
                 let lane = dev.lease().unwrap();
                 barrier.wait();
@@ -436,7 +583,10 @@ fn sixteen_threads_share_one_encoder() {
             })
         })
         .collect();
-    let results: Vec<_> = handles.into_iter().map(|h| h.join().expect("worker panicked")).collect();
+    let results: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().expect("worker panicked"))
+        .collect();
     let mut lanes_used: Vec<usize> = results.iter().map(|r| r.0).collect();
     lanes_used.sort_unstable();
     lanes_used.dedup();
@@ -445,7 +595,10 @@ fn sixteen_threads_share_one_encoder() {
     let identical: usize = results.iter().map(|r| r.2).sum();
     let total: usize = results.iter().map(|r| r.3).sum();
     eprintln!("{threads} threads: {total} embeddings, {identical} bit-identical to one thread, max |diff| {max_diff:.3e}");
-    assert!(max_diff <= 1e-6, "threads disagree with one thread: max |diff| {max_diff:.3e}");
+    assert!(
+        max_diff <= 1e-6,
+        "threads disagree with one thread: max |diff| {max_diff:.3e}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -460,7 +613,10 @@ fn throughput_report() {
     let Some(dev) = cuda() else { return };
     let Some(dir) = model_dir() else { return };
     let enc = Arc::new(Encoder::load(&dir, &dev).expect("load the model on the GPU"));
-    eprintln!("linear path: {:?} (LANES_NN_GEMM)", Gemm::from_env().unwrap());
+    eprintln!(
+        "linear path: {:?} (LANES_NN_GEMM)",
+        Gemm::from_env().unwrap()
+    );
     let seq = 128;
     let batch_of = |n: usize, seed: u64| {
         let mut rng = Rng(seed);
@@ -536,12 +692,21 @@ fn op_timing_report() {
     let ex = CudaExec::with_gemm(&dev, Gemm::Cublas).expect("compile the kernels");
     let fused = CudaExec::with_gemm(&dev, Gemm::Fused).expect("compile the kernels");
     let lane = dev.lease().unwrap();
-    let cl = lane.raw().as_any().downcast_ref::<lanes::backend::cuda::CudaLane>().unwrap();
+    let cl = lane
+        .raw()
+        .as_any()
+        .downcast_ref::<lanes::backend::cuda::CudaLane>()
+        .unwrap();
     let mut rng = Rng(7);
     let (hidden, heads, inter, vocab) = (384usize, 12usize, 1536usize, 30522usize);
     const N: u32 = 200;
     for (batch, seq) in [(1usize, 128usize), (8, 128), (32, 128)] {
-        let d = Dims { batch, seq, hidden, heads };
+        let d = Dims {
+            batch,
+            seq,
+            hidden,
+            heads,
+        };
         let rows = d.rows();
         let x = up_f32(&lane, &rng.vec(rows * inter, -1.0, 1.0));
         let y = up_f32(&lane, &rng.vec(rows * hidden, -1.0, 1.0));
@@ -554,7 +719,13 @@ fn op_timing_report() {
         let word = up_f32(&lane, &rng.vec(vocab * hidden, -1.0, 1.0));
         let ids = up_u32(&lane, &(0..rows as u32).collect::<Vec<_>>());
         let types = up_u32(&lane, &vec![0; rows]);
-        let tables = EmbedTables { word: word.ptr(), position: y.ptr(), token_type: y.ptr(), gamma: g.ptr(), beta: b.ptr() };
+        let tables = EmbedTables {
+            word: word.ptr(),
+            position: y.ptr(),
+            token_type: y.ptr(),
+            gamma: g.ptr(),
+            beta: b.ptr(),
+        };
         let time = |name: &str, f: &mut dyn FnMut()| {
             f();
             lane.synchronize().unwrap();
@@ -567,21 +738,76 @@ fn op_timing_report() {
             eprintln!("batch {batch:2} x {seq}: {name:<28} {us:8.1} us");
         };
         let (xp, yp, qp, wp, bp, op) = (x.ptr(), y.ptr(), qkv.ptr(), w.ptr(), b.ptr(), out.ptr());
-        time("embed_ln", &mut || ex.embed_ln(&lane, d, ids.ptr(), types.ptr(), &tables, 1e-12, op).unwrap());
-        time("linear qkv (384->1152)", &mut || ex.linear(&lane, rows, hidden, 3 * hidden, yp, wp, bp, false, op).unwrap());
+        time("embed_ln", &mut || {
+            ex.embed_ln(&lane, d, ids.ptr(), types.ptr(), &tables, 1e-12, op)
+                .unwrap()
+        });
+        time("linear qkv (384->1152)", &mut || {
+            ex.linear(&lane, rows, hidden, 3 * hidden, yp, wp, bp, false, op)
+                .unwrap()
+        });
         time("  sgemm alone", &mut || {
             // SAFETY: y holds rows*384, w 1536*384 >= 1152*384, out rows*1536 >= rows*1152 f32s.
-            unsafe { cl.sgemm(lanes::backend::cuda::Op::T, lanes::backend::cuda::Op::N, 3 * hidden, rows, hidden, 1.0, wp, hidden, yp, hidden, 0.0, op, 3 * hidden) }.unwrap()
+            unsafe {
+                cl.sgemm(
+                    lanes::backend::cuda::Op::T,
+                    lanes::backend::cuda::Op::N,
+                    3 * hidden,
+                    rows,
+                    hidden,
+                    1.0,
+                    wp,
+                    hidden,
+                    yp,
+                    hidden,
+                    0.0,
+                    op,
+                    3 * hidden,
+                )
+            }
+            .unwrap()
         });
-        time("  fused linear_tn", &mut || fused.linear(&lane, rows, hidden, 3 * hidden, yp, wp, bp, false, op).unwrap());
-        time("attention", &mut || ex.attention(&lane, d, qp, mask.ptr(), op).unwrap());
-        time("linear out (384->384)", &mut || ex.linear(&lane, rows, hidden, hidden, yp, wp, bp, false, op).unwrap());
-        time("  fused linear_tn", &mut || fused.linear(&lane, rows, hidden, hidden, yp, wp, bp, false, op).unwrap());
-        time("add_layer_norm", &mut || ex.add_layer_norm(&lane, rows, hidden, yp, yp, g.ptr(), bp, 1e-12, op).unwrap());
-        time("linear up+gelu (384->1536)", &mut || ex.linear(&lane, rows, hidden, inter, yp, wp, bp, true, op).unwrap());
-        time("  fused linear_tn", &mut || fused.linear(&lane, rows, hidden, inter, yp, wp, bp, true, op).unwrap());
-        time("linear down (1536->384)", &mut || ex.linear(&lane, rows, inter, hidden, xp, wp, bp, false, op).unwrap());
-        time("  fused linear_tn", &mut || fused.linear(&lane, rows, inter, hidden, xp, wp, bp, false, op).unwrap());
-        time("pool_normalize", &mut || ex.pool_normalize(&lane, d, xp, mask.ptr(), op).unwrap());
+        time("  fused linear_tn", &mut || {
+            fused
+                .linear(&lane, rows, hidden, 3 * hidden, yp, wp, bp, false, op)
+                .unwrap()
+        });
+        time("attention", &mut || {
+            ex.attention(&lane, d, qp, mask.ptr(), op).unwrap()
+        });
+        time("linear out (384->384)", &mut || {
+            ex.linear(&lane, rows, hidden, hidden, yp, wp, bp, false, op)
+                .unwrap()
+        });
+        time("  fused linear_tn", &mut || {
+            fused
+                .linear(&lane, rows, hidden, hidden, yp, wp, bp, false, op)
+                .unwrap()
+        });
+        time("add_layer_norm", &mut || {
+            ex.add_layer_norm(&lane, rows, hidden, yp, yp, g.ptr(), bp, 1e-12, op)
+                .unwrap()
+        });
+        time("linear up+gelu (384->1536)", &mut || {
+            ex.linear(&lane, rows, hidden, inter, yp, wp, bp, true, op)
+                .unwrap()
+        });
+        time("  fused linear_tn", &mut || {
+            fused
+                .linear(&lane, rows, hidden, inter, yp, wp, bp, true, op)
+                .unwrap()
+        });
+        time("linear down (1536->384)", &mut || {
+            ex.linear(&lane, rows, inter, hidden, xp, wp, bp, false, op)
+                .unwrap()
+        });
+        time("  fused linear_tn", &mut || {
+            fused
+                .linear(&lane, rows, inter, hidden, xp, wp, bp, false, op)
+                .unwrap()
+        });
+        time("pool_normalize", &mut || {
+            ex.pool_normalize(&lane, d, xp, mask.ptr(), op).unwrap()
+        });
     }
 }

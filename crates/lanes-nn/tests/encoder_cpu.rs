@@ -11,14 +11,23 @@ use lanes::{Device, DeviceConfig, Policy, Wait};
 use lanes_nn::{reference, Encoder};
 
 fn cpu(lanes: usize) -> Device {
-    Device::cpu(DeviceConfig { lanes, policy: Policy::Exclusive { wait: Wait::Forever }, ..Default::default() })
-        .expect("cpu device")
+    Device::cpu(DeviceConfig {
+        lanes,
+        policy: Policy::Exclusive {
+            wait: Wait::Forever,
+        },
+        ..Default::default()
+    })
+    .expect("cpu device")
 }
 
 fn assert_close(got: &[f32], want: &[f32], what: &str) {
     let cos = cosine(got, want);
     let diff = max_abs_diff(got, want);
-    assert!(cos >= 0.99999 && diff <= 1e-5, "{what}: cosine {cos}, max |diff| {diff}");
+    assert!(
+        cos >= 0.99999 && diff <= 1e-5,
+        "{what}: cosine {cos}, max |diff| {diff}"
+    );
 }
 
 #[test]
@@ -37,13 +46,21 @@ fn fixture_texts_alone_and_in_mixed_batches_match_sentence_transformers() {
     let texts: Vec<&str> = fx.iter().map(|f| f.text.as_str()).collect();
     let all = enc.embed(&texts).expect("embed batch");
     for (i, (e, f)) in all.iter().zip(fx).enumerate() {
-        assert_close(&e.vector, &f.embedding, &format!("fixture {i} in the full batch"));
+        assert_close(
+            &e.vector,
+            &f.embedding,
+            &format!("fixture {i} in the full batch"),
+        );
     }
     let mixed: Vec<usize> = vec![23, 0, 12, 24, 5, 5, 16];
     let batch: Vec<&str> = mixed.iter().map(|&i| fx[i].text.as_str()).collect();
     let out = enc.embed(&batch).expect("embed mixed");
     for (e, &i) in out.iter().zip(&mixed) {
-        assert_close(&e.vector, &fx[i].embedding, &format!("fixture {i} in a mixed batch"));
+        assert_close(
+            &e.vector,
+            &fx[i].embedding,
+            &format!("fixture {i} in a mixed batch"),
+        );
     }
     device.unbind_current();
     let stats = device.stats();
@@ -56,13 +73,22 @@ fn device_forward_equals_the_reference_forward() {
     let model = common::model().expect("model");
     let device = cpu(2);
     let enc = Encoder::load(&dir, &device).expect("load");
-    let texts = ["a", "The quick brown fox jumps over the lazy dog.", "", "lanes lanes lanes"];
+    let texts = [
+        "a",
+        "The quick brown fox jumps over the lazy dog.",
+        "",
+        "lanes lanes lanes",
+    ];
     let encoded = enc.tokenizer().encode_batch(&texts).expect("tokenize");
     let want = reference::forward(&model.weights, &model.config, &encoded).expect("reference");
     let lane = device.lease().expect("lease");
     let got = enc.forward(&lane, &encoded).expect("forward");
     assert_eq!(got.len(), want.len());
-    assert!(max_abs_diff(&got, &want) <= 1e-6, "max diff {}", max_abs_diff(&got, &want));
+    assert!(
+        max_abs_diff(&got, &want) <= 1e-6,
+        "max diff {}",
+        max_abs_diff(&got, &want)
+    );
 }
 
 #[test]
@@ -74,15 +100,23 @@ fn sixteen_threads_sharing_one_model_match_one_thread() {
     // Requests: single texts and pairs (padded batches), each computed once on one
     // thread first; every thread must then reproduce them bit for bit.
     let n = texts.len();
-    let requests: Arc<Vec<Vec<usize>>> =
-        Arc::new((0..n).map(|i| vec![i]).chain((0..n).map(|i| vec![i, (i * 7 + 3) % n])).collect());
+    let requests: Arc<Vec<Vec<usize>>> = Arc::new(
+        (0..n)
+            .map(|i| vec![i])
+            .chain((0..n).map(|i| vec![i, (i * 7 + 3) % n]))
+            .collect(),
+    );
     let single: Arc<Vec<Vec<Vec<f32>>>> = Arc::new({
         let lane = device.lease().expect("lease");
         requests
             .iter()
             .map(|r| {
                 let batch: Vec<&str> = r.iter().map(|&i| texts[i].as_str()).collect();
-                enc.embed_on(&lane, &batch).expect("embed").into_iter().map(|e| e.vector).collect()
+                enc.embed_on(&lane, &batch)
+                    .expect("embed")
+                    .into_iter()
+                    .map(|e| e.vector)
+                    .collect()
             })
             .collect()
     });
@@ -119,5 +153,9 @@ fn sixteen_threads_sharing_one_model_match_one_thread() {
     lanes.sort();
     lanes.dedup();
     assert_eq!(lanes.len(), 16, "16 threads held 16 distinct lanes");
-    assert_eq!(device.stats().leases_outstanding, 0, "thread exit released every lease");
+    assert_eq!(
+        device.stats().leases_outstanding,
+        0,
+        "thread exit released every lease"
+    );
 }

@@ -18,8 +18,12 @@ fn bench(c: &mut Criterion) {
         b.iter(|| drop(std::hint::black_box(exclusive.lease().expect("lease"))))
     });
 
-    let shared = Device::cpu(DeviceConfig { lanes: 32, policy: Policy::Shared, ..Default::default() })
-        .expect("cpu device");
+    let shared = Device::cpu(DeviceConfig {
+        lanes: 32,
+        policy: Policy::Shared,
+        ..Default::default()
+    })
+    .expect("cpu device");
     let all: Vec<_> = (0..32).map(|_| shared.lease().expect("lease")).collect();
     drop(all);
     c.bench_function("lease+release (shared)", |b| {

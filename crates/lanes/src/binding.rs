@@ -20,7 +20,12 @@ thread_local! {
 /// The lease this thread has bound for device `id`, if any.
 pub(crate) fn current(id: u64) -> Option<Lease> {
     BOUND
-        .try_with(|b| b.borrow().iter().find(|(d, _)| *d == id).map(|(_, l)| l.clone()))
+        .try_with(|b| {
+            b.borrow()
+                .iter()
+                .find(|(d, _)| *d == id)
+                .map(|(_, l)| l.clone())
+        })
         .ok()
         .flatten()
 }

@@ -28,7 +28,9 @@ impl Default for DeviceConfig {
     fn default() -> Self {
         DeviceConfig {
             lanes: 32,
-            policy: Policy::Exclusive { wait: Wait::Forever },
+            policy: Policy::Exclusive {
+                wait: Wait::Forever,
+            },
             alloc: AllocConfig::default(),
         }
     }
@@ -174,7 +176,9 @@ impl Device {
         #[cfg(not(feature = "cuda"))]
         {
             let _ = (ordinal, config);
-            Err(Error::NoCudaDriver("this build of lanes has no CUDA backend (feature `cuda` off)".into()))
+            Err(Error::NoCudaDriver(
+                "this build of lanes has no CUDA backend (feature `cuda` off)".into(),
+            ))
         }
     }
 
@@ -269,7 +273,11 @@ impl Device {
             )));
         }
         let previous = binding::replace(self.shared.id, Some(lease));
-        Ok(LaneGuard { device: self.shared.id, previous, _not_send: std::marker::PhantomData })
+        Ok(LaneGuard {
+            device: self.shared.id,
+            previous,
+            _not_send: std::marker::PhantomData,
+        })
     }
 
     /// Releases this thread's bound lane, if any.

@@ -111,7 +111,9 @@ impl Event {
 
 impl std::fmt::Debug for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Event").field("device", &self.backend.kind()).finish()
+        f.debug_struct("Event")
+            .field("device", &self.backend.kind())
+            .finish()
     }
 }
 
@@ -138,4 +140,3 @@ impl PendingUse for Event {
         self.synchronize()
     }
 }
-

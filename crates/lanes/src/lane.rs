@@ -12,9 +12,9 @@ use std::time::Instant;
 
 use crate::alloc::{Buffer, BufferOwner};
 use crate::backend::RawLane;
-use crate::event::Event;
 use crate::device::DeviceShared;
 use crate::error::Wait;
+use crate::event::Event;
 use crate::sync::{fence, lock, spin_wait, Arc, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
 use crate::{Error, Result};
 
@@ -62,7 +62,11 @@ impl LanePool {
                 "a lane pool needs 1..={MAX_LANES} lanes, not {lanes}"
             )));
         }
-        let mask = if lanes == 64 { u64::MAX } else { (1u64 << lanes) - 1 };
+        let mask = if lanes == 64 {
+            u64::MAX
+        } else {
+            (1u64 << lanes) - 1
+        };
         Ok(LanePool {
             slots: (0..lanes).map(|_| OnceLock::new()).collect(),
             policy,
@@ -139,8 +143,11 @@ impl LanePool {
     }
 
     fn take_waiting(&self, wait: Wait, device: &str) -> Result<usize> {
-        let exhausted =
-            || Error::PoolExhausted { device: device.to_string(), lanes: self.slots.len(), wait };
+        let exhausted = || Error::PoolExhausted {
+            device: device.to_string(),
+            lanes: self.slots.len(),
+            wait,
+        };
         let deadline = match wait {
             Wait::NoWait => return Err(exhausted()),
             Wait::For(d) => Some(Instant::now() + d),
@@ -234,7 +241,11 @@ impl Lease {
         let (index, exclusive) = pool.take(wait, device.name())?;
         pool.outstanding.fetch_add(1, Ordering::AcqRel);
         // From here the inner's Drop gives the lane back, on every path.
-        let inner = Arc::new(LeaseInner { device: device.clone(), index, exclusive });
+        let inner = Arc::new(LeaseInner {
+            device: device.clone(),
+            index,
+            exclusive,
+        });
         pool.ensure(index, device)?;
         Ok(Lease { inner })
     }
@@ -283,7 +294,9 @@ impl Drop for LeaseInner {
 impl Lease {
     /// The device this lane belongs to.
     pub fn device(&self) -> crate::Device {
-        crate::Device { shared: self.inner.device.clone() }
+        crate::Device {
+            shared: self.inner.device.clone(),
+        }
     }
 
     /// Records a pooled event after all work enqueued so far on this lane.
@@ -308,7 +321,10 @@ impl Lease {
     /// `f` owns its state; the device counts it until it has run, and a panic in `f`
     /// is caught and counted.
     pub fn on_complete(&self, f: impl FnOnce() + Send + 'static) -> Result<()> {
-        self.inner.device.callbacks().enqueue(self.raw(), Box::new(f))
+        self.inner
+            .device
+            .callbacks()
+            .enqueue(self.raw(), Box::new(f))
     }
 
     /// Allocates `bytes` of device memory for use on this lane (stream-ordered:

@@ -68,19 +68,30 @@ impl Backend for ModelBackend {
     }
     fn create_lane(&self, _index: usize) -> Result<Box<dyn RawLane>> {
         self.census.lanes_created.fetch_add(1, Ordering::AcqRel);
-        Ok(Box::new(ModelLane { census: self.census.clone(), queue: Mutex::new(VecDeque::new()) }))
+        Ok(Box::new(ModelLane {
+            census: self.census.clone(),
+            queue: Mutex::new(VecDeque::new()),
+        }))
     }
     fn create_event(&self) -> Result<Box<dyn RawEvent>> {
         self.census.events_created.fetch_add(1, Ordering::AcqRel);
-        Ok(Box::new(ModelEvent { census: self.census.clone(), done: Arc::new(AtomicBool::new(true)) }))
+        Ok(Box::new(ModelEvent {
+            census: self.census.clone(),
+            done: Arc::new(AtomicBool::new(true)),
+        }))
     }
     fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
-        let at = self.next.fetch_add(bytes.max(1).next_multiple_of(256), Ordering::AcqRel);
+        let at = self
+            .next
+            .fetch_add(bytes.max(1).next_multiple_of(256), Ordering::AcqRel);
         Ok(DevicePtr(0x1000_0000 + at as u64))
     }
     unsafe fn free(&self, _ptr: DevicePtr, _bytes: usize) {}
     fn mem_info(&self) -> Result<MemInfo> {
-        Ok(MemInfo { free: 1 << 30, total: 1 << 30 })
+        Ok(MemInfo {
+            free: 1 << 30,
+            total: 1 << 30,
+        })
     }
     fn synchronize(&self) -> Result<()> {
         Ok(())
@@ -91,7 +102,9 @@ impl Backend for ModelBackend {
 }
 
 fn model_event(e: &dyn RawEvent) -> &ModelEvent {
-    e.as_any().downcast_ref::<ModelEvent>().expect("model event")
+    e.as_any()
+        .downcast_ref::<ModelEvent>()
+        .expect("model event")
 }
 
 impl RawLane for ModelLane {
@@ -143,24 +156,40 @@ impl RawEvent for ModelEvent {
 
 fn model_device(lanes: usize, policy: Policy) -> (Device, Arc<Census>) {
     let census = Arc::new(Census::default());
-    let backend = ModelBackend { census: census.clone(), next: AtomicUsize::new(0) };
+    let backend = ModelBackend {
+        census: census.clone(),
+        next: AtomicUsize::new(0),
+    };
     let dev = Device::new(
         std::sync::Arc::new(backend),
-        DeviceConfig { lanes, policy, alloc: Default::default() },
+        DeviceConfig {
+            lanes,
+            policy,
+            alloc: Default::default(),
+        },
     )
     .expect("model device");
     (dev, census)
 }
 
 fn lane_of(lease: &crate::Lease) -> &ModelLane {
-    lease.raw().as_any().downcast_ref::<ModelLane>().expect("model lane")
+    lease
+        .raw()
+        .as_any()
+        .downcast_ref::<ModelLane>()
+        .expect("model lane")
 }
 
 /// (a) Threads lease from an exhaustible pool of one lane, waiting for it: no double
 /// lease (checked through a per-lane holder count) and no lost wakeup (a lost one
 /// deadlocks, which the checkers report).
 pub(crate) fn lease_exhaustion(threads: usize) {
-    let (dev, _census) = model_device(1, Policy::Exclusive { wait: Wait::Forever });
+    let (dev, _census) = model_device(
+        1,
+        Policy::Exclusive {
+            wait: Wait::Forever,
+        },
+    );
     let holders = Arc::new(AtomicUsize::new(0));
     let handles: Vec<_> = (0..threads)
         .map(|_| {
@@ -168,7 +197,11 @@ pub(crate) fn lease_exhaustion(threads: usize) {
             let holders = holders.clone();
             thread::spawn(move || {
                 let lease = dev.lease().expect("a waiting lease succeeds");
-                assert_eq!(holders.fetch_add(1, Ordering::AcqRel), 0, "lane leased twice");
+                assert_eq!(
+                    holders.fetch_add(1, Ordering::AcqRel),
+                    0,
+                    "lane leased twice"
+                );
                 holders.fetch_sub(1, Ordering::AcqRel);
                 drop(lease);
             })
@@ -223,7 +256,11 @@ pub(crate) fn event_return_vs_pool_drop() {
     drop(dev);
     t.join().expect("event holder");
     assert_eq!(census.events_created.load(Ordering::Acquire), 1);
-    assert_eq!(census.events_dropped.load(Ordering::Acquire), 1, "event destroyed once");
+    assert_eq!(
+        census.events_dropped.load(Ordering::Acquire),
+        1,
+        "event destroyed once"
+    );
 }
 
 /// (d) A completion callback runs (on the model device's thread) while the device

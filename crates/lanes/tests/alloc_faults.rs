@@ -336,3 +336,36 @@ fn sixteen_threads_under_memory_pressure_keep_going() {
     a.empty_cache();
     assert_eq!(backend.bytes_in_use(), 0);
 }
+
+#[test]
+fn injection_can_be_switched_on_and_off_at_run_time() {
+    let (backend, a) = capped(64 << 20, 2, AllocConfig::default());
+    let ok = a.alloc(0, 4096).expect("injection is off by default");
+    a.set_inject_oom(Some(1.0));
+    match a.alloc(1, 4096) {
+        Err(Error::Injected(msg)) => assert!(msg.contains("4096 bytes"), "{msg}"),
+        other => panic!("expected an injected failure, got {other:?}"),
+    }
+    a.set_inject_oom(Some(0.5));
+    let mut failed = 0;
+    for _ in 0..400 {
+        match a.alloc(1, 1024) {
+            Ok(b) => a.free(b, Vec::new()).expect("free"),
+            Err(Error::Injected(_)) => failed += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(
+        (120..=280).contains(&failed),
+        "about half of 400 failed, not {failed}"
+    );
+    a.set_inject_oom(None);
+    let again = a.alloc(1, 4096).expect("off again");
+    let s = a.stats();
+    assert_eq!(s.injected_failures, 1 + failed as u64);
+    a.free(ok, Vec::new()).expect("free");
+    a.free(again, Vec::new()).expect("free");
+    assert_eq!(a.stats().allocated_bytes, 0);
+    a.empty_cache();
+    assert_eq!(backend.bytes_in_use(), 0, "nothing leaked");
+}

@@ -19,11 +19,17 @@ fn devices(test: &str, config: DeviceConfig) -> Vec<Device> {
 }
 
 fn config(lanes: usize, wait: Wait) -> DeviceConfig {
-    DeviceConfig { lanes, policy: Policy::Exclusive { wait }, ..Default::default() }
+    DeviceConfig {
+        lanes,
+        policy: Policy::Exclusive { wait },
+        ..Default::default()
+    }
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 #[test]
@@ -31,12 +37,16 @@ fn exclusive_leases_exhaust_cleanly_and_come_back() {
     for dev in devices("exhaustion", config(4, Wait::For(Duration::from_millis(5)))) {
         let held: Vec<_> = (0..4).map(|_| dev.lease().expect("lease")).collect();
         match dev.lease() {
-            Err(Error::PoolExhausted { lanes: 4, device, .. }) => assert_eq!(device, dev.name()),
+            Err(Error::PoolExhausted {
+                lanes: 4, device, ..
+            }) => assert_eq!(device, dev.name()),
             other => panic!("{}: expected PoolExhausted, got {other:?}", dev.name()),
         }
         drop(held);
         assert_eq!(dev.stats().leases_outstanding, 0, "{}", dev.name());
-        let again: Vec<_> = (0..4).map(|_| dev.lease_with(Wait::NoWait).expect("free again")).collect();
+        let again: Vec<_> = (0..4)
+            .map(|_| dev.lease_with(Wait::NoWait).expect("free again"))
+            .collect();
         assert_eq!(again.len(), 4);
     }
 }
@@ -85,7 +95,11 @@ fn completion_callbacks_run_once_after_prior_work_and_shutdown_waits() {
         drop(lane);
         let report = dev.shutdown(Duration::from_secs(10)).expect("shutdown");
         assert_eq!(report.callbacks_pending, 0, "{name}");
-        assert_eq!(count.load(Ordering::SeqCst), 10, "{name}: each callback ran once");
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            10,
+            "{name}: each callback ran once"
+        );
     }
 }
 
@@ -115,7 +129,10 @@ fn thirty_two_threads_hammer_the_allocator_on_their_own_lanes_and_nothing_leaks(
                         let mut back = vec![0u8; data.len()];
                         lane.download(&buf, &mut back).expect("download");
                         if back != data {
-                            errors.lock().unwrap().push(format!("thread {t} iteration {i}: data corrupted"));
+                            errors
+                                .lock()
+                                .unwrap()
+                                .push(format!("thread {t} iteration {i}: data corrupted"));
                         }
                         live.push(buf);
                         if live.len() > 8 {
@@ -130,15 +147,30 @@ fn thirty_two_threads_hammer_the_allocator_on_their_own_lanes_and_nothing_leaks(
         for t in threads {
             t.join().expect("thread");
         }
-        assert!(errors.lock().unwrap().is_empty(), "{}: {:?}", dev.name(), errors.lock().unwrap());
+        assert!(
+            errors.lock().unwrap().is_empty(),
+            "{}: {:?}",
+            dev.name(),
+            errors.lock().unwrap()
+        );
         dev.synchronize().expect("sync");
         let s = dev.stats();
-        assert_eq!(s.alloc.allocated_bytes, 0, "{}: allocated bytes back to 0", dev.name());
+        assert_eq!(
+            s.alloc.allocated_bytes,
+            0,
+            "{}: allocated bytes back to 0",
+            dev.name()
+        );
         assert_eq!(s.alloc.active_blocks, 0, "{}", dev.name());
         assert_eq!(s.leases_outstanding, 0, "{}", dev.name());
         assert!(s.alloc.cache_hits > 0, "{}: the cache was used", dev.name());
         dev.allocator().empty_cache();
-        assert_eq!(dev.stats().alloc.reserved_bytes, 0, "{}: empty_cache released every segment", dev.name());
+        assert_eq!(
+            dev.stats().alloc.reserved_bytes,
+            0,
+            "{}: empty_cache released every segment",
+            dev.name()
+        );
     }
 }
 
@@ -155,7 +187,12 @@ fn a_block_used_by_another_lane_is_parked_until_that_lane_is_done() {
         b.synchronize().expect("b done");
         // Once b's marker completed, the block is reusable on a.
         let again = a.alloc(1 << 20).expect("alloc again");
-        assert_eq!(again.ptr(), addr, "{}: the parked block came back after b finished", dev.name());
+        assert_eq!(
+            again.ptr(),
+            addr,
+            "{}: the parked block came back after b finished",
+            dev.name()
+        );
         assert_eq!(dev.stats().alloc.deferred_blocks, 0, "{}", dev.name());
     }
 }
@@ -165,13 +202,22 @@ fn out_of_memory_names_the_sizes_and_other_lanes_keep_going() {
     let cfg = DeviceConfig {
         lanes: 2,
         policy: Policy::Exclusive { wait: Wait::NoWait },
-        alloc: AllocConfig { limit: Some(64 << 20), ..Default::default() },
+        alloc: AllocConfig {
+            limit: Some(64 << 20),
+            ..Default::default()
+        },
     };
     for dev in devices("out of memory", cfg) {
         let (a, b) = (dev.lease().expect("a"), dev.lease().expect("b"));
         let keep = a.alloc(40 << 20).expect("40 MiB fits");
         match b.alloc(40 << 20) {
-            Err(Error::OutOfMemory { requested, allocated, reserved, limit, .. }) => {
+            Err(Error::OutOfMemory {
+                requested,
+                allocated,
+                reserved,
+                limit,
+                ..
+            }) => {
                 assert_eq!(requested, 40 << 20);
                 assert_eq!(allocated, 40 << 20);
                 assert!(reserved >= 40 << 20);
@@ -181,7 +227,9 @@ fn out_of_memory_names_the_sizes_and_other_lanes_keep_going() {
         }
         let small = b.alloc(1 << 20).expect("the other lane keeps going");
         drop((keep, small));
-        let big = b.alloc(40 << 20).expect("after release + retry the request fits");
+        let big = b
+            .alloc(40 << 20)
+            .expect("after release + retry the request fits");
         drop(big);
         dev.synchronize().expect("sync");
         assert_eq!(dev.stats().alloc.allocated_bytes, 0, "{}", dev.name());

@@ -185,7 +185,7 @@ pub fn run(args: ServeArgs) -> Result<u8> {
     let served = metrics.responses_with(200);
     match result {
         Ok(true) => {
-            eprintln!("lanes serve: stopped cleanly ({served} requests answered 200)");
+            eprintln!("lanes serve: stopped cleanly ({served} responses with status 200)");
             Ok(0)
         }
         Ok(false) => {

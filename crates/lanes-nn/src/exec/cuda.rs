@@ -151,10 +151,18 @@ impl CudaExec {
                 )))
             }
         };
-        let backend = device.backend().as_any().downcast_ref::<CudaBackend>().ok_or_else(|| {
-            NnError::Unsupported(format!("device {} is not driven by the CUDA backend", device.name()))
-        })?;
-        let f = |name: &str| -> Result<CudaFunction> { Ok(backend.function(MODULE, SOURCE, name)?) };
+        let backend = device
+            .backend()
+            .as_any()
+            .downcast_ref::<CudaBackend>()
+            .ok_or_else(|| {
+                NnError::Unsupported(format!(
+                    "device {} is not driven by the CUDA backend",
+                    device.name()
+                ))
+            })?;
+        let f =
+            |name: &str| -> Result<CudaFunction> { Ok(backend.function(MODULE, SOURCE, name)?) };
         let ln = |prefix: &str| -> Result<[CudaFunction; 3]> {
             Ok([
                 f(&format!("{prefix}_{}", LN_VARIANTS[0]))?,
@@ -185,9 +193,13 @@ impl CudaExec {
 
     /// The CUDA lane of `lease`, checked to belong to this executor's device.
     fn lane<'a>(&self, lease: &'a Lease) -> Result<&'a CudaLane> {
-        let lane = lease.raw().as_any().downcast_ref::<CudaLane>().ok_or_else(|| {
-            NnError::Unsupported("the CUDA executor needs a lane of a CUDA device".into())
-        })?;
+        let lane = lease
+            .raw()
+            .as_any()
+            .downcast_ref::<CudaLane>()
+            .ok_or_else(|| {
+                NnError::Unsupported("the CUDA executor needs a lane of a CUDA device".into())
+            })?;
         let kind = lease.device().kind();
         if kind != DeviceKind::Cuda(self.ordinal) {
             return Err(NnError::InvalidInput(format!(
@@ -217,13 +229,29 @@ impl CudaExec {
         out: DevicePtr,
     ) -> Result<()> {
         let (kchunk, splits) = split_k(rows, k, n);
-        let grid = (u32_of("linear tiles", n.div_ceil(GN))?, u32_of("linear tiles", rows.div_ceil(GM))?, splits as u32);
+        let grid = (
+            u32_of("linear tiles", n.div_ceil(GN))?,
+            u32_of("linear tiles", rows.div_ceil(GM))?,
+            splits as u32,
+        );
         if grid.1 > 65_535 {
-            return Err(NnError::Unsupported(format!("linear: {rows} rows exceed the launch grid")));
+            return Err(NnError::Unsupported(format!(
+                "linear: {rows} rows exceed the launch grid"
+            )));
         }
         let total = rows * n;
-        let ws = if splits > 1 { Some(lease.alloc(splits * total * 4)?) } else { None };
-        let (m_u, n_u, k_u, kc_u, gelu_i) = (rows as u32, n as u32, k as u32, kchunk as u32, i32::from(gelu));
+        let ws = if splits > 1 {
+            Some(lease.alloc(splits * total * 4)?)
+        } else {
+            None
+        };
+        let (m_u, n_u, k_u, kc_u, gelu_i) = (
+            rows as u32,
+            n as u32,
+            k as u32,
+            kchunk as u32,
+            i32::from(gelu),
+        );
         let (xp, wp, bp, op) = (x.0, w.0, b.0, out.0);
         let wsp = ws.as_ref().map_or(0u64, |w| w.ptr().0);
         let mut args = [
@@ -260,7 +288,16 @@ impl CudaExec {
             // SAFETY: the arguments match `splitk_reduce(ws, bias, out, total, N,
             // splits, gelu)`; ws holds splits*total f32s written by the launch above
             // (same lane, so ordered before this), bias n, out total.
-            unsafe { launch(lane, &self.splitk_reduce, (grid, 1, 1), EPI_THREADS, 0, &mut args) }?;
+            unsafe {
+                launch(
+                    lane,
+                    &self.splitk_reduce,
+                    (grid, 1, 1),
+                    EPI_THREADS,
+                    0,
+                    &mut args,
+                )
+            }?;
             // `ws` goes back to this lane's cache here: later work on the lane is
             // ordered after both kernels.
         }
@@ -269,9 +306,14 @@ impl CudaExec {
 
     /// The LayerNorm variant for rows of `dim`.
     fn ln_variant(&self, what: &str, dim: usize) -> Result<usize> {
-        LN_VARIANTS.iter().position(|&v| dim <= 32 * v).ok_or_else(|| {
-            NnError::Unsupported(format!("{what}: rows of {dim} values (the CUDA kernels take up to 1024)"))
-        })
+        LN_VARIANTS
+            .iter()
+            .position(|&v| dim <= 32 * v)
+            .ok_or_else(|| {
+                NnError::Unsupported(format!(
+                    "{what}: rows of {dim} values (the CUDA kernels take up to 1024)"
+                ))
+            })
     }
 }
 
@@ -280,7 +322,9 @@ fn u32_of(what: &str, v: usize) -> Result<u32> {
     u32::try_from(v)
         .ok()
         .filter(|&x| x <= i32::MAX as u32)
-        .ok_or_else(|| NnError::Unsupported(format!("{what} = {v} exceeds the CUDA kernels' 2^31 limit")))
+        .ok_or_else(|| {
+            NnError::Unsupported(format!("{what} = {v} exceeds the CUDA kernels' 2^31 limit"))
+        })
 }
 
 /// Enqueues `f` on `lane`.
@@ -319,7 +363,11 @@ impl Exec for CudaExec {
         }
         let lane = self.lane(lease)?;
         let v = self.ln_variant("embed_ln", d.hidden)?;
-        let (rows_u, seq, dim) = (u32_of("rows", rows)?, u32_of("seq", d.seq)?, u32_of("hidden", d.hidden)?);
+        let (rows_u, seq, dim) = (
+            u32_of("rows", rows)?,
+            u32_of("seq", d.seq)?,
+            u32_of("hidden", d.hidden)?,
+        );
         u32_of("rows * hidden", rows * d.hidden)?;
         let (ids, types, out) = (ids.0, types.0, out.0);
         let (word, pos, ty, g, b) = (t.word.0, t.position.0, t.token_type.0, t.gamma.0, t.beta.0);
@@ -343,7 +391,16 @@ impl Exec for CudaExec {
         // ids/types hold `rows` u32s, out `rows * hidden` f32s, the tables their
         // documented shapes, and the forward range-checked every id and type on the
         // host, so each table row the kernel reads exists; dim <= 32 * V.
-        unsafe { launch(lane, &self.embed_ln[v], (grid, 1, 1), LN_WARPS * 32, 0, &mut args) }
+        unsafe {
+            launch(
+                lane,
+                &self.embed_ln[v],
+                (grid, 1, 1),
+                LN_WARPS * 32,
+                0,
+                &mut args,
+            )
+        }
     }
 
     fn linear(
@@ -382,9 +439,19 @@ impl Exec for CudaExec {
         let gelu_i = i32::from(gelu);
         // Buffers from the caching allocator are 512-byte aligned; float4 needs 16.
         let vec4 = n % 4 == 0 && out.0 % 16 == 0 && b.0 % 16 == 0;
-        let (f, count, width) = if vec4 { (&self.bias_act4, total / 4, n as u32 / 4) } else { (&self.bias_act, total, n as u32) };
+        let (f, count, width) = if vec4 {
+            (&self.bias_act4, total / 4, n as u32 / 4)
+        } else {
+            (&self.bias_act, total, n as u32)
+        };
         let (out_p, b_p) = (out.0, b.0);
-        let mut args = [kernel_arg(&out_p), kernel_arg(&b_p), kernel_arg(&count), kernel_arg(&width), kernel_arg(&gelu_i)];
+        let mut args = [
+            kernel_arg(&out_p),
+            kernel_arg(&b_p),
+            kernel_arg(&count),
+            kernel_arg(&width),
+            kernel_arg(&gelu_i),
+        ];
         // A grid-stride loop: enough blocks to fill the GPU, no more.
         let grid = count.div_ceil(EPI_THREADS).clamp(1, 4096);
         // SAFETY: the arguments match `bias_act[4](out, bias, total, n, gelu)`; out
@@ -393,7 +460,14 @@ impl Exec for CudaExec {
         unsafe { launch(lane, f, (grid, 1, 1), EPI_THREADS, 0, &mut args) }
     }
 
-    fn attention(&self, lease: &Lease, d: Dims, qkv: DevicePtr, mask: DevicePtr, out: DevicePtr) -> Result<()> {
+    fn attention(
+        &self,
+        lease: &Lease,
+        d: Dims,
+        qkv: DevicePtr,
+        mask: DevicePtr,
+        out: DevicePtr,
+    ) -> Result<()> {
         if d.rows() == 0 || d.hidden == 0 {
             return Ok(());
         }
@@ -493,28 +567,66 @@ impl Exec for CudaExec {
         // eps)`; x, residual and out hold rows*dim f32s, gamma and beta dim; each warp
         // reads its whole row into registers before writing it, so even an `out`
         // aliasing `x` or `residual` row for row would be read before written.
-        unsafe { launch(lane, &self.add_ln[v], (grid, 1, 1), LN_WARPS * 32, 0, &mut args) }
+        unsafe {
+            launch(
+                lane,
+                &self.add_ln[v],
+                (grid, 1, 1),
+                LN_WARPS * 32,
+                0,
+                &mut args,
+            )
+        }
     }
 
-    fn pool_normalize(&self, lease: &Lease, d: Dims, hidden: DevicePtr, mask: DevicePtr, out: DevicePtr) -> Result<()> {
+    fn pool_normalize(
+        &self,
+        lease: &Lease,
+        d: Dims,
+        hidden: DevicePtr,
+        mask: DevicePtr,
+        out: DevicePtr,
+    ) -> Result<()> {
         if d.batch == 0 || d.hidden == 0 {
             return Ok(());
         }
         let lane = self.lane(lease)?;
-        let (batch, seq, dim) = (u32_of("batch", d.batch)?, u32_of("seq", d.seq)?, u32_of("hidden", d.hidden)?);
+        let (batch, seq, dim) = (
+            u32_of("batch", d.batch)?,
+            u32_of("seq", d.seq)?,
+            u32_of("hidden", d.hidden)?,
+        );
         u32_of("rows * hidden", d.rows().saturating_mul(d.hidden))?;
         // The means of one sequence and 32 f64 partial sums live in shared memory.
         let smem = 32 * 8 + 4 * d.hidden;
         if smem > SMEM_LIMIT {
-            return Err(NnError::Unsupported(format!("pool_normalize: hidden size {}", d.hidden)));
+            return Err(NnError::Unsupported(format!(
+                "pool_normalize: hidden size {}",
+                d.hidden
+            )));
         }
         let threads = (dim.div_ceil(32) * 32).min(1024);
         let (h, m, o) = (hidden.0, mask.0, out.0);
-        let mut args = [kernel_arg(&h), kernel_arg(&m), kernel_arg(&o), kernel_arg(&seq), kernel_arg(&dim)];
+        let mut args = [
+            kernel_arg(&h),
+            kernel_arg(&m),
+            kernel_arg(&o),
+            kernel_arg(&seq),
+            kernel_arg(&dim),
+        ];
         // SAFETY: the arguments match `pool_normalize(hidden, mask, out, seq, dim)`;
         // hidden holds batch*seq*dim f32s, mask batch*seq, out batch*dim; one block
         // per sequence with the shared memory sized above.
-        unsafe { launch(lane, &self.pool_normalize, (batch, 1, 1), threads, smem as u32, &mut args) }
+        unsafe {
+            launch(
+                lane,
+                &self.pool_normalize,
+                (batch, 1, 1),
+                threads,
+                smem as u32,
+                &mut args,
+            )
+        }
     }
 }
 
@@ -531,10 +643,19 @@ mod tests {
         }
         for q in [1, 2, 4] {
             for c in [1, 2, 4] {
-                assert!(SOURCE.contains(&format!("ATT_KERNEL({q}, {c})")), "attention_q{q}_c{c}");
+                assert!(
+                    SOURCE.contains(&format!("ATT_KERNEL({q}, {c})")),
+                    "attention_q{q}_c{c}"
+                );
             }
         }
-        for name in ["bias_act(", "bias_act4(", "pool_normalize(", "linear_tn(", "splitk_reduce("] {
+        for name in [
+            "bias_act(",
+            "bias_act4(",
+            "pool_normalize(",
+            "linear_tn(",
+            "splitk_reduce(",
+        ] {
             assert!(SOURCE.contains(&format!(" {name}")), "{name}");
         }
         assert!(SOURCE.contains(&format!("#define LN_WARPS {LN_WARPS}")));
@@ -567,7 +688,10 @@ mod tests {
                 for n in [4, 13, 384, 1536] {
                     let (kchunk, splits) = split_k(rows, k, n);
                     assert!(kchunk % GK == 0 && kchunk > 0, "{rows} {k} {n}");
-                    assert!(splits >= 1 && splits * kchunk >= k && (splits - 1) * kchunk < k, "{rows} {k} {n}");
+                    assert!(
+                        splits >= 1 && splits * kchunk >= k && (splits - 1) * kchunk < k,
+                        "{rows} {k} {n}"
+                    );
                     assert!(splits <= (k / MIN_K_PER_SPLIT).max(1), "{rows} {k} {n}");
                 }
             }

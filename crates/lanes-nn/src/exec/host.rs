@@ -65,7 +65,13 @@ impl Exec for HostExec {
         out: DevicePtr,
     ) -> Result<()> {
         let (ids, types, out) = (p(ids), p(types), p(out));
-        let (word, pos, ty, g, b) = (p(t.word), p(t.position), p(t.token_type), p(t.gamma), p(t.beta));
+        let (word, pos, ty, g, b) = (
+            p(t.word),
+            p(t.position),
+            p(t.token_type),
+            p(t.gamma),
+            p(t.beta),
+        );
         submit(lane, move || {
             let (rows, h) = (d.rows(), d.hidden);
             // SAFETY: the forward allocated ids/types for `rows` u32s and out for
@@ -111,7 +117,14 @@ impl Exec for HostExec {
         })
     }
 
-    fn attention(&self, lane: &Lease, d: Dims, qkv: DevicePtr, mask: DevicePtr, out: DevicePtr) -> Result<()> {
+    fn attention(
+        &self,
+        lane: &Lease,
+        d: Dims,
+        qkv: DevicePtr,
+        mask: DevicePtr,
+        out: DevicePtr,
+    ) -> Result<()> {
         let (qkv, mask, out) = (p(qkv), p(mask), p(out));
         submit(lane, move || {
             let (rows, h) = (d.rows(), d.hidden);
@@ -129,7 +142,17 @@ impl Exec for HostExec {
                     v[r * h..(r + 1) * h].copy_from_slice(&src[2 * h..]);
                 }
                 let out = out.f32s_mut(rows * h);
-                cpu::attention(&q, &k, &v, mask.f32s(rows), d.batch, d.seq, d.heads, d.head_dim(), out);
+                cpu::attention(
+                    &q,
+                    &k,
+                    &v,
+                    mask.f32s(rows),
+                    d.batch,
+                    d.seq,
+                    d.heads,
+                    d.head_dim(),
+                    out,
+                );
             }
         })
     }
@@ -162,7 +185,14 @@ impl Exec for HostExec {
         })
     }
 
-    fn pool_normalize(&self, lane: &Lease, d: Dims, hidden: DevicePtr, mask: DevicePtr, out: DevicePtr) -> Result<()> {
+    fn pool_normalize(
+        &self,
+        lane: &Lease,
+        d: Dims,
+        hidden: DevicePtr,
+        mask: DevicePtr,
+        out: DevicePtr,
+    ) -> Result<()> {
         let (hidden, mask, out) = (p(hidden), p(mask), p(out));
         submit(lane, move || {
             let (rows, h) = (d.rows(), d.hidden);

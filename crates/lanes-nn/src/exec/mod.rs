@@ -91,7 +91,14 @@ pub trait Exec: Send + Sync + 'static {
     /// Multi-head self-attention from the fused projection `qkv [rows, 3*hidden]`
     /// (q, k, v side by side per row) with the key mask `mask f32 [batch, seq]`
     /// (1 = token, 0 = padding); writes the context `out [rows, hidden]`.
-    fn attention(&self, lane: &Lease, d: Dims, qkv: DevicePtr, mask: DevicePtr, out: DevicePtr) -> Result<()>;
+    fn attention(
+        &self,
+        lane: &Lease,
+        d: Dims,
+        qkv: DevicePtr,
+        mask: DevicePtr,
+        out: DevicePtr,
+    ) -> Result<()>;
 
     /// `out = LayerNorm(x + residual)` over rows of `dim`.
     #[allow(clippy::too_many_arguments)]
@@ -110,7 +117,14 @@ pub trait Exec: Send + Sync + 'static {
 
     /// Mean of `hidden [batch, seq, dim]` over the mask, then L2-normalized:
     /// `out [batch, dim]`.
-    fn pool_normalize(&self, lane: &Lease, d: Dims, hidden: DevicePtr, mask: DevicePtr, out: DevicePtr) -> Result<()>;
+    fn pool_normalize(
+        &self,
+        lane: &Lease,
+        d: Dims,
+        hidden: DevicePtr,
+        mask: DevicePtr,
+        out: DevicePtr,
+    ) -> Result<()>;
 }
 
 /// The executor for a device.

@@ -150,11 +150,22 @@ pub struct BlockId {
     generation: u64,
 }
 
-/// Deterministic fault injection.
+/// Deterministic fault injection, switchable at run time.
 struct Injector {
-    /// A draw below this fails.
-    threshold: u64,
+    /// A draw below this fails; 0 turns injection off. Written by
+    /// [`Allocator::set_inject_oom`] (any thread), read by every `alloc` (Relaxed:
+    /// a switch need not be ordered with other memory).
+    threshold: crate::sync::AtomicU64,
+    /// Seed of the draw sequence (fixed at construction).
     seed: u64,
+}
+
+fn inject_threshold(p: Option<f64>) -> u64 {
+    match p {
+        Some(p) if p >= 1.0 => u64::MAX,
+        Some(p) if p > 0.0 => (p * u64::MAX as f64) as u64,
+        _ => 0,
+    }
 }
 
 /// One lane's cache, on its own cache lines so lanes do not false-share.
@@ -169,7 +180,7 @@ pub struct Allocator {
     device: String,
     lanes: Box<[LaneSlot]>,
     counters: stats::Counters,
-    injector: Option<Injector>,
+    injector: Injector,
     fence: ReleaseFence,
 }
 
@@ -200,14 +211,10 @@ impl Allocator {
             (1..=64).contains(&lanes),
             "an allocator serves 1 to 64 lanes, not {lanes}"
         );
-        let injector = config.inject_oom.filter(|p| *p > 0.0).map(|p| Injector {
-            threshold: if p >= 1.0 {
-                u64::MAX
-            } else {
-                (p * u64::MAX as f64) as u64
-            },
+        let injector = Injector {
+            threshold: crate::sync::AtomicU64::new(inject_threshold(config.inject_oom)),
             seed: config.seed,
-        });
+        };
         Allocator {
             device: backend.kind().to_string(),
             backend,
@@ -220,6 +227,15 @@ impl Allocator {
             injector,
             fence,
         }
+    }
+
+    /// Switches fault injection: from now on a fraction `p` (0..=1) of allocations
+    /// fail with [`Error::Injected`] before touching anything; `None` turns it off.
+    /// The draw sequence continues from where it was (deterministic per seed).
+    pub fn set_inject_oom(&self, p: Option<f64>) {
+        self.injector
+            .threshold
+            .store(inject_threshold(p), Ordering::Relaxed);
     }
 
     /// The number of lanes served.
@@ -269,9 +285,10 @@ impl Allocator {
         let Some(size) = round_size(bytes) else {
             return Err(self.oom(bytes));
         };
-        if let Some(inj) = &self.injector {
+        let threshold = self.injector.threshold.load(Ordering::Relaxed);
+        if threshold > 0 {
             let n = self.counters.inject_draws.fetch_add(1, Ordering::Relaxed);
-            if splitmix64(inj.seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)) < inj.threshold {
+            if splitmix64(self.injector.seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)) < threshold {
                 self.counters.injected.fetch_add(1, Ordering::Relaxed);
                 return Err(Error::Injected(format!(
                     "allocation of {bytes} bytes failed (injected oom)"

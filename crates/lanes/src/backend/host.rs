@@ -47,7 +47,11 @@ impl HostBackend {
 
     /// A host backend that refuses allocations beyond `capacity` bytes in total.
     pub fn with_capacity(capacity: usize) -> Self {
-        HostBackend { in_use: AtomicUsize::new(0), capacity, lanes: Mutex::new(Vec::new()) }
+        HostBackend {
+            in_use: AtomicUsize::new(0),
+            capacity,
+            lanes: Mutex::new(Vec::new()),
+        }
     }
 
     /// Bytes currently allocated from the system.
@@ -80,12 +84,21 @@ impl Backend for HostBackend {
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
-        let oom = || Error::BackendOutOfMemory { device: "cpu".into(), bytes };
+        let oom = || Error::BackendOutOfMemory {
+            device: "cpu".into(),
+            bytes,
+        };
         let bytes = bytes.max(1);
         let mut cur = self.in_use.load(Ordering::Relaxed);
         loop {
-            let next = cur.checked_add(bytes).filter(|n| *n <= self.capacity).ok_or_else(oom)?;
-            match self.in_use.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+            let next = cur
+                .checked_add(bytes)
+                .filter(|n| *n <= self.capacity)
+                .ok_or_else(oom)?;
+            match self
+                .in_use
+                .compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
                 Ok(_) => break,
                 Err(now) => cur = now,
             }
@@ -105,22 +118,38 @@ impl Backend for HostBackend {
         // SAFETY: the caller guarantees `ptr` came from `alloc(bytes)`, whose layout
         // this rebuilds exactly.
         unsafe {
-            std::alloc::dealloc(ptr.0 as *mut u8, Layout::from_size_align_unchecked(bytes, HOST_ALIGN))
+            std::alloc::dealloc(
+                ptr.0 as *mut u8,
+                Layout::from_size_align_unchecked(bytes, HOST_ALIGN),
+            )
         };
         self.in_use.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     fn mem_info(&self) -> Result<MemInfo> {
         let used = self.bytes_in_use();
-        let total = if self.capacity == usize::MAX { 1 << 40 } else { self.capacity };
-        Ok(MemInfo { free: total.saturating_sub(used), total })
+        let total = if self.capacity == usize::MAX {
+            1 << 40
+        } else {
+            self.capacity
+        };
+        Ok(MemInfo {
+            free: total.saturating_sub(used),
+            total,
+        })
     }
 
     fn synchronize(&self) -> Result<()> {
-        let queues: Vec<_> = lock(&self.lanes).iter().filter_map(|q| q.upgrade()).collect();
+        let queues: Vec<_> = lock(&self.lanes)
+            .iter()
+            .filter_map(|q| q.upgrade())
+            .collect();
         // A job waiting for its own lane would deadlock; refusing also keeps the
         // allocator from releasing segments that later jobs on that lane may use.
-        if queues.iter().any(|q| q.worker == Some(thread::current().id())) {
+        if queues
+            .iter()
+            .any(|q| q.worker == Some(thread::current().id()))
+        {
             return Err(Error::InvalidArgument(
                 "the CPU device cannot be synchronized from one of its own lane threads".into(),
             ));
@@ -189,7 +218,10 @@ impl HostLane {
                 message: format!("could not spawn the lane's worker thread: {e}"),
             })?;
         let worker_id = worker.thread().id();
-        let queue = Arc::new(Queue { worker: Some(worker_id), ..Queue::default() });
+        let queue = Arc::new(Queue {
+            worker: Some(worker_id),
+            ..Queue::default()
+        });
         // The worker waits for its queue; if it already died, joining reports it.
         if tx.send(queue.clone()).is_err() {
             let _ = worker.join();
@@ -199,7 +231,12 @@ impl HostLane {
                 message: "the lane's worker thread exited at start".into(),
             });
         }
-        Ok(HostLane { index, queue, worker: Some(worker), worker_id })
+        Ok(HostLane {
+            index,
+            queue,
+            worker: Some(worker),
+            worker_id,
+        })
     }
 
     /// The lane's index in its pool.
@@ -256,7 +293,11 @@ impl HostLane {
     }
 
     fn failed(&self, message: String) -> Error {
-        Error::LaneFailed { device: "cpu".into(), lane: self.index, message }
+        Error::LaneFailed {
+            device: "cpu".into(),
+            lane: self.index,
+            message,
+        }
     }
 }
 
