@@ -65,7 +65,7 @@ correctness)
   # Sanitizers on a short multi-lane stress (every result still checked).
   for tool in memcheck racecheck; do
     step "sanitizer-$tool" compute-sanitizer --tool $tool --error-exitcode 9 \
-      "$B/lanes" stress --device cuda --threads 4 --requests 3 --json
+      "$B/lanes" stress --device cuda --threads 4 --requests 3 --distinct 4 --max-batch 8 --max-len 64 --json
   done
   ;;
 perf)
