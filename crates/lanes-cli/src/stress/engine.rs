@@ -7,12 +7,11 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use lanes::{Device, DeviceStats, Lease};
+use lanes::{Allocator, Device, DeviceStats, Lease};
 use lanes_nn::{Encoder, Model};
 use serde::Serialize;
 
 use super::compare::{fmt_opt, max_opt, min_opt, Compare, ANCHOR_TOLERANCE, RESULT_TOLERANCE};
-use super::inject::FaultyBackend;
 use super::report::{baseline_check, Check, StressReport};
 use super::requests::{self, Input, Request, Shapes};
 use super::worker::{note_error, panicked, worker, Tally};
@@ -161,7 +160,8 @@ pub struct RunConfig {
     pub seed: u64,
     /// A thread gives its lane back and leases one again every this many requests.
     pub relay_every: usize,
-    /// `--inject oom:P`: the fraction of allocations that fail.
+    /// `--inject oom:P`: the fraction of the allocator's allocations that fail
+    /// during the run (deterministic per the device's allocator seed).
     pub inject: Option<f64>,
     /// A planted failure (test hook).
     pub plant: Option<Plant>,
@@ -172,14 +172,10 @@ pub struct RunConfig {
 /// Runs `cfg.threads` threads × `cfg.requests` requests of `suite` on the encoder's
 /// device, each thread on its own lane, compares every result with its reference
 /// and checks that allocated bytes, leases, pooled events and callbacks are back
-/// to their baseline. `faulty` is the device's backend when it was opened for
-/// `--inject` (it is armed for the run only).
-pub fn run_stress(
-    encoder: &Encoder,
-    suite: &Suite,
-    cfg: &RunConfig,
-    faulty: Option<&FaultyBackend>,
-) -> Result<StressReport> {
+/// to their baseline. With `cfg.inject`, the device's allocator fails that
+/// fraction of its allocations while the threads run (armed after the baseline is
+/// taken, disarmed before it is checked).
+pub fn run_stress(encoder: &Encoder, suite: &Suite, cfg: &RunConfig) -> Result<StressReport> {
     let device = encoder.device();
     anyhow::ensure!(cfg.threads >= 1, "--threads must be at least 1");
     anyhow::ensure!(
@@ -190,25 +186,6 @@ pub fn run_stress(
         device.lanes()
     );
     anyhow::ensure!(!suite.requests.is_empty(), "the suite has no requests");
-    if cfg.inject.is_some() {
-        anyhow::ensure!(
-            faulty.is_some(),
-            "--inject needs a device opened with fault injection"
-        );
-    }
-    // Under injection, one lane stays out of the rotation: the lane the weights
-    // were uploaded on (the first lane handed out), whose partly used segments would
-    // otherwise serve requests without asking the backend (see `inject`).
-    let parked = match cfg.inject {
-        Some(_) => {
-            anyhow::ensure!(
-                cfg.threads < device.lanes(),
-                "--inject needs one lane more than threads"
-            );
-            Some(device.lease().context("cannot lease the parked lane")?)
-        }
-        None => None,
-    };
     device
         .synchronize()
         .context("cannot synchronize the device before the run")?;
@@ -216,11 +193,7 @@ pub fn run_stress(
     let total = cfg.threads * cfg.requests;
     let progress = progress_bar(cfg.progress, total);
     let seq = AtomicU64::new(0);
-    if let (Some(p), Some(f)) = (cfg.inject, faulty) {
-        f.arm(p);
-    }
-    let injected_before = faulty.map_or(0, FaultyBackend::injected);
-    let draws_before = faulty.map_or(0, FaultyBackend::draws);
+    let armed = Armed::arm(device.allocator(), cfg.inject);
     let start = Instant::now();
     let tallies: Vec<Tally> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..cfg.threads)
@@ -235,16 +208,20 @@ pub fn run_stress(
             .collect()
     });
     let seconds = start.elapsed().as_secs_f64();
-    if let Some(f) = faulty {
-        f.arm(0.0);
-    }
-    let injected_failures = faulty.map_or(0, FaultyBackend::injected) - injected_before;
-    let armed_draws = faulty.map_or(0, FaultyBackend::draws) - draws_before;
+    drop(armed);
     if let Some(p) = progress {
         p.finish_and_clear();
     }
     let after = settle(device, &base);
-    drop(parked);
+    let injected_failures = after.alloc.injected_failures - base.alloc.injected_failures;
+    // Every allocation while armed drew: those served plus those failed.
+    let armed_draws = match cfg.inject {
+        Some(_) => {
+            (after.alloc.cache_hits + after.alloc.cache_misses + after.alloc.injected_failures)
+                - (base.alloc.cache_hits + base.alloc.cache_misses + base.alloc.injected_failures)
+        }
+        None => 0,
+    };
 
     let mut t = Tally::default();
     for x in tallies {
@@ -291,7 +268,7 @@ pub fn run_stress(
         passed: t.unclean == 0 && (cfg.inject.is_some() || t.errors == 0),
         detail: match cfg.inject {
             Some(p) => format!(
-                "{} requests failed with an allocation error ({injected_failures} injected at p={p}), {} with another error",
+                "{} requests failed with the injected allocation error ({injected_failures} of {armed_draws} allocations failed at p={p}), {} with another error",
                 t.errors - t.unclean,
                 t.unclean
             ),
@@ -299,7 +276,7 @@ pub fn run_stress(
         },
         figures: serde_json::json!({
             "errors": t.errors, "unclean": t.unclean, "injected": injected_failures,
-            "backend_allocs_while_armed": armed_draws,
+            "allocs_while_armed": armed_draws,
             "first": t.first_error.as_ref().map(|e| e.1.clone()),
         }),
     });
@@ -358,6 +335,30 @@ pub fn run_stress(
         plant: cfg.plant,
         checks,
     })
+}
+
+/// The allocator's fault injection, armed for the run and disarmed on drop (also
+/// when the run unwinds).
+struct Armed<'a>(Option<&'a Allocator>);
+
+impl<'a> Armed<'a> {
+    fn arm(allocator: &'a Allocator, p: Option<f64>) -> Armed<'a> {
+        match p {
+            Some(p) => {
+                allocator.set_inject_oom(Some(p));
+                Armed(Some(allocator))
+            }
+            None => Armed(None),
+        }
+    }
+}
+
+impl Drop for Armed<'_> {
+    fn drop(&mut self) {
+        if let Some(a) = self.0 {
+            a.set_inject_oom(None);
+        }
+    }
 }
 
 /// What a run left behind beyond the baseline (a counter below its baseline is

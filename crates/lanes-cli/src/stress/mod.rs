@@ -16,9 +16,16 @@
 //!    were before the run.
 //!
 //! The run passes only if every check holds; the exit code is 0 only then.
-//! `--inject oom:P` makes a fraction P of allocations fail during the run (see
-//! [`inject`]): those requests must end with an allocation error, the others must
-//! still match, and nothing may leak.
+//! `--inject oom:P` makes a fraction P of the caching allocator's allocations fail
+//! during the run: the device's allocator is armed with
+//! [`lanes::Allocator::set_inject_oom`] after the reference pass and disarmed when
+//! the threads are done; each failed allocation returns [`lanes::Error::Injected`]
+//! (the draws are a hash of `--seed` and a counter, so a single-threaded run fails
+//! the same allocations every time). Every request allocates, warm cache or not, so
+//! every request draws. Requests that hit one must end with that error (surfaced as
+//! [`lanes_nn::NnError::Runtime`]), and nothing else: any other error fails the
+//! run. The others must still match, and nothing may leak. The report counts the
+//! failures from the allocator's `injected_failures` over the run.
 //!
 //! Test hooks (hidden from `--help`): `--plant mismatch` perturbs thread 0's first
 //! result by 1e-3 before it is compared; `--plant leak` makes thread 0 allocate
@@ -27,21 +34,18 @@
 
 pub mod compare;
 pub mod engine;
-pub mod inject;
 pub mod report;
 pub mod requests;
 mod worker;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use lanes::{Device, DeviceConfig, Policy, Wait};
+use lanes::{AllocConfig, Device, DeviceConfig, Policy, Wait};
 use lanes_nn::{Encoder, Model};
 
 pub use engine::{prepare, run_stress, Plant, RunConfig};
-pub use inject::FaultyBackend;
 pub use report::StressReport;
 pub use requests::Shapes;
 
@@ -69,12 +73,12 @@ pub struct StressArgs {
     /// Longest sequence of a request in tokens (1..=256).
     #[arg(long, default_value_t = 256)]
     pub max_len: usize,
-    /// Fault injection during the run: `oom:P` fails a fraction P of the device
-    /// (segment) allocations; the cache is emptied before most requests so that
-    /// they allocate. Failed requests must end with a clean error.
+    /// Fault injection during the run (not the reference pass): `oom:P` fails a
+    /// fraction P of the caching allocator's allocations, deterministic per --seed.
+    /// Requests that hit one must end with the injected error; the rest must match.
     #[arg(long, value_name = "oom:P", value_parser = parse_inject)]
     pub inject: Option<f64>,
-    /// Seed of the requests, the schedule and the injection.
+    /// Seed of the requests, the schedule and the injected failures.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Skip the check of the device's references against the host reference forward.
@@ -112,35 +116,27 @@ impl StressArgs {
     }
 }
 
-/// Opens `spec` with `lanes` exclusive lanes. With `faulty_seed`, the device runs
-/// on a [`FaultyBackend`] over the real backend (disarmed until a run arms it).
-pub fn open_device(
-    spec: &str,
-    lanes: usize,
-    faulty_seed: Option<u64>,
-) -> Result<(Device, Option<Arc<FaultyBackend>>)> {
+/// Opens `spec` with `lanes` exclusive lanes; the allocator's fault injector is
+/// seeded with `seed` and off (a run arms it with `--inject`).
+pub fn open_device(spec: &str, lanes: usize, seed: u64) -> Result<Device> {
     if lanes == 0 || lanes > lanes::MAX_LANES {
         bail!(
             "{lanes} lanes asked for; a device has 1..={}",
             lanes::MAX_LANES
         );
     }
-    let device = crate::common::open_device(spec, lanes)?;
-    let Some(seed) = faulty_seed else {
-        return Ok((device, None));
-    };
-    let faulty = Arc::new(FaultyBackend::new(device.backend().clone(), seed));
-    drop(device);
     let config = DeviceConfig {
         lanes,
         policy: Policy::Exclusive {
             wait: Wait::Forever,
         },
-        ..Default::default()
+        alloc: AllocConfig {
+            inject_oom: None,
+            seed,
+            ..Default::default()
+        },
     };
-    let device = Device::new(faulty.clone(), config)
-        .with_context(|| format!("cannot open device `{spec}`"))?;
-    Ok((device, Some(faulty)))
+    Device::from_spec(spec, config).with_context(|| format!("cannot open device `{spec}`"))
 }
 
 /// Loads the encoder onto `device` and, unless skipped, the host model for the anchor.
@@ -169,9 +165,7 @@ pub fn run(args: StressArgs) -> Result<u8> {
     }
     let shapes = args.shapes()?;
     let dir = crate::common::model_dir(args.model.clone())?;
-    // Injection keeps one extra lane out of the rotation (see `inject`).
-    let lanes = args.threads + usize::from(args.inject.is_some());
-    let (device, faulty) = open_device(&args.device, lanes, args.inject.map(|_| args.seed))?;
+    let device = open_device(&args.device, args.threads, args.seed)?;
     let (encoder, host) = load(&dir, &device, !args.no_anchor)?;
     let suite = prepare(&encoder, host.as_ref(), shapes, args.seed)?;
     drop(host);
@@ -184,7 +178,7 @@ pub fn run(args: StressArgs) -> Result<u8> {
         plant: args.plant,
         progress: !args.json,
     };
-    let report = run_stress(&encoder, &suite, &cfg, faulty.as_deref())?;
+    let report = run_stress(&encoder, &suite, &cfg)?;
     print_report(&report, args.json)?;
     Ok(if report.passed { 0 } else { 1 })
 }

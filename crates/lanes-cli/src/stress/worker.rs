@@ -3,12 +3,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use lanes::Lease;
-use lanes_nn::Encoder;
+use lanes_nn::{Encoder, NnError};
 
 use super::compare::{Compare, RESULT_TOLERANCE};
 use super::engine::{execute, Plant, RunConfig, Suite};
 use super::report::Mismatch;
-use super::Rng;
 
 /// What one thread saw.
 #[derive(Default)]
@@ -21,27 +20,15 @@ pub(crate) struct Tally {
     /// (global sequence number, mismatch)
     pub(crate) first_mismatch: Option<(u64, Mismatch)>,
     /// ((clean, global sequence number), message): an unclean error ranks before
-    /// a clean (allocation) one, then the earlier one first.
+    /// a clean (injected) one, then the earlier one first.
     pub(crate) first_error: Option<((bool, u64), String)>,
 }
 
-/// `true` for errors an injected or real allocation failure causes.
-pub fn is_allocation_failure(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(le) = err.downcast_ref::<lanes::Error>() {
-            return matches!(
-                le,
-                lanes::Error::Injected(_)
-                    | lanes::Error::OutOfMemory { .. }
-                    | lanes::Error::BackendOutOfMemory { .. }
-            );
-        }
-        cur = err.source();
-    }
-    // Wrapped as text by a layer that does not keep the source.
-    let msg = e.to_string();
-    msg.contains("injected fault") || msg.contains("out of memory")
+/// `true` only for the allocator's injected failure ([`lanes::Error::Injected`]),
+/// as the encoder surfaces it. Anything else, a real out-of-memory included, is not
+/// what `--inject` planted and counts as unclean.
+pub fn is_injected_failure(e: &NnError) -> bool {
+    matches!(e, NnError::Runtime(lanes::Error::Injected(_)))
 }
 
 /// Which suite request thread `t` runs at step `j`.
@@ -75,7 +62,6 @@ pub(crate) fn worker(
     let mut tally = Tally::default();
     let mut lease: Option<Lease> = None;
     let mut planted = false;
-    let mut rng = Rng::new(cfg.seed ^ ((t as u64) << 20));
     for step in 0..cfg.requests {
         let k = pick(cfg.seed, t, step, suite.requests.len());
         let req = &suite.requests[k];
@@ -100,10 +86,6 @@ pub(crate) fn worker(
                 }
             },
         };
-        if cfg.inject.is_some() && rng.below(8) != 0 {
-            // Make most requests ask the backend for segments (see `inject`).
-            device.allocator().empty_cache();
-        }
         match execute(encoder, &lane, req) {
             Ok(mut out) => {
                 tally.completed += 1;
@@ -151,7 +133,7 @@ pub(crate) fn worker(
             }
             Err(e) => {
                 tally.errors += 1;
-                let clean = cfg.inject.is_some() && is_allocation_failure(&e);
+                let clean = cfg.inject.is_some() && is_injected_failure(&e);
                 if !clean {
                     tally.unclean += 1;
                 }
@@ -214,11 +196,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn allocation_failures_are_recognized_through_the_chain() {
-        let e = lanes::Error::Injected("x".into());
-        assert!(is_allocation_failure(&e));
-        let e = lanes::Error::InvalidArgument("x".into());
-        assert!(!is_allocation_failure(&e));
+    fn only_the_injected_failure_is_clean() {
+        let e = NnError::from(lanes::Error::Injected("x".into()));
+        assert!(is_injected_failure(&e));
+        let e = NnError::from(lanes::Error::InvalidArgument("x".into()));
+        assert!(!is_injected_failure(&e));
+        let e = NnError::InvalidInput("injected fault: out of memory".into());
+        assert!(!is_injected_failure(&e), "the message alone does not count");
     }
 
     #[test]

@@ -112,7 +112,7 @@ pub fn run(args: VerifyArgs) -> Result<u8> {
     let start = Instant::now();
     let dir = crate::common::model_dir(args.model.clone())?;
     let max = *threads.last().unwrap_or(&1);
-    let (device, _) = stress::open_device(&args.device, max, None)?;
+    let device = stress::open_device(&args.device, max, args.seed)?;
     let (encoder, host) = stress::load(&dir, &device, !args.no_anchor)?;
     let suite = stress::prepare(&encoder, host.as_ref(), shapes, args.seed)?;
     drop(host);
@@ -127,7 +127,7 @@ pub fn run(args: VerifyArgs) -> Result<u8> {
             plant: None,
             progress: !args.json,
         };
-        let report = stress::run_stress(&encoder, &suite, &cfg, None)?;
+        let report = stress::run_stress(&encoder, &suite, &cfg)?;
         if !args.json {
             stress::print_report(&report, false)?;
         }
