@@ -85,7 +85,7 @@ step bench-alloc "$bin" bench alloc --device "$device" --threads "$threads" --js
 step stress "$bin" stress --device "$device" --model "$model" --threads 16 --requests 32 --json \
   > "$out/stress.json"
 step stress-inject "$bin" stress --device "$device" --model "$model" --threads 16 --requests 16 \
-  --inject oom:0.3 --json > "$out/stress-inject.json"
+  --inject oom:0.015 --json > "$out/stress-inject.json"
 
 step verify "$bin" verify --device "$device" --model "$model" --source "$src" \
   --ledger "$out/lanes-verify.jsonl" --threads "$verify_threads" --requests "$verify_requests" \
