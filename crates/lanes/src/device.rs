@@ -120,6 +120,41 @@ impl BufferOwner for DeviceShared {
     }
 }
 
+/// The [`BufferOwner`] of the buffers that one lease allocates: a strong reference
+/// to the device, created once per lease (in `Lease::acquire`), delegating to the
+/// device's own `BufferOwner`.
+///
+/// Each buffer holds a clone of its lease's `Arc<LaneOwner>`, not of the device's
+/// `Arc<DeviceShared>`, so an alloc and a free on a lane touch that lease's
+/// reference count only, never a count that every lane writes. The buffer keeps
+/// the device alive after its lease is dropped, but not the lease (the lane goes
+/// back to the pool when the lease does).
+///
+/// Aligned to 128 bytes so that its `Arc` allocation (reference counts included)
+/// has cache lines of its own, even when one thread acquires the leases of
+/// several lanes back to back.
+#[repr(align(128))]
+pub(crate) struct LaneOwner {
+    device: Arc<DeviceShared>,
+}
+
+impl LaneOwner {
+    pub(crate) fn new(device: Arc<DeviceShared>) -> Self {
+        LaneOwner { device }
+    }
+}
+
+impl BufferOwner for LaneOwner {
+    #[inline]
+    fn allocator(&self) -> &Allocator {
+        self.device.allocator()
+    }
+
+    fn pending_on(&self, lane: usize) -> Result<Box<dyn PendingUse>> {
+        self.device.pending_on(lane)
+    }
+}
+
 /// A handle to one device. Cheap to clone; every clone, lease and buffer shares the
 /// same pools. Dropping it while other threads still hold leases is legal: the
 /// shared state lives until the last holder lets go.

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use crate::alloc::{Buffer, BufferOwner};
 use crate::backend::RawLane;
-use crate::device::DeviceShared;
+use crate::device::{DeviceShared, LaneOwner};
 use crate::error::Wait;
 use crate::event::Event;
 use crate::sync::{fence, lock, spin_wait, Arc, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
@@ -233,6 +233,9 @@ pub(crate) struct LeaseInner {
     pub(crate) device: Arc<DeviceShared>,
     pub(crate) index: usize,
     exclusive: bool,
+    /// The owner handle of this lease's buffers: each `Lease::alloc` clones it, so
+    /// the reference count a buffer writes is this lease's, not the device's.
+    owner: Arc<LaneOwner>,
 }
 
 impl Lease {
@@ -245,6 +248,7 @@ impl Lease {
             device: device.clone(),
             index,
             exclusive,
+            owner: Arc::new(LaneOwner::new(device.clone())),
         });
         pool.ensure(index, device)?;
         Ok(Lease { inner })
@@ -331,7 +335,7 @@ impl Lease {
     /// safe for all later work on this lane; mark other lanes with
     /// [`Buffer::record_use`]).
     pub fn alloc(&self, bytes: usize) -> Result<Buffer> {
-        let owner: Arc<dyn BufferOwner> = self.inner.device.clone();
+        let owner: Arc<dyn BufferOwner> = self.inner.owner.clone();
         Buffer::alloc(owner, self.inner.index, bytes)
     }
 
@@ -353,6 +357,8 @@ impl Lease {
     }
 
     fn check_buffer(&self, buf: &Buffer, bytes: usize) -> Result<()> {
+        // Compares allocators, not owner handles: a buffer's owner is the handle of
+        // the lease that allocated it, and any lease of the same device may use it.
         if !buf.belongs_to(&*self.inner.device) {
             return Err(Error::StaleBuffer(format!(
                 "a buffer of another device was used on lane {} of {}",

@@ -446,3 +446,60 @@ fn a_release_fence_runs_before_segments_go_back() {
     assert_eq!(a.empty_cache(), 2 * MIB);
     assert_eq!(backend.bytes_in_use(), 0);
 }
+
+#[test]
+fn peak_is_the_sum_of_lane_high_water_marks() {
+    let (_, a) = host(2);
+    let x = a.alloc(0, 100 * KIB).unwrap();
+    a.free(x, Vec::new()).unwrap();
+    let y = a.alloc(1, 200 * KIB).unwrap();
+    let s = a.stats();
+    // The lanes peaked at different times: the sum bounds the true peak (200 KiB).
+    assert_eq!(
+        (s.allocated_bytes, s.peak_allocated),
+        (200 * KIB, 300 * KIB)
+    );
+    a.free(y, Vec::new()).unwrap();
+    let s = a.stats();
+    assert_eq!((s.allocated_bytes, s.peak_allocated), (0, 300 * KIB));
+}
+
+#[test]
+fn a_lease_buffer_outlives_its_lease_without_holding_the_lane() {
+    use lanes::{Device, DeviceConfig, Policy, Wait};
+    let backend = Arc::new(HostBackend::new());
+    let config = DeviceConfig {
+        lanes: 1,
+        policy: Policy::Exclusive { wait: Wait::NoWait },
+        ..Default::default()
+    };
+    let dev = Device::new(backend.clone(), config).unwrap();
+    let lane = dev.lease().unwrap();
+    let buf = lane.alloc(4 * KIB).unwrap();
+    drop(lane);
+    // The buffer does not keep the lane leased: it can be leased again, and the
+    // new lease accepts the buffer (same device, same allocator).
+    assert_eq!(dev.stats().leases_outstanding, 0);
+    let lane = dev.lease().unwrap();
+    lane.upload(&buf, &[3u8; 16]).unwrap();
+    let mut back = [0u8; 16];
+    lane.download(&buf, &mut back).unwrap();
+    assert_eq!(back, [3u8; 16]);
+    drop(lane);
+    // ... and it keeps the device (its allocator) alive after every handle is gone:
+    // the segment goes back to the backend only when the buffer does.
+    drop(dev);
+    assert_eq!(backend.bytes_in_use(), 2 * MIB);
+    drop(buf);
+    assert_eq!(backend.bytes_in_use(), 0);
+
+    // A buffer of another device is refused.
+    let other = Device::cpu(DeviceConfig::default()).unwrap();
+    let theirs = other.lease().unwrap().alloc(64).unwrap();
+    let dev = Device::cpu(DeviceConfig::default()).unwrap();
+    let lane = dev.lease().unwrap();
+    assert!(matches!(
+        lane.upload(&theirs, &[0u8; 8]),
+        Err(Error::StaleBuffer(_))
+    ));
+}

@@ -275,7 +275,7 @@ impl LaneCache {
         n.state = NodeState::Live;
         n.generation = generation;
         let size = n.size;
-        self.counters.active_blocks += 1;
+        self.counters.add_live(size);
         Grant {
             slot,
             generation,
@@ -298,8 +298,10 @@ impl LaneCache {
 
     /// Parks the live block at `slot` until `markers` are done.
     pub(crate) fn park(&mut self, slot: u32, markers: Vec<Box<dyn PendingUse>>) {
-        self.nodes[slot as usize].state = NodeState::Deferred;
-        self.counters.active_blocks -= 1;
+        let n = &mut self.nodes[slot as usize];
+        n.state = NodeState::Deferred;
+        let size = n.size;
+        self.counters.sub_live(size);
         self.counters.deferred_blocks += 1;
         self.parked.push(Parked { slot, markers });
     }
@@ -307,7 +309,8 @@ impl LaneCache {
     /// Returns the live block at `slot` to the free index, merging with free neighbours.
     #[inline]
     pub(crate) fn release_live(&mut self, slot: u32) {
-        self.counters.active_blocks -= 1;
+        let size = self.nodes[slot as usize].size;
+        self.counters.sub_live(size);
         self.release(slot);
     }
 

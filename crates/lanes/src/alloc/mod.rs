@@ -4,9 +4,10 @@
 //! Every lane has its own cache behind its own mutex: the segments created for that
 //! lane, its free blocks and its parked blocks. A block always returns to the lane
 //! that allocated it (its *home lane*), so the hot path (an allocation or a free on a
-//! lane) locks only that lane and touches one shared counter; the backend, the
-//! byte limit and the other lanes are involved only on a miss, on out-of-memory and
-//! in [`Allocator::empty_cache`].
+//! lane) locks only that lane and writes only that lane's state (its counters
+//! included, summed by [`Allocator::stats`]); the backend, the byte limit, the
+//! global counters and the other lanes are involved only on a miss, on
+//! out-of-memory and in [`Allocator::empty_cache`].
 //!
 //! - Requests are rounded up to 512 bytes. Requests up to 1 MiB come from 2 MiB
 //!   segments, up to 10 MiB from 20 MiB segments; larger ones get a segment of their
@@ -316,9 +317,9 @@ impl Allocator {
         }
     }
 
+    /// The handle of a grant (already counted in its lane's counters).
     #[inline]
     fn block(&self, lane: usize, g: Grant, requested: usize) -> Block {
-        self.counters.add_allocated(g.size);
         let id = BlockId {
             allocator: self.id(),
             lane: lane as u32,
@@ -398,12 +399,14 @@ impl Allocator {
         }
     }
 
+    /// Counts and describes an out-of-memory failure. Locks every lane (to sum the
+    /// live bytes): call it with no lane lock held.
     fn oom(&self, requested: usize) -> Error {
         self.counters.oom_events.fetch_add(1, Ordering::Relaxed);
         Error::OutOfMemory {
             device: self.device.clone(),
             requested,
-            allocated: self.counters.allocated.load(Ordering::Relaxed),
+            allocated: self.stats().allocated_bytes,
             reserved: self.counters.reserved.load(Ordering::Relaxed),
             limit: self
                 .limit()
@@ -426,19 +429,17 @@ impl Allocator {
             )));
         }
         let mut cache = self.cache(id.lane as usize);
-        let Some(size) = cache.live_size(id.slot, id.generation) else {
+        if cache.live_size(id.slot, id.generation).is_none() {
             return Err(Error::StaleBuffer(format!(
                 "block {}#{} of lane {} is not live (freed twice?)",
                 id.slot, id.generation, id.lane
             )));
-        };
+        }
         if pending.is_empty() {
             cache.release_live(id.slot);
         } else {
             cache.park(id.slot, pending);
         }
-        drop(cache);
-        self.counters.sub_allocated(size);
         Ok(())
     }
 

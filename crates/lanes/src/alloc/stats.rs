@@ -1,17 +1,21 @@
 //! What the allocator reports: counters, [`AllocStats`] and the segment snapshot.
 //!
-//! Counters that change on every allocation live in each lane's cache, under that
-//! lane's mutex, so the hot path writes no shared cache line except the one
-//! `allocated` word that feeds the peak. Counters of the slow paths (segments,
-//! backend calls, out-of-memory) are global atomics.
+//! Counters that change on every allocation or free (live bytes and blocks, the
+//! lane's high-water mark, hits and misses) live in each lane's cache, under that
+//! lane's mutex, so the hot path writes no shared cache line: `stats` sums them lane
+//! by lane. Counters of the slow paths (segments, backend calls, out-of-memory,
+//! fault injection, free errors) are global atomics.
 
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 
 /// The allocator's figures at one moment.
 ///
-/// The global counters are read atomically; the per-lane ones are summed lane by
-/// lane, so under concurrent traffic the figures are each exact but not taken at one
-/// instant. With no allocation in flight they add up exactly:
+/// The global counters (reserved bytes, segments, backend calls, failures) are read
+/// atomically; the per-lane ones (`allocated_bytes`, `peak_allocated`,
+/// `active_blocks`, `deferred_blocks`, hits and misses) are read lane by lane, each
+/// under its lane's lock, and summed, so under concurrent traffic a sum may mix
+/// lanes' figures from slightly different instants. With no allocation in flight
+/// they add up exactly:
 /// `allocated_bytes` is the sum of the rounded sizes of live blocks and
 /// `reserved_bytes` the sum of the segment sizes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -22,7 +26,13 @@ pub struct AllocStats {
     pub reserved_bytes: usize,
     /// Live blocks.
     pub active_blocks: usize,
-    /// The highest `allocated_bytes` ever seen.
+    /// The sum over lanes of each lane's own high-water mark: the most bytes
+    /// (rounded sizes) that lane ever had in live blocks at once. Each lane's mark is
+    /// exact; the sum is an upper bound on the highest `allocated_bytes` the
+    /// allocator ever held at one instant, and equals it when only one lane
+    /// allocates, or when every lane reached its mark at the same time. It never
+    /// decreases, and it is never below `allocated_bytes`. (Kept per lane so the hot
+    /// path writes no shared counter; an exact global peak would need one.)
     pub peak_allocated: usize,
     /// Allocations served from a cached block.
     pub cache_hits: u64,
@@ -82,24 +92,54 @@ pub struct SegmentInfo {
     pub blocks: Vec<BlockInfo>,
 }
 
-/// Per-lane counters; they live in the lane's cache and change only under its lock.
+/// Per-lane counters. They live in the lane's cache ([`super::block::LaneCache`])
+/// and are written only by the thread holding that lane's mutex: `alloc` and
+/// `free` of a block of the lane (any thread may do that, but always under the
+/// lock), and parked-block releases. `Allocator::stats` reads them under the same
+/// lock and sums them over lanes.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct LaneCounters {
+    /// Bytes (rounded sizes) in live blocks of this lane: raised when a block is
+    /// handed out, lowered when it is freed (released or parked).
+    pub(crate) allocated: usize,
+    /// The highest `allocated` this lane ever had; raised next to `allocated`,
+    /// never lowered.
+    pub(crate) peak: usize,
+    /// Live blocks of this lane.
     pub(crate) active_blocks: usize,
+    /// Allocations on this lane served from a cached block.
     pub(crate) cache_hits: u64,
+    /// Allocations on this lane that found no cached block (before growing).
     pub(crate) cache_misses: u64,
+    /// Freed blocks of this lane parked behind other lanes' markers.
     pub(crate) deferred_blocks: usize,
 }
 
-/// Global counters. All are statistics or budget words: no other memory is
-/// published through them, so every access is `Relaxed`.
+impl LaneCounters {
+    /// Counts a block of `bytes` as handed out and raises the lane's high-water mark.
+    #[inline]
+    pub(crate) fn add_live(&mut self, bytes: usize) {
+        self.active_blocks += 1;
+        self.allocated += bytes;
+        if self.allocated > self.peak {
+            self.peak = self.allocated;
+        }
+    }
+
+    /// Counts a live block of `bytes` as freed (released or parked).
+    #[inline]
+    pub(crate) fn sub_live(&mut self, bytes: usize) {
+        self.active_blocks -= 1;
+        self.allocated -= bytes;
+    }
+}
+
+/// Global counters, shared by all lanes. None is written on the hot path (an
+/// allocation served from the lane's cache, or a free into it): only on a miss,
+/// in out-of-memory handling, in `empty_cache`, with fault injection switched on,
+/// and on a swallowed free error. All are statistics or budget words: no other
+/// memory is published through them, so every access is `Relaxed`.
 pub(crate) struct Counters {
-    /// Bytes in live blocks. Written by every `alloc` (add) and `free` (sub), any
-    /// thread; read for the peak and by `stats`.
-    pub(crate) allocated: AtomicUsize,
-    /// The highest `allocated` seen. Raised (`fetch_max`) by `alloc` when it passes
-    /// the previous peak; never lowered.
-    pub(crate) peak: AtomicUsize,
     /// Bytes held in segments. Reserved by compare-and-swap against the limit before
     /// a backend allocation (and given back if it fails); lowered after a backend
     /// free. Any thread on a miss, in OOM handling or in `empty_cache`.
@@ -117,7 +157,8 @@ pub(crate) struct Counters {
     /// Requests failed by fault injection. Written by the failing `alloc`.
     pub(crate) injected: AtomicU64,
     /// Draws made by the fault injector: `alloc` takes the next index with
-    /// `fetch_add` and hashes it with the seed (only when injection is on).
+    /// `fetch_add` and hashes it with the seed (only while injection is on; then
+    /// every `alloc` writes it).
     pub(crate) inject_draws: AtomicU64,
     /// Errors swallowed while freeing. Written by `Buffer`'s drop.
     pub(crate) free_errors: AtomicU64,
@@ -126,8 +167,6 @@ pub(crate) struct Counters {
 impl Counters {
     pub(crate) fn new(limit: Option<usize>) -> Self {
         Counters {
-            allocated: AtomicUsize::new(0),
-            peak: AtomicUsize::new(0),
             reserved: AtomicUsize::new(0),
             limit: AtomicUsize::new(limit.unwrap_or(usize::MAX)),
             segments: AtomicUsize::new(0),
@@ -138,20 +177,6 @@ impl Counters {
             inject_draws: AtomicU64::new(0),
             free_errors: AtomicU64::new(0),
         }
-    }
-
-    /// Counts `bytes` as handed out and raises the peak.
-    #[inline]
-    pub(crate) fn add_allocated(&self, bytes: usize) {
-        let now = self.allocated.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if now > self.peak.load(Ordering::Relaxed) {
-            self.peak.fetch_max(now, Ordering::Relaxed);
-        }
-    }
-
-    #[inline]
-    pub(crate) fn sub_allocated(&self, bytes: usize) {
-        self.allocated.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     /// Takes `bytes` of the reserve budget if the limit allows it.
@@ -187,12 +212,11 @@ impl Counters {
         }
     }
 
-    /// The global half of [`AllocStats`]; the caller adds the lanes' counters.
+    /// The global half of [`AllocStats`]; the caller adds the lanes' counters
+    /// (`allocated_bytes`, `peak_allocated`, blocks, hits and misses).
     pub(crate) fn global_stats(&self) -> AllocStats {
         AllocStats {
-            allocated_bytes: self.allocated.load(Ordering::Relaxed),
             reserved_bytes: self.reserved.load(Ordering::Relaxed),
-            peak_allocated: self.peak.load(Ordering::Relaxed),
             segments: self.segments.load(Ordering::Relaxed),
             backend_allocs: self.backend_allocs.load(Ordering::Relaxed),
             backend_frees: self.backend_frees.load(Ordering::Relaxed),
@@ -207,6 +231,8 @@ impl Counters {
 
 impl AllocStats {
     pub(crate) fn add_lane(&mut self, c: &LaneCounters) {
+        self.allocated_bytes += c.allocated;
+        self.peak_allocated += c.peak;
         self.active_blocks += c.active_blocks;
         self.cache_hits += c.cache_hits;
         self.cache_misses += c.cache_misses;
