@@ -10,7 +10,7 @@ use crate::callback::Callbacks;
 use crate::error::Wait;
 use crate::event::EventPool;
 use crate::lane::{LanePool, Lease, Policy};
-use crate::sync::{Arc, AtomicU64, Ordering};
+use crate::sync::Arc;
 use crate::{Error, Result};
 
 /// How a device is set up.
@@ -81,8 +81,6 @@ pub(crate) struct DeviceShared {
     events: Arc<EventPool>,
     callbacks: Arc<Callbacks>,
     allocator: Allocator,
-    /// Leases ever handed out (statistics; any thread, Relaxed).
-    leases_total: AtomicU64,
 }
 
 impl DeviceShared {
@@ -190,7 +188,6 @@ impl Device {
                 pool,
                 callbacks: Arc::new(Callbacks::default()),
                 allocator,
-                leases_total: AtomicU64::new(0),
             }),
         })
     }
@@ -276,13 +273,11 @@ impl Device {
 
     /// Leases a lane per the pool's policy (an exclusive pool waits as configured).
     pub fn lease(&self) -> Result<Lease> {
-        self.shared.leases_total.fetch_add(1, Ordering::Relaxed);
         Lease::acquire(&self.shared, None)
     }
 
     /// Leases a lane, overriding an exclusive pool's wait.
     pub fn lease_with(&self, wait: Wait) -> Result<Lease> {
-        self.shared.leases_total.fetch_add(1, Ordering::Relaxed);
         Lease::acquire(&self.shared, Some(wait))
     }
 

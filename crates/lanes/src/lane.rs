@@ -233,9 +233,11 @@ pub(crate) struct LeaseInner {
     pub(crate) device: Arc<DeviceShared>,
     pub(crate) index: usize,
     exclusive: bool,
-    /// The owner handle of this lease's buffers: each `Lease::alloc` clones it, so
-    /// the reference count a buffer writes is this lease's, not the device's.
-    owner: Arc<LaneOwner>,
+    /// The owner handle of this lease's buffers, created by the first `alloc`
+    /// (a lease that never allocates pays nothing for it): each `Lease::alloc`
+    /// clones it, so the reference count a buffer writes is this lease's, not the
+    /// device's.
+    owner: OnceLock<Arc<LaneOwner>>,
 }
 
 impl Lease {
@@ -248,7 +250,7 @@ impl Lease {
             device: device.clone(),
             index,
             exclusive,
-            owner: Arc::new(LaneOwner::new(device.clone())),
+            owner: OnceLock::new(),
         });
         pool.ensure(index, device)?;
         Ok(Lease { inner })
@@ -335,7 +337,11 @@ impl Lease {
     /// safe for all later work on this lane; mark other lanes with
     /// [`Buffer::record_use`]).
     pub fn alloc(&self, bytes: usize) -> Result<Buffer> {
-        let owner: Arc<dyn BufferOwner> = self.inner.owner.clone();
+        let owner: Arc<dyn BufferOwner> = self
+            .inner
+            .owner
+            .get_or_init(|| Arc::new(LaneOwner::new(self.inner.device.clone())))
+            .clone();
         Buffer::alloc(owner, self.inner.index, bytes)
     }
 
