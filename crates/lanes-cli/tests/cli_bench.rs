@@ -104,3 +104,42 @@ fn bench_flags_are_checked() {
     let (code, _, err) = run(&mut lanes(&["bench", "--iters", "3", "--duration-ms", "5"]));
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn bench_launch_reports_every_case_with_every_field() {
+    let (code, out, err) = run(&mut lanes(&[
+        "bench",
+        "launch",
+        "--device",
+        "cpu",
+        "--threads",
+        "1,2",
+        "--duration-ms",
+        "50",
+        "--json",
+    ]));
+    assert_eq!(code, 0, "stderr: {err}");
+    let cells = json_lines(&out);
+    let cases: Vec<(&str, u64)> = cells
+        .iter()
+        .map(|c| (c["case"].as_str().unwrap(), c["threads"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        cases,
+        [
+            ("raw-launch", 1),
+            ("lease+launch+record", 1),
+            ("threads", 1),
+            ("threads", 2)
+        ]
+    );
+    for c in &cells {
+        assert_eq!(c["kind"], "launch");
+        assert_eq!(c["device"], "cpu");
+        assert!(c["source"].as_str().is_some_and(|s| !s.is_empty()), "{c}");
+        for f in ["ns_per_op", "ops_per_s", "seconds"] {
+            positive(c, f);
+        }
+    }
+    assert!(cells[1]["overhead_ns"].is_number(), "{}", cells[1]);
+}

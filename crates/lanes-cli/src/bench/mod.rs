@@ -14,9 +14,11 @@
 //! efficiency = seq/s(N) / (N × seq/s(1)) within the same mode and batch.
 //!
 //! `lanes bench alloc` measures the caching allocator's alloc+free pair beside the
-//! raw backend allocation ([`alloc`]).
+//! raw backend allocation ([`alloc`]); `lanes bench launch` the cost of a kernel
+//! launch, with and without a lease cycle ([`launch`]).
 
 pub mod alloc;
+pub mod launch;
 pub mod plot;
 
 use std::path::PathBuf;
@@ -45,6 +47,9 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// The caching allocator's alloc+free pair beside the raw backend allocation.
     Alloc(alloc::AllocArgs),
+    /// Empty-kernel launches: raw, with a lease+record cycle, and on N lanes
+    /// (on the CPU backend an empty `HostLane::submit` job stands in for the kernel).
+    Launch(launch::LaunchArgs),
 }
 
 /// How the threads reach the device.
@@ -143,6 +148,7 @@ pub fn source() -> &'static str {
 pub fn run(args: BenchArgs) -> Result<u8> {
     match args.command {
         Some(BenchCommand::Alloc(a)) => alloc::run(a),
+        Some(BenchCommand::Launch(a)) => launch::run(a),
         None => run_model(args.model),
     }
 }

@@ -1,0 +1,332 @@
+//! `lanes bench launch`: the cost of putting work on a lane (issue 4).
+//!
+//! On CUDA the "launch" is the empty kernel `lanes_empty(int)` (NVRTC through
+//! `CudaBackend::function`, grid 1×1×1, block 32×1×1) put on the lane's stream with
+//! `CudaLane::launch`; on the CPU backend it is `HostLane::submit(|| {})`, an empty
+//! job on the lane's worker queue, so the command runs (and is tested) without a GPU.
+//!
+//! Three cases, each bounded by `--duration-ms`:
+//!
+//! - `raw-launch`: one thread, one lane leased once, launches in a loop;
+//! - `lease+launch+record`: one thread; per iteration `device.lease()`, one launch,
+//!   `lease.record()` (a pooled event), drop the event, drop the lease;
+//!   `overhead_ns` is its `ns_per_op` minus that of `raw-launch`;
+//! - `threads`: N threads, each on its own lane leased for the whole run.
+//!
+//! Every loop synchronizes every 1024 launches (so the queue stays bounded) and
+//! once at the end; those waits are inside the measured time. `ns_per_op` is the
+//! mean time one thread spends per launch (wall time × threads / launches);
+//! `ops_per_s` is the aggregate.
+
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use lanes::backend::host::HostLane;
+use serde::Serialize;
+
+/// Launches between two synchronizations.
+const CHUNK: u64 = 1024;
+
+#[cfg(feature = "cuda")]
+const EMPTY_SRC: &str = r#"extern "C" __global__ void lanes_empty(int x) {}"#;
+
+/// Arguments of `lanes bench launch`.
+#[derive(Args, Debug)]
+pub struct LaunchArgs {
+    /// auto, cpu, cuda or cuda:N. On the CPU backend a "launch" is an empty
+    /// `HostLane::submit(|| {})` job, so the command also runs without a GPU.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Thread counts of the `threads` case, comma-separated (each thread on its own lane).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    pub threads: Vec<usize>,
+    /// Measured time per cell.
+    #[arg(long, default_value_t = 500)]
+    pub duration_ms: u64,
+    /// JSON lines instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One case × threads cell.
+#[derive(Clone, Debug, Serialize)]
+pub struct LaunchCell {
+    /// Always `launch`.
+    pub kind: &'static str,
+    /// `raw-launch`, `lease+launch+record` or `threads`.
+    pub case: &'static str,
+    /// The device.
+    pub device: String,
+    /// Threads, each on its own lane.
+    pub threads: usize,
+    /// Launches (or lease cycles) measured.
+    pub ops: u64,
+    /// Mean time one thread spends per launch (or lease cycle).
+    pub ns_per_op: f64,
+    /// Launches (or lease cycles) per second, all threads together.
+    pub ops_per_s: f64,
+    /// `lease+launch+record` only: its `ns_per_op` minus that of `raw-launch`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overhead_ns: Option<f64>,
+    /// Measured wall time.
+    pub seconds: f64,
+    /// The first 12 hex digits of this binary's source hash.
+    pub source: &'static str,
+}
+
+/// What a launch is on this device.
+enum Launcher {
+    Host,
+    #[cfg(feature = "cuda")]
+    Cuda(lanes::backend::cuda::CudaFunction),
+}
+
+/// A launcher bound to one lease's native lane.
+enum Bound<'a> {
+    Host(&'a HostLane),
+    #[cfg(feature = "cuda")]
+    Cuda(
+        &'a lanes::backend::cuda::CudaLane,
+        &'a lanes::backend::cuda::CudaFunction,
+    ),
+}
+
+impl Launcher {
+    fn new(device: &lanes::Device) -> Result<Launcher> {
+        #[cfg(feature = "cuda")]
+        if let Some(cuda) = device
+            .backend()
+            .as_any()
+            .downcast_ref::<lanes::backend::cuda::CudaBackend>()
+        {
+            let f = cuda
+                .function("lanes_bench_empty", EMPTY_SRC, "lanes_empty")
+                .context("cannot compile the empty kernel")?;
+            return Ok(Launcher::Cuda(f));
+        }
+        if device
+            .backend()
+            .as_any()
+            .downcast_ref::<lanes::backend::host::HostBackend>()
+            .is_some()
+        {
+            return Ok(Launcher::Host);
+        }
+        bail!("`lanes bench launch` supports the CPU and CUDA backends only")
+    }
+
+    fn bind<'a>(&'a self, lease: &'a lanes::Lease) -> Result<Bound<'a>> {
+        let raw = lease.raw().as_any();
+        match self {
+            Launcher::Host => raw
+                .downcast_ref::<HostLane>()
+                .map(Bound::Host)
+                .ok_or_else(|| anyhow!("the lane is not a host lane")),
+            #[cfg(feature = "cuda")]
+            Launcher::Cuda(f) => raw
+                .downcast_ref::<lanes::backend::cuda::CudaLane>()
+                .map(|l| Bound::Cuda(l, f))
+                .ok_or_else(|| anyhow!("the lane is not a CUDA lane")),
+        }
+    }
+}
+
+impl Bound<'_> {
+    fn launch(&self) -> Result<()> {
+        match self {
+            Bound::Host(lane) => {
+                lane.submit(|| {})?;
+            }
+            #[cfg(feature = "cuda")]
+            Bound::Cuda(lane, f) => {
+                let x: i32 = 0;
+                let mut args = [lanes::backend::cuda::kernel_arg(&x)];
+                // SAFETY: `lanes_empty` takes one `int`, passed as an `i32` that outlives
+                // the call; it touches no memory; grid 1 and block 32 are within limits.
+                unsafe { lane.launch(f, (1, 1, 1), (32, 1, 1), 0, &mut args) }?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `lanes bench launch`.
+pub fn run(args: LaunchArgs) -> Result<u8> {
+    let mut threads = args.threads.clone();
+    threads.sort_unstable();
+    threads.dedup();
+    if threads.is_empty() || threads[0] == 0 {
+        bail!("--threads needs values of at least 1");
+    }
+    let max = *threads.last().unwrap_or(&1);
+    if max > lanes::MAX_LANES {
+        bail!(
+            "--threads {max} exceeds the {} lanes a device can have",
+            lanes::MAX_LANES
+        );
+    }
+    let device = crate::common::open_device(&args.device, max)?;
+    let launcher = Launcher::new(&device)?;
+    let duration = Duration::from_millis(args.duration_ms.max(1));
+    if !args.json {
+        println!(
+            "{:<20} {:<8} {:>7} {:>10} {:>14} {:>12} {:>11}",
+            "case", "device", "threads", "ns/op", "ops/s", "overhead ns", "ops"
+        );
+    }
+    let print = |cell: &LaunchCell| -> Result<()> {
+        if args.json {
+            println!("{}", serde_json::to_string(cell)?);
+        } else {
+            println!(
+                "{:<20} {:<8} {:>7} {:>10.1} {:>14.0} {:>12} {:>11}",
+                cell.case,
+                cell.device,
+                cell.threads,
+                cell.ns_per_op,
+                cell.ops_per_s,
+                cell.overhead_ns
+                    .map_or("-".to_string(), |o| format!("{o:.1}")),
+                cell.ops
+            );
+        }
+        Ok(())
+    };
+
+    let raw =
+        measure_lanes(&device, &launcher, "raw-launch", 1, duration).context("raw-launch case")?;
+    print(&raw)?;
+    let mut cycle =
+        measure_lease_cycle(&device, &launcher, duration).context("lease+launch+record case")?;
+    cycle.overhead_ns = Some(cycle.ns_per_op - raw.ns_per_op);
+    print(&cycle)?;
+    for &n in &threads {
+        let cell = measure_lanes(&device, &launcher, "threads", n, duration)
+            .with_context(|| format!("threads case, {n} threads"))?;
+        print(&cell)?;
+    }
+    Ok(0)
+}
+
+fn cell(
+    device: &lanes::Device,
+    case: &'static str,
+    threads: usize,
+    ops: u64,
+    seconds: f64,
+) -> LaunchCell {
+    let seconds = seconds.max(1e-9);
+    LaunchCell {
+        kind: "launch",
+        case,
+        device: device.name().to_string(),
+        threads,
+        ops,
+        ns_per_op: seconds * 1e9 * threads as f64 / ops.max(1) as f64,
+        ops_per_s: ops as f64 / seconds,
+        overhead_ns: None,
+        seconds,
+        source: super::source(),
+    }
+}
+
+/// `threads` threads, each on its own lane leased for the whole run, launching
+/// in a loop for `duration`.
+fn measure_lanes(
+    device: &lanes::Device,
+    launcher: &Launcher,
+    case: &'static str,
+    threads: usize,
+    duration: Duration,
+) -> Result<LaunchCell> {
+    let barrier = Barrier::new(threads);
+    let results: Vec<Result<(u64, Instant, Instant)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let barrier = &barrier;
+                s.spawn(move || -> Result<(u64, Instant, Instant)> {
+                    let lease = device.lease().context("cannot lease a lane");
+                    let warm = lease.as_ref().map_err(|e| anyhow!("{e:#}")).and_then(|l| {
+                        launcher.bind(l)?.launch()?;
+                        l.synchronize()?;
+                        Ok(())
+                    });
+                    // Every thread reaches the barrier, even one that failed.
+                    barrier.wait();
+                    warm?;
+                    let lease = lease?;
+                    let lane = launcher.bind(&lease)?;
+                    let start = Instant::now();
+                    let mut ops = 0u64;
+                    loop {
+                        for _ in 0..CHUNK {
+                            lane.launch()?;
+                        }
+                        lease.synchronize()?;
+                        ops += CHUNK;
+                        if start.elapsed() >= duration {
+                            break;
+                        }
+                    }
+                    Ok((ops, start, Instant::now()))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow!("a bench thread panicked")))
+            })
+            .collect()
+    });
+    let mut ops = 0;
+    let mut first: Option<Instant> = None;
+    let mut last: Option<Instant> = None;
+    for r in results {
+        let (o, s, e) = r?;
+        ops += o;
+        first = Some(first.map_or(s, |f| f.min(s)));
+        last = Some(last.map_or(e, |l| l.max(e)));
+    }
+    let seconds = match (first, last) {
+        (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
+        _ => 0.0,
+    };
+    Ok(cell(device, case, threads, ops, seconds))
+}
+
+/// One thread: lease, launch, record an event, drop both, for `duration`
+/// (the device is synchronized every 1024 cycles).
+fn measure_lease_cycle(
+    device: &lanes::Device,
+    launcher: &Launcher,
+    duration: Duration,
+) -> Result<LaunchCell> {
+    let one = || -> Result<()> {
+        let lease = device.lease()?;
+        launcher.bind(&lease)?.launch()?;
+        let event = lease.record()?;
+        drop(event);
+        drop(lease);
+        Ok(())
+    };
+    one()?;
+    device.synchronize()?;
+    let start = Instant::now();
+    let mut ops = 0u64;
+    loop {
+        for _ in 0..CHUNK {
+            one()?;
+        }
+        device.synchronize()?;
+        ops += CHUNK;
+        if start.elapsed() >= duration {
+            break;
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(cell(device, "lease+launch+record", 1, ops, seconds))
+}
