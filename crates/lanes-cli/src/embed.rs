@@ -158,13 +158,18 @@ fn kind(v: &serde_json::Value) -> &'static str {
 
 /// Embeds every text with `threads` threads, each on its own lane, pulling batches
 /// of `batch` texts from a shared cursor; results come back in input order.
+///
+/// Batches are formed from texts of similar length (sorted by byte length), so a
+/// long text does not make a whole batch of short ones pay for its padding.
 pub fn embed_all(
     encoder: &Encoder,
     texts: &[String],
     threads: usize,
     batch: usize,
 ) -> Result<Vec<Embedding>> {
-    let chunks: Vec<&[String]> = texts.chunks(batch).collect();
+    let mut order: Vec<usize> = (0..texts.len()).collect();
+    order.sort_by_key(|&i| texts[i].len());
+    let chunks: Vec<&[usize]> = order.chunks(batch).collect();
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Vec<Embedding>>>> = Mutex::new(vec![None; chunks.len()]);
     let progress = progress_bar(texts.len());
@@ -188,7 +193,7 @@ pub fn embed_all(
                     {
                         break;
                     }
-                    let refs: Vec<&str> = chunks[i].iter().map(String::as_str).collect();
+                    let refs: Vec<&str> = chunks[i].iter().map(|&t| texts[t].as_str()).collect();
                     match encoder.embed_on(&lane, &refs) {
                         Ok(embs) => {
                             if let Some(p) = &progress {
@@ -197,8 +202,10 @@ pub fn embed_all(
                             results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(embs);
                         }
                         Err(e) => {
-                            let e = anyhow::Error::new(e)
-                                .context(format!("batch starting at text {}", i * batch));
+                            let e = anyhow::Error::new(e).context(format!(
+                                "batch of texts {:?}",
+                                chunks[i].iter().map(|t| t + 1).collect::<Vec<_>>()
+                            ));
                             first_error
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
@@ -216,11 +223,19 @@ pub fn embed_all(
     if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
-    let mut all = Vec::with_capacity(texts.len());
-    for r in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        all.extend(r.context("a batch produced no result")?);
+    // Put every embedding back at its text's input position.
+    let mut slots: Vec<Option<Embedding>> = vec![None; texts.len()];
+    let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    for (chunk, r) in chunks.iter().zip(results) {
+        for (&t, e) in chunk.iter().zip(r.context("a batch produced no result")?) {
+            slots[t] = Some(e);
+        }
     }
-    Ok(all)
+    slots
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| e.with_context(|| format!("text {} produced no embedding", i + 1)))
+        .collect()
 }
 
 fn progress_bar(total: usize) -> Option<indicatif::ProgressBar> {
