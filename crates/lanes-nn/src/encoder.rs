@@ -190,11 +190,11 @@ impl Encoder {
     /// Runs the encoder on a tokenized batch; returns `batch × hidden` embeddings.
     pub fn forward(&self, lane: &Lease, enc: &Encoded) -> Result<Vec<f32>> {
         enc.check()?;
-        if lane.device().name() != self.device.name() || !same_device(&lane.device(), &self.device)
-        {
+        let lane_device = lane.device();
+        if !lane_device.same_as(&self.device) {
             return Err(NnError::InvalidInput(format!(
                 "a lane of {} was used with a model on {}",
-                lane.device().name(),
+                lane_device.name(),
                 self.device.name()
             )));
         }
@@ -363,10 +363,6 @@ impl Encoder {
         self.lanes_ready.fetch_or(bit, Ordering::AcqRel);
         Ok(())
     }
-}
-
-fn same_device(a: &Device, b: &Device) -> bool {
-    a.same_as(b)
 }
 
 fn bytes_of(v: &[f32]) -> &[u8] {
