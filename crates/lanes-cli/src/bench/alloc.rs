@@ -183,19 +183,8 @@ pub fn measure(
             })
             .collect()
     });
-    let mut pairs = 0;
-    let mut first: Option<Instant> = None;
-    let mut last: Option<Instant> = None;
-    for r in results {
-        let (p, s, e) = r?;
-        pairs += p;
-        first = Some(first.map_or(s, |f| f.min(s)));
-        last = Some(last.map_or(e, |l| l.max(e)));
-    }
-    let seconds = match (first, last) {
-        (Some(f), Some(l)) => l.duration_since(f).as_secs_f64().max(1e-9),
-        _ => 1e-9,
-    };
+    let (pairs, seconds) = super::total_over_span(results)?;
+    let seconds = seconds.max(1e-9);
     Ok(AllocCell {
         kind: "alloc",
         path,

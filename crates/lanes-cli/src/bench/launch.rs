@@ -282,19 +282,7 @@ fn measure_lanes(
             })
             .collect()
     });
-    let mut ops = 0;
-    let mut first: Option<Instant> = None;
-    let mut last: Option<Instant> = None;
-    for r in results {
-        let (o, s, e) = r?;
-        ops += o;
-        first = Some(first.map_or(s, |f| f.min(s)));
-        last = Some(last.map_or(e, |l| l.max(e)));
-    }
-    let seconds = match (first, last) {
-        (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
-        _ => 0.0,
-    };
+    let (ops, seconds) = super::total_over_span(results)?;
     Ok(cell(device, case, threads, ops, seconds))
 }
 

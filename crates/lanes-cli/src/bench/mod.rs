@@ -346,27 +346,40 @@ fn measure(
             })
             .collect()
     });
-    let mut calls = 0;
-    let mut first: Option<Instant> = None;
-    let mut last: Option<Instant> = None;
     let mut latencies = Vec::new();
-    for r in results {
-        let (c, s, e, l) = r?;
-        calls += c;
-        first = Some(first.map_or(s, |f| f.min(s)));
-        last = Some(last.map_or(e, |x| x.max(e)));
-        latencies.extend(l);
-    }
+    let runs = results.into_iter().map(|r| {
+        r.map(|(c, s, e, l)| {
+            latencies.extend(l);
+            (c as u64, s, e)
+        })
+    });
+    let (calls, seconds) = total_over_span(runs)?;
+    let calls = calls as usize;
     latencies.sort_by(f64::total_cmp);
-    let seconds = match (first, last) {
-        (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
-        _ => 0.0,
-    };
     Ok(Measured {
         calls,
         seconds,
         latencies,
     })
+}
+
+/// Sums the counts of per-thread runs `(count, start, end)` and measures the wall
+/// time from the first start to the last end, in seconds (0 for no runs). The first
+/// failed run's error is returned.
+pub(crate) fn total_over_span(
+    runs: impl IntoIterator<Item = Result<(u64, Instant, Instant)>>,
+) -> Result<(u64, f64)> {
+    let mut total = 0;
+    let mut span: Option<(Instant, Instant)> = None;
+    for r in runs {
+        let (n, s, e) = r?;
+        total += n;
+        span = Some(span.map_or((s, e), |(f, l)| (f.min(s), l.max(e))));
+    }
+    Ok((
+        total,
+        span.map_or(0.0, |(f, l)| l.duration_since(f).as_secs_f64()),
+    ))
 }
 
 /// Nearest-rank percentile of sorted values (0 for none).
