@@ -5,39 +5,16 @@
 //! (`scripts/fetch-model.sh`); `LANES_SKIP_MODEL_TESTS=1` skips instead of failing.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod cli_support;
 
-fn model_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("LANES_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("models/all-MiniLM-L6-v2"));
-    if ["model.safetensors", "tokenizer.json", "config.json"]
-        .iter()
-        .all(|f| dir.join(f).is_file())
-    {
-        return Some(dir);
-    }
-    if std::env::var("LANES_SKIP_MODEL_TESTS").as_deref() == Ok("1") {
-        eprintln!(
-            "skipped: model not found in {} (LANES_SKIP_MODEL_TESTS=1)",
-            dir.display()
-        );
-        return None;
-    }
-    panic!(
-        "model not found in {}: run scripts/fetch-model.sh or set LANES_MODEL",
-        dir.display()
-    );
-}
+use cli_support::{model_dir, workspace_root};
 
 /// (text, sentence-transformers embedding) of the 25 fixture lines.
 fn fixtures() -> Vec<(String, Vec<f32>)> {
