@@ -297,13 +297,7 @@ pub(crate) fn callback_vs_shutdown() {
 
 #[cfg(lanes_loom)]
 mod loom_models {
-    fn model(f: impl Fn() + Sync + Send + 'static) {
-        let mut b = loom::model::Builder::new();
-        if b.preemption_bound.is_none() {
-            b.preemption_bound = Some(2);
-        }
-        b.check(f);
-    }
+    use crate::sync::check_model as model;
 
     #[test]
     fn loom_lease_exhaustion_two_threads() {

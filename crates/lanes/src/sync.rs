@@ -112,3 +112,15 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
         Err(p) => p.into_inner(),
     }
 }
+
+/// Runs a loom model with a default bound of 2 preemptions (override with
+/// `LOOM_MAX_PREEMPTIONS`): bound 1 missed a real shutdown race, unbounded runs
+/// take hours.
+#[cfg(all(test, lanes_loom))]
+pub(crate) fn check_model(f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    if b.preemption_bound.is_none() {
+        b.preemption_bound = Some(2);
+    }
+    b.check(f);
+}

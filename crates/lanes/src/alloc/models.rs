@@ -228,13 +228,7 @@ fn parked_block_vs_other_lane_oom_reclaim() {
 
 #[cfg(lanes_loom)]
 mod loom_models {
-    fn model(f: impl Fn() + Sync + Send + 'static) {
-        let mut b = loom::model::Builder::new();
-        if b.preemption_bound.is_none() {
-            b.preemption_bound = Some(2);
-        }
-        b.check(f);
-    }
+    use crate::sync::check_model as model;
 
     #[test]
     fn loom_alloc_parked_block_vs_same_lane_alloc() {
