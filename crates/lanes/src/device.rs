@@ -233,6 +233,15 @@ impl Device {
         }
     }
 
+    /// Sets how many graphs each lane's cache keeps (at least 1; the default is
+    /// `LANES_GRAPH_CACHE` or 16), evicting the least recently used to fit.
+    pub fn set_graph_cache_capacity(&self, graphs: usize) {
+        for slot in self.shared.graphs.iter() {
+            let evicted = lock(slot).set_capacity(graphs);
+            drop(evicted);
+        }
+    }
+
     /// Drops every lane's cached graphs; their blocks go back to the lanes' caches.
     pub fn clear_graphs(&self) {
         for slot in self.shared.graphs.iter() {

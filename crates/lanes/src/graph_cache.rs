@@ -101,6 +101,26 @@ impl LaneGraphs {
         out
     }
 
+    /// Changes the capacity (at least 1); returns the graphs evicted to fit it, least
+    /// recently used first, for the caller to drop unlocked.
+    pub(crate) fn set_capacity(&mut self, capacity: usize) -> Vec<Arc<Graph>> {
+        self.capacity = capacity.max(1);
+        let mut out = Vec::new();
+        while self.entries.len() > self.capacity {
+            let lru = self
+                .entries
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(i, _)| i);
+            match lru {
+                Some(i) => out.push(self.entries.swap_remove(i).graph),
+                None => break,
+            }
+        }
+        out
+    }
+
     /// Removes every graph; returns them for the caller to drop unlocked.
     pub(crate) fn clear(&mut self) -> Vec<Arc<Graph>> {
         self.entries.drain(..).map(|e| e.graph).collect()
@@ -117,5 +137,65 @@ impl LaneGraphs {
 
     pub(crate) fn set_unsupported(&mut self) {
         self.unsupported = true;
+    }
+}
+
+#[cfg(all(test, not(any(lanes_loom, lanes_shuttle))))]
+mod tests {
+    use super::*;
+    use crate::alloc::{AllocConfig, Allocator, GraphPool};
+    use crate::backend::host::HostBackend;
+    use crate::backend::RawGraph;
+
+    struct NoGraph;
+    impl RawGraph for NoGraph {
+        fn nodes(&self) -> usize {
+            0
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    fn graph(alloc: &Arc<Allocator>) -> Arc<Graph> {
+        let pool = Arc::new(GraphPool::new(alloc.clone()));
+        let block = pool.alloc(0, 4096).expect("alloc");
+        pool.keep(block, Vec::new()).expect("keep");
+        Arc::new(Graph::new(Box::new(NoGraph), Vec::new(), pool, 0))
+    }
+
+    #[test]
+    fn the_least_recently_used_graph_is_evicted_and_its_blocks_come_back() {
+        let alloc = Arc::new(Allocator::new(
+            Arc::new(HostBackend::new()),
+            1,
+            AllocConfig::default(),
+        ));
+        let mut c = LaneGraphs::new(2);
+        let (g1, g2, g3) = (graph(&alloc), graph(&alloc), graph(&alloc));
+        assert!(c.insert(1, g1.clone()).is_empty());
+        assert!(c.insert(2, g2.clone()).is_empty());
+        assert!(Arc::ptr_eq(&c.get(1).expect("1"), &g1)); // 1 is now the most recent
+        let evicted = c.insert(3, g3.clone());
+        assert_eq!(evicted.len(), 1);
+        assert!(Arc::ptr_eq(&evicted[0], &g2), "2 was least recently used");
+        assert!(c.get(2).is_none());
+        // The same key replaces its graph.
+        let g1b = graph(&alloc);
+        let replaced = c.insert(1, g1b.clone());
+        assert!(Arc::ptr_eq(&replaced[0], &g1));
+        assert_eq!(c.len(), 2);
+        // Shrinking evicts the least recently used.
+        assert!(Arc::ptr_eq(&c.set_capacity(1)[0], &g3));
+        assert_eq!(alloc.stats().allocated_bytes, 4 * 4096);
+        drop((g1, g2, g3, evicted, replaced));
+        assert_eq!(
+            alloc.stats().allocated_bytes,
+            4096,
+            "only the cached graph's block"
+        );
+        drop(g1b);
+        drop(c.clear());
+        assert_eq!(alloc.stats().allocated_bytes, 0, "every block came back");
     }
 }

@@ -89,9 +89,14 @@ impl GraphPool {
         first
     }
 
+    /// Frees a block into the allocator; a failure (which would mean a double free)
+    /// is also counted in the allocator's `free_errors`.
     fn give_back(&self, block: Block, markers: Vec<Box<dyn PendingUse>>) -> Result<()> {
         let size = block.size();
-        self.allocator.free(block, markers)?;
+        if let Err(e) = self.allocator.free(block, markers) {
+            self.allocator.note_free_error();
+            return Err(e);
+        }
         self.bytes.fetch_sub(size, Ordering::Relaxed);
         Ok(())
     }
@@ -111,5 +116,38 @@ impl std::fmt::Debug for GraphPool {
         f.debug_struct("GraphPool")
             .field("bytes", &self.bytes())
             .finish()
+    }
+}
+
+#[cfg(all(test, not(any(lanes_loom, lanes_shuttle))))]
+mod tests {
+    use super::*;
+    use crate::alloc::AllocConfig;
+    use crate::backend::host::HostBackend;
+
+    #[test]
+    fn kept_blocks_stay_reserved_until_close_and_later_frees_go_straight_back() {
+        let alloc = Arc::new(Allocator::new(
+            Arc::new(HostBackend::new()),
+            1,
+            AllocConfig::default(),
+        ));
+        let pool = GraphPool::new(alloc.clone());
+        let a = pool.alloc(0, 1000).expect("a");
+        let (a_ptr, a_size) = (a.ptr(), a.size());
+        pool.keep(a, Vec::new()).expect("keep");
+        // Freed into the pool: not reusable by other work.
+        let other = alloc.alloc(0, 1000).expect("other");
+        assert_ne!(other.ptr(), a_ptr);
+        alloc.free(other, Vec::new()).expect("free");
+        let b = pool.alloc(0, 1000).expect("b");
+        assert_eq!(pool.bytes(), 2 * a_size);
+        pool.close().expect("close");
+        assert_eq!(pool.bytes(), a_size, "b is still out");
+        assert_eq!(alloc.stats().allocated_bytes, a_size);
+        pool.keep(b, Vec::new())
+            .expect("after close: freed at once");
+        assert_eq!((pool.bytes(), alloc.stats().allocated_bytes), (0, 0));
+        pool.close().expect("closing twice is harmless");
     }
 }
