@@ -16,13 +16,17 @@ pub const GRAPH_CACHE_CAPACITY: usize = 16;
 
 /// `false` when `LANES_GRAPHS` is `off` (or `0`, `false`, `no`).
 pub fn graphs_enabled() -> bool {
-    match std::env::var("LANES_GRAPHS") {
-        Ok(v) => !matches!(
+    switch_on(std::env::var("LANES_GRAPHS").ok().as_deref())
+}
+
+/// `LANES_GRAPHS`'s value read as a switch: on unless `off`, `0`, `false` or `no`.
+fn switch_on(value: Option<&str>) -> bool {
+    !value.is_some_and(|v| {
+        matches!(
             v.trim().to_ascii_lowercase().as_str(),
             "off" | "0" | "false" | "no"
-        ),
-        Err(_) => true,
-    }
+        )
+    })
 }
 
 /// The per-lane capacity: `LANES_GRAPH_CACHE` if it is a positive number, else
@@ -162,6 +166,15 @@ mod tests {
         let block = pool.alloc(0, 4096).expect("alloc");
         pool.keep(block, Vec::new()).expect("keep");
         Arc::new(Graph::new(Box::new(NoGraph), Vec::new(), pool, 0))
+    }
+
+    #[test]
+    fn lanes_graphs_off_switches_graphs_off() {
+        assert!(switch_on(None));
+        assert!(switch_on(Some("on")));
+        for off in ["off", "OFF", " 0", "false", "no"] {
+            assert!(!switch_on(Some(off)), "{off}");
+        }
     }
 
     #[test]
