@@ -121,15 +121,16 @@ impl Lease {
     /// keeps `LANES_GRAPH_CACHE` graphs per lane (16 by default), least recently
     /// used evicted first, and is freed with the device.
     ///
-    /// `Ok(None)`: no graphs here (a backend without graphs, or graphs switched off
-    /// by `LANES_GRAPHS=off` or [`crate::Device::set_graphs`]): run the work eagerly.
+    /// `Ok(None)`: no graphs here (a backend without graphs, a shared lease of a
+    /// `Policy::Shared` pool, or graphs switched off by `LANES_GRAPHS=off` or
+    /// [`crate::Device::set_graphs`]): run the work eagerly.
     pub fn graph(
         &self,
         key: u64,
         f: impl FnOnce(&Lease) -> Result<Vec<Buffer>>,
     ) -> Result<Option<Arc<Graph>>> {
         let device = &self.inner.device;
-        if !device.graphs_on.load(Ordering::Relaxed) {
+        if !device.graphs_on.load(Ordering::Relaxed) || !self.is_exclusive() {
             return Ok(None);
         }
         let slot = &device.graphs[self.inner.index];
