@@ -335,3 +335,23 @@ fn a_captured_graph_replays_with_fresh_inputs_and_keeps_its_blocks_until_dropped
         );
     }
 }
+
+#[test]
+fn a_shared_lane_runs_eagerly_instead_of_capturing() {
+    let cfg = DeviceConfig {
+        lanes: 2,
+        policy: Policy::Shared,
+        ..Default::default()
+    };
+    for dev in devices("graph on a shared lane", cfg) {
+        let lane = dev.lease().expect("lease");
+        let got = lane.graph(1, |_| panic!("a shared lane must not capture"));
+        assert!(got.expect("no error").is_none(), "{}", dev.name());
+        let err = lane.capture(|_| Ok(Vec::new())).expect_err("capture");
+        assert!(
+            matches!(err, Error::Capture { .. } | Error::Unsupported { .. }),
+            "{}: {err}",
+            dev.name()
+        );
+    }
+}
