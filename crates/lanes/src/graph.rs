@@ -13,7 +13,8 @@ use crate::alloc::{Allocator, Buffer, GraphPool};
 use crate::backend::RawGraph;
 use crate::sync::Arc;
 
-/// A captured graph of one lane. See the [module docs](self).
+/// A captured graph of one lane: captured by `Lease::capture` or cached by
+/// `Lease::graph`, replayed by [`Graph::launch`].
 ///
 /// Launch it only on the lane it was captured on (`Graph::launch` checks): its
 /// blocks are that lane's, and stream order on that lane is what lets them return

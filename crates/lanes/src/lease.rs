@@ -134,7 +134,8 @@ impl Lease {
 
     /// Allocates `bytes` of device memory for use on this lane (stream-ordered:
     /// safe for all later work on this lane; mark other lanes with
-    /// [`Buffer::record_use`]).
+    /// [`Buffer::record_use`]). During [`Lease::capture`] the block comes from the
+    /// graph's pool and stays reserved until the graph is dropped.
     pub fn alloc(&self, bytes: usize) -> Result<Buffer> {
         if self.inner.capturing.load(Ordering::Acquire) {
             if let Some(buf) = self.alloc_captured(bytes) {

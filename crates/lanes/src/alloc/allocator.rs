@@ -38,7 +38,7 @@ impl Default for AllocConfig {
 }
 
 /// A block handed out by [`Allocator::alloc`]. Not `Clone`: it is freed once, with
-/// [`Allocator::free`] (or owned by a [`Buffer`], which frees it on drop).
+/// [`Allocator::free`] (or owned by a [`super::Buffer`], which frees it on drop).
 /// Dropping a `Block` without freeing it leaks the block (never its memory's safety).
 #[derive(Debug)]
 #[must_use = "a block that is not freed stays allocated"]

@@ -20,7 +20,8 @@ use crate::Result;
 /// A freed block with the markers of the other lanes that used it.
 type Kept = (Block, Vec<Box<dyn PendingUse>>);
 
-/// The blocks of one captured graph. See the [module docs](self).
+/// The blocks of one captured graph: kept while the graph lives, returned to the
+/// home lane's cache when it is dropped ([`GraphPool::close`]).
 pub struct GraphPool {
     allocator: Arc<Allocator>,
     /// `Some` while the graph lives; `None` once closed (later frees go straight to

@@ -1,19 +1,21 @@
 //! The CUDA backend: a lane is a non-blocking CUDA stream.
 //!
 //! Built on `cudarc` (driver API, `dynamic-loading`): the crate builds with no CUDA
-//! toolkit and [`CudaBackend::new`] fails with [`Error::NoCudaDriver`] where no
+//! toolkit and [`CudaBackend::new`] fails with [`crate::Error::NoCudaDriver`] where no
 //! `libcuda.so` can be loaded. Nothing here panics across the API: cudarc panics when
 //! a library or a symbol is missing, so every entry point runs under
-//! `catch_unwind` and turns such a panic into an [`Error::Cuda`].
+//! `catch_unwind` and turns such a panic into an [`crate::Error::Cuda`].
 //!
 //! - [`CudaBackend`]: the device (one primary context), raw memory
-//!   (`cuMemAlloc`/`cuMemFree`, the caching allocator in front owns reuse), the NVRTC
-//!   kernel cache ([`CudaBackend::function`]).
+//!   (`cuMemAlloc`/`cuMemFree`, the caching allocator in front owns reuse).
+//! - [`ModuleCache`]: CUDA C modules compiled once per device with NVRTC
+//!   ([`CudaBackend::function`]).
 //! - [`CudaLane`]: one non-blocking stream, a lazily created cuBLAS handle bound to it
 //!   ([`CudaLane::blas`], [`CudaLane::sgemm`]), pinned staging buffers for host↔device
 //!   copies, completion callbacks (`cuLaunchHostFunc`), kernel launches
 //!   ([`CudaLane::launch`]).
 //! - [`CudaEvent`]: a native event (`CU_EVENT_DISABLE_TIMING`).
+//! - [`CudaGraph`]: a lane's captured work, instantiated for replay.
 //!
 //! Cross-lane synchronization belongs to lanes (events + the allocator's
 //! `record_use`), so cudarc's own per-slice event tracking is switched off (see
