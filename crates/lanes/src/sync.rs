@@ -113,6 +113,21 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     }
 }
 
+/// [`lock`] for a `std` mutex in every mode: the backends' own state, which the
+/// model checkers do not explore. In a normal build it is [`lock`] itself.
+#[cfg(not(any(lanes_loom, lanes_shuttle)))]
+pub(crate) use self::lock as lock_std;
+
+/// [`lock`] for a `std` mutex in every mode (model-checking builds, where `Mutex`
+/// is the checker's).
+#[cfg(any(lanes_loom, lanes_shuttle))]
+pub(crate) fn lock_std<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
 /// Runs a loom model with a default bound of 2 preemptions (override with
 /// `LOOM_MAX_PREEMPTIONS`): bound 1 missed a real shutdown race, unbounded runs
 /// take hours.

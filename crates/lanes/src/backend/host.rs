@@ -18,13 +18,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle, ThreadId};
 
 use super::{Backend, DeviceKind, DevicePtr, HostFn, MemInfo, RawEvent, RawLane};
+use crate::sync::lock_std as lock;
 use crate::{Error, Result};
-
-/// Locks a std mutex, recovering from poison (a panicking job never leaves the
-/// queue or the marks half-updated).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Alignment of every host allocation (matches CUDA's 256-byte guarantee).
 pub const HOST_ALIGN: usize = 256;

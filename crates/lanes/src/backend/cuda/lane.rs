@@ -6,7 +6,7 @@ use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::{self, ThreadId};
 
 use cudarc::driver::{result, sys, CudaFunction, CudaStream, DriverError};
@@ -17,6 +17,7 @@ use super::event::{CudaEvent, EventHandle};
 use super::graph::{CaptureMark, CudaGraph};
 use crate::backend::host::panic_message;
 use crate::backend::{DevicePtr, HostFn, RawEvent, RawGraph, RawLane};
+use crate::sync::lock_std as lock;
 use crate::{Error, Result};
 
 /// Smallest pinned staging chunk (a typical request's inputs and outputs fit).
@@ -26,12 +27,6 @@ const STAGING_MIN: usize = 64 << 10;
 const STAGING_MAX: usize = 4 << 20;
 /// Chunks a lane keeps before it reuses the oldest (waiting for its copy).
 const STAGING_CHUNKS: usize = 4;
-
-/// Locks a std mutex, recovering from poison (nothing here is left half-updated by
-/// a panic).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// One CUDA stream of a device, created by [`crate::Backend::create_lane`].
 ///

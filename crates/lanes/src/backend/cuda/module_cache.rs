@@ -12,6 +12,7 @@ use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys, Ptx};
 
 use super::driver::{bind, describe, guarded, Shared};
 use crate::backend::host::panic_message;
+use crate::sync::lock_std;
 use crate::{Error, Result};
 
 /// A pointer to one kernel parameter's value, for `CudaLane::launch`.
@@ -92,7 +93,7 @@ impl ModuleCache {
 
     /// How many modules were compiled and how long each took.
     pub fn stats(&self) -> CompileStats {
-        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock_std(&self.stats).clone()
     }
 
     /// The kernel `name` of the CUDA C module `module` (whose source is `source`),
@@ -135,7 +136,7 @@ impl ModuleCache {
                 ))
             });
             let took = t0.elapsed();
-            let mut st = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = lock_std(&self.stats);
             st.compiles += 1;
             st.total += took;
             st.modules.push(ModuleCompile {
