@@ -491,6 +491,10 @@ impl RawLane for CudaLane {
     }
 
     fn begin_capture(&self) -> Result<()> {
+        // cuBLAS allocates when its handle is created, which a capture forbids:
+        // create the lane's handle first (a lane without cuBLAS captures kernels
+        // and copies only, so a failure here is left for a GEMM to report).
+        let _ = self.blas();
         if self.capturing.swap(true, Ordering::AcqRel) {
             return Err(Error::Capture {
                 device: self.shared.name.to_string(),
