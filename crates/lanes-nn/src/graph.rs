@@ -16,8 +16,9 @@
 //! (capture needs it), graphs on (`LANES_GRAPHS=off` or
 //! [`lanes::Device::set_graphs`] turn them off), buckets of
 //! at most [`MAX_GRAPH_TOKENS`] (bigger batches are not launch-bound), and a
-//! lane that has run one forward eagerly (cuBLAS sets itself up on first use,
-//! which must not happen inside a capture). Otherwise, and when a capture fails,
+//! lane that has run one forward eagerly (kernels and cuBLAS set themselves up
+//! on first use, which must not happen inside a capture; the lane's cuBLAS
+//! handle is also created before each capture). Otherwise, and when a capture fails,
 //! the forward runs eagerly; [`GraphCounts`] says how often each happened.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -145,6 +146,7 @@ impl Graphs {
             return Ok(None);
         };
         let max_len = bucket.min(model.max_positions);
+        set_up_blas(lane)?;
         let mut captured = false;
         let graph = lane.graph(key, |l| {
             captured = true;
@@ -201,6 +203,23 @@ fn key(encoder: u64, batch: usize, bucket: usize, dtype: DType) -> Option<u64> {
         return None;
     }
     Some((encoder & 0xffff) << 48 | d << 44 | (batch as u64) << 24 | bucket as u64)
+}
+
+/// Creates the lane's cuBLAS handle now if no eager forward did (one that only
+/// took the fused GEMM kernel never needed it): creating it inside a capture
+/// would fail.
+fn set_up_blas(lane: &Lease) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Some(cuda) = lane
+        .raw()
+        .as_any()
+        .downcast_ref::<lanes::backend::cuda::CudaLane>()
+    {
+        cuda.blas()?;
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = lane;
+    Ok(())
 }
 
 /// The fixed shape of one graph.
