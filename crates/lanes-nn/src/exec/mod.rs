@@ -32,10 +32,6 @@ pub struct EmbedTables<'a> {
     pub beta: Tensor<'a>,
 }
 
-/// Dtypes: every op computes in one activation dtype `T` (the output's, which must
-/// be one of the backend's `floats`); weight matrices and embedding tables are `T`
-/// too, biases and LayerNorm parameters always f32, the pooled output always f32.
-///
 /// A backend's implementation of the fused ops of a BERT forward over a packed
 /// batch ([`crate::Tokens`]): activations are `[tokens, dim]`, the sequences back
 /// to back, and `offsets` (`u32 [batch + 1]`, on the device) mark where each
@@ -48,6 +44,10 @@ pub struct EmbedTables<'a> {
 /// kernels; the encoder range-checks them on the host first). Work is enqueued on
 /// the lane; the buffers are stream-ordered, so they may be dropped once the op
 /// returns.
+///
+/// Dtypes: every op computes in one activation dtype `T` (the output's, which must
+/// be one of the backend's `floats`); weight matrices and embedding tables are `T`
+/// too, biases and LayerNorm parameters always f32, the pooled output always f32.
 pub trait Exec: Send + Sync + 'static {
     /// `out[t] = LayerNorm(word[ids[t]] + token_type[types[t]] + position[p(t)])`
     /// where `p(t)` is `t`'s index within its sequence; `ids`, `types` are
