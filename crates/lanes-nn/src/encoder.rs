@@ -1,19 +1,34 @@
 //! The sentence encoder on a device: weights uploaded once, forward on any lane.
 //!
 //! One `Arc<Encoder>` serves any number of threads. Each call runs on the caller's
-//! lane: inputs are uploaded, ~90 ops are enqueued through the backend's [`Exec`],
-//! and the only host wait is the final copy of the embeddings. Weights are uploaded
-//! once per device on one lane, which records a ready event; every other lane waits
-//! on that event once (no device-wide sync) and marks the weights as used by it, so
-//! the allocator never recycles them under a lane that may still read them.
+//! lane: inputs are uploaded, ~70 ops are enqueued through the backend's [`Exec`]
+//! ([`crate::forward`]), and the only host wait is the final copy of the
+//! embeddings. On CUDA, with an exclusive lease, the ops of a (batch, token
+//! bucket, precision) shape are captured once per lane into a CUDA graph and
+//! replayed ([`crate::graph`]); `LANES_GRAPHS=off` runs them eagerly.
+//!
+//! Weights are uploaded once per device on one lane, converted to the encoder's
+//! [`Precision`], which records a ready event; every other lane waits on that
+//! event once (no device-wide sync) and marks the weights as used by it, so the
+//! allocator never recycles them under a lane that may still read them.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use lanes::{Buffer, Device, Event, Lease};
+use lanes::{Device, Event, Lease};
 
-use crate::exec::{self, Dims, EmbedTables, Exec};
+use crate::config::BertConfig;
+use crate::device_weights::DeviceWeights;
+use crate::error::{NnError, Result};
+use crate::exec::{self, Exec};
+use crate::files::ModelFiles;
+use crate::forward::{self, Inputs};
+use crate::graph::{GraphCounts, Graphs, ModelShape};
+use crate::precision::{self, EncoderOptions, Precision};
+use crate::tensor::{DType, Tensor, TensorMut};
+use crate::tokenizer::Tokenizer;
+use crate::tokens::Tokens;
 use crate::weights::HostWeights;
-use crate::{BertConfig, Encoded, ModelFiles, NnError, Result, Tokenizer};
 
 /// One text's embedding.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,127 +39,89 @@ pub struct Embedding {
     pub vector: Vec<f32>,
 }
 
-struct DeviceLayer {
-    qkv_w: Buffer,
-    qkv_b: Buffer,
-    o_w: Buffer,
-    o_b: Buffer,
-    ln1_g: Buffer,
-    ln1_b: Buffer,
-    i_w: Buffer,
-    i_b: Buffer,
-    out_w: Buffer,
-    out_b: Buffer,
-    ln2_g: Buffer,
-    ln2_b: Buffer,
-}
-
-impl DeviceLayer {
-    fn buffers(&self) -> [&Buffer; 12] {
-        [
-            &self.qkv_w,
-            &self.qkv_b,
-            &self.o_w,
-            &self.o_b,
-            &self.ln1_g,
-            &self.ln1_b,
-            &self.i_w,
-            &self.i_b,
-            &self.out_w,
-            &self.out_b,
-            &self.ln2_g,
-            &self.ln2_b,
-        ]
-    }
-}
-
-struct DeviceEmbeddings {
-    word: Buffer,
-    position: Buffer,
-    token_type: Buffer,
-    gamma: Buffer,
-    beta: Buffer,
-}
-
 /// all-MiniLM-L6-v2 (any BERT encoder with mean pooling) on one device.
 pub struct Encoder {
     device: Device,
     config: BertConfig,
     tokenizer: Tokenizer,
     exec: Box<dyn Exec>,
-    emb: DeviceEmbeddings,
-    layers: Vec<DeviceLayer>,
+    weights: DeviceWeights,
+    precision: Precision,
     /// Recorded on the upload lane after the last weight copy.
     ready: Event,
     /// Bit `i` is set once lane `i` has waited on `ready` and marked the weights as
     /// used by it. Set with `fetch_or` by the first forward on that lane; a race
     /// between two threads sharing a lane only repeats idempotent work.
-    lanes_ready: std::sync::atomic::AtomicU64,
+    lanes_ready: AtomicU64,
+    /// This encoder's CUDA graphs (id, warm lanes, counts).
+    graphs: Graphs,
 }
 
 impl Encoder {
     /// Loads the model folder (`model.safetensors`, `tokenizer.json`, `config.json`)
-    /// and uploads the weights to `device`.
+    /// and uploads the weights to `device` in the [`Precision::Auto`] precision.
     pub fn load(dir: impl AsRef<Path>, device: &Device) -> Result<Encoder> {
+        Encoder::load_with(dir, device, EncoderOptions::default())
+    }
+
+    /// As [`Encoder::load`], with `options` (the precision). A precision the
+    /// device's executor cannot compute in (float16 or bfloat16 on the CPU) is
+    /// [`NnError::Unsupported`], reported before anything is loaded.
+    pub fn load_with(
+        dir: impl AsRef<Path>,
+        device: &Device,
+        options: EncoderOptions,
+    ) -> Result<Encoder> {
+        precision::check_supported(options.precision, device.kind(), device.name())?;
         let files = ModelFiles::locate(dir.as_ref())?;
         let config = BertConfig::from_file(&files.config)?;
         let weights = HostWeights::load_with_config(&files.weights, &config)?;
         let tokenizer = Tokenizer::from_file(&files.tokenizer)?;
-        Encoder::from_parts(config, &weights, tokenizer, device)
+        Encoder::from_parts_with(config, &weights, tokenizer, device, options)
     }
 
-    /// Uploads `weights` to `device`.
+    /// Uploads `weights` to `device` in the [`Precision::Auto`] precision.
     pub fn from_parts(
         config: BertConfig,
         weights: &HostWeights,
         tokenizer: Tokenizer,
         device: &Device,
     ) -> Result<Encoder> {
+        Encoder::from_parts_with(
+            config,
+            weights,
+            tokenizer,
+            device,
+            EncoderOptions::default(),
+        )
+    }
+
+    /// Uploads `weights` to `device`, converted once to `options.precision`.
+    pub fn from_parts_with(
+        config: BertConfig,
+        weights: &HostWeights,
+        tokenizer: Tokenizer,
+        device: &Device,
+        options: EncoderOptions,
+    ) -> Result<Encoder> {
+        let precision =
+            precision::check_supported(options.precision, device.kind(), device.name())?;
+        let dtype = precision.dtype().unwrap_or(DType::F32);
         let exec = exec::for_device(device)?;
         let lane = device.lease()?;
-        let up = |data: &[f32]| -> Result<Buffer> {
-            let buf = lane.alloc(data.len() * 4)?;
-            lane.upload(&buf, bytes_of(data))?;
-            Ok(buf)
-        };
-        let e = &weights.embeddings;
-        let emb = DeviceEmbeddings {
-            word: up(&e.word.data)?,
-            position: up(&e.position.data)?,
-            token_type: up(&e.token_type.data)?,
-            gamma: up(&e.ln_gamma.data)?,
-            beta: up(&e.ln_beta.data)?,
-        };
-        let mut layers = Vec::with_capacity(weights.layers.len());
-        for l in &weights.layers {
-            let qkv_w: Vec<f32> = [&l.q_w.data[..], &l.k_w.data, &l.v_w.data].concat();
-            let qkv_b: Vec<f32> = [&l.q_b.data[..], &l.k_b.data, &l.v_b.data].concat();
-            layers.push(DeviceLayer {
-                qkv_w: up(&qkv_w)?,
-                qkv_b: up(&qkv_b)?,
-                o_w: up(&l.o_w.data)?,
-                o_b: up(&l.o_b.data)?,
-                ln1_g: up(&l.ln1_g.data)?,
-                ln1_b: up(&l.ln1_b.data)?,
-                i_w: up(&l.i_w.data)?,
-                i_b: up(&l.i_b.data)?,
-                out_w: up(&l.out_w.data)?,
-                out_b: up(&l.out_b.data)?,
-                ln2_g: up(&l.ln2_g.data)?,
-                ln2_b: up(&l.ln2_b.data)?,
-            });
-        }
+        let device_weights = DeviceWeights::upload(&lane, &config, weights, dtype)?;
         let ready = lane.record()?;
-        let lanes_ready = std::sync::atomic::AtomicU64::new(1u64 << lane.index());
+        let lanes_ready = AtomicU64::new(1u64 << lane.index());
         Ok(Encoder {
             device: device.clone(),
             config,
             tokenizer,
             exec,
-            emb,
-            layers,
+            weights: device_weights,
+            precision,
             ready,
             lanes_ready,
+            graphs: Graphs::new(),
         })
     }
 
@@ -163,33 +140,44 @@ impl Encoder {
         &self.tokenizer
     }
 
-    /// Tokenizes and embeds `texts` as one padded batch on this thread's lane.
+    /// The precision the encoder computes in (resolved: never [`Precision::Auto`]).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// How many forwards were captured into, replayed from, or fell back from CUDA
+    /// graphs (see [`crate::graph`]).
+    pub fn graph_counts(&self) -> GraphCounts {
+        self.graphs.counts()
+    }
+
+    /// Tokenizes and embeds `texts` as one packed batch on this thread's lane.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Embedding>> {
         let lane = self.device.current_lane()?;
         self.embed_on(&lane, texts)
     }
 
-    /// Tokenizes and embeds `texts` as one padded batch on `lane`.
+    /// Tokenizes and embeds `texts` as one packed batch on `lane`.
     pub fn embed_on(&self, lane: &Lease, texts: &[&str]) -> Result<Vec<Embedding>> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let enc = self.tokenizer.encode_batch(texts)?;
-        let flat = self.forward(lane, &enc)?;
+        let tokens = self.tokenizer.encode_batch(texts)?;
+        let flat = self.forward(lane, &tokens)?;
         let h = self.config.hidden_size;
         Ok(flat
             .chunks_exact(h)
-            .zip(&enc.lengths)
-            .map(|(v, &tokens)| Embedding {
-                tokens,
+            .zip(tokens.lengths())
+            .map(|(v, n)| Embedding {
+                tokens: n,
                 vector: v.to_vec(),
             })
             .collect())
     }
 
-    /// Runs the encoder on a tokenized batch; returns `batch × hidden` embeddings.
-    pub fn forward(&self, lane: &Lease, enc: &Encoded) -> Result<Vec<f32>> {
-        enc.check()?;
+    /// Checks that `tokens` can run on this model from `lane`: the lane's device,
+    /// every id and type id in range, no sequence longer than the positions.
+    fn check_input(&self, lane: &Lease, tokens: &Tokens) -> Result<()> {
         let lane_device = lane.device();
         if !lane_device.same_as(&self.device) {
             return Err(NnError::InvalidInput(format!(
@@ -199,14 +187,14 @@ impl Encoder {
             )));
         }
         let c = &self.config;
-        if let Some(&bad) = enc.ids.iter().find(|&&id| id as usize >= c.vocab_size) {
+        if let Some(&bad) = tokens.ids().iter().find(|&&id| id as usize >= c.vocab_size) {
             return Err(NnError::InvalidInput(format!(
                 "token id {bad} is outside the vocabulary ({})",
                 c.vocab_size
             )));
         }
-        if let Some(&bad) = enc
-            .type_ids
+        if let Some(&bad) = tokens
+            .type_ids()
             .iter()
             .find(|&&t| t as usize >= c.type_vocab_size)
         {
@@ -215,168 +203,100 @@ impl Encoder {
                 c.type_vocab_size
             )));
         }
-        if enc.seq > c.max_position_embeddings {
+        if tokens.max_len() > c.max_position_embeddings {
             return Err(NnError::InvalidInput(format!(
                 "sequence of {} tokens exceeds the model's {} positions",
-                enc.seq, c.max_position_embeddings
+                tokens.max_len(),
+                c.max_position_embeddings
             )));
         }
-        self.prepare_lane(lane)?;
-        let d = Dims {
-            batch: enc.batch,
-            seq: enc.seq,
-            hidden: c.hidden_size,
-            heads: c.num_attention_heads,
-        };
-        let (rows, h, inter, eps) = (
-            d.rows(),
-            d.hidden,
-            c.intermediate_size,
-            c.layer_norm_eps as f32,
+        Ok(())
+    }
+
+    /// Runs the encoder on a packed batch; returns `batch × hidden` embeddings
+    /// (f32 whatever the precision, L2-normalized, row-major). Only the batch's
+    /// real tokens are computed (plus, when a CUDA graph replays, the padding of
+    /// its token bucket).
+    pub fn forward(&self, lane: &Lease, tokens: &Tokens) -> Result<Vec<f32>> {
+        self.check_input(lane, tokens)?;
+        let (batch, n, h) = (
+            tokens.batch(),
+            tokens.total_tokens(),
+            self.config.hidden_size,
         );
-        let f32s = |n: usize| lane.alloc(n * 4);
-
-        let ids = lane.alloc(rows * 4)?;
-        lane.upload(&ids, bytes_of_u32(&enc.ids))?;
-        let types = lane.alloc(rows * 4)?;
-        lane.upload(&types, bytes_of_u32(&enc.type_ids))?;
-        let mask = f32s(rows)?;
-        lane.upload(&mask, bytes_of(&enc.mask))?;
-
-        let ex = &*self.exec;
-        let tables = EmbedTables {
-            word: self.emb.word.ptr(),
-            position: self.emb.position.ptr(),
-            token_type: self.emb.token_type.ptr(),
-            gamma: self.emb.gamma.ptr(),
-            beta: self.emb.beta.ptr(),
-        };
-        let mut x = f32s(rows * h)?;
-        ex.embed_ln(lane, d, ids.ptr(), types.ptr(), &tables, eps, x.ptr())?;
-        for l in &self.layers {
-            let qkv = f32s(rows * 3 * h)?;
-            ex.linear(
-                lane,
-                rows,
-                h,
-                3 * h,
-                x.ptr(),
-                l.qkv_w.ptr(),
-                l.qkv_b.ptr(),
-                false,
-                qkv.ptr(),
-            )?;
-            let ctx = f32s(rows * h)?;
-            ex.attention(lane, d, qkv.ptr(), mask.ptr(), ctx.ptr())?;
-            drop(qkv);
-            let attn = f32s(rows * h)?;
-            ex.linear(
-                lane,
-                rows,
-                h,
-                h,
-                ctx.ptr(),
-                l.o_w.ptr(),
-                l.o_b.ptr(),
-                false,
-                attn.ptr(),
-            )?;
-            drop(ctx);
-            let h1 = f32s(rows * h)?;
-            ex.add_layer_norm(
-                lane,
-                rows,
-                h,
-                attn.ptr(),
-                x.ptr(),
-                l.ln1_g.ptr(),
-                l.ln1_b.ptr(),
-                eps,
-                h1.ptr(),
-            )?;
-            drop(attn);
-            let up = f32s(rows * inter)?;
-            ex.linear(
-                lane,
-                rows,
-                h,
-                inter,
-                h1.ptr(),
-                l.i_w.ptr(),
-                l.i_b.ptr(),
-                true,
-                up.ptr(),
-            )?;
-            let down = f32s(rows * h)?;
-            ex.linear(
-                lane,
-                rows,
-                inter,
-                h,
-                up.ptr(),
-                l.out_w.ptr(),
-                l.out_b.ptr(),
-                false,
-                down.ptr(),
-            )?;
-            drop(up);
-            let h2 = f32s(rows * h)?;
-            ex.add_layer_norm(
-                lane,
-                rows,
-                h,
-                down.ptr(),
-                h1.ptr(),
-                l.ln2_g.ptr(),
-                l.ln2_b.ptr(),
-                eps,
-                h2.ptr(),
-            )?;
-            // Freed buffers return to this lane's cache: later work on the lane is
-            // ordered after the ops above, so reuse is safe without a wait.
-            x = h2;
+        if n == 0 {
+            // No tokens at all (an empty batch, or only empty sequences): every
+            // mean is over nothing, zero, and stays zero when normalized.
+            return Ok(vec![0.0; batch * h]);
         }
-        let pooled = f32s(enc.batch * h)?;
-        ex.pool_normalize(lane, d, x.ptr(), mask.ptr(), pooled.ptr())?;
-        let mut out = vec![0f32; enc.batch * h];
-        lane.download(&pooled, bytes_of_mut(&mut out))?;
+        self.prepare_lane(lane)?;
+        let model = ModelShape {
+            hidden: h,
+            max_positions: self.config.max_position_embeddings,
+            dtype: self.weights.dtype,
+        };
+        let enqueue =
+            |l: &Lease, inputs: &Inputs<'_>, pooled: TensorMut<'_>| self.enqueue(l, inputs, pooled);
+        if let Some(out) = self.graphs.forward(lane, tokens, model, &enqueue)? {
+            return Ok(out);
+        }
+        let out = self.forward_eager(lane, tokens)?;
+        self.graphs.warmed(lane.index());
         Ok(out)
+    }
+
+    /// The forward without graphs: upload, enqueue every op, download.
+    fn forward_eager(&self, lane: &Lease, tokens: &Tokens) -> Result<Vec<f32>> {
+        let (batch, n, h) = (
+            tokens.batch(),
+            tokens.total_tokens(),
+            self.config.hidden_size,
+        );
+        let upload = |data: &[u32]| -> Result<lanes::Buffer> {
+            let buf = lane.alloc(std::mem::size_of_val(data))?;
+            lane.upload(&buf, bytemuck::cast_slice(data))?;
+            Ok(buf)
+        };
+        let (ids, types, offsets) = (
+            upload(tokens.ids())?,
+            upload(tokens.type_ids())?,
+            upload(tokens.offsets())?,
+        );
+        let inputs = Inputs {
+            ids: Tensor::new("ids", &ids, DType::U32, &[n])?,
+            types: Tensor::new("type_ids", &types, DType::U32, &[n])?,
+            offsets: Tensor::new("offsets", &offsets, DType::U32, &[batch + 1])?,
+            max_len: tokens.max_len(),
+        };
+        let mut pooled = lane.alloc(batch * h * 4)?;
+        let pooled_t = TensorMut::new("pooled", &mut pooled, DType::F32, &[batch, h])?;
+        self.enqueue(lane, &inputs, pooled_t)?;
+        let mut out = vec![0f32; batch * h];
+        lane.download(&pooled, bytemuck::cast_slice_mut(&mut out))?;
+        Ok(out)
+    }
+
+    /// Enqueues the ops of one forward on `lane` (no copies, no host wait).
+    fn enqueue(&self, lane: &Lease, inputs: &Inputs<'_>, pooled: TensorMut<'_>) -> Result<()> {
+        forward::enqueue(
+            &*self.exec,
+            lane,
+            &self.config,
+            &self.weights,
+            inputs,
+            pooled,
+        )
     }
 
     /// First use of a lane: wait for the weights' upload and mark them used by it.
     fn prepare_lane(&self, lane: &Lease) -> Result<()> {
-        use std::sync::atomic::Ordering;
         let bit = 1u64 << lane.index();
         if self.lanes_ready.load(Ordering::Acquire) & bit != 0 {
             return Ok(());
         }
         lane.wait(&self.ready)?;
-        let e = &self.emb;
-        for b in [&e.word, &e.position, &e.token_type, &e.gamma, &e.beta] {
-            b.record_use(lane.index());
-        }
-        for l in &self.layers {
-            for b in l.buffers() {
-                b.record_use(lane.index());
-            }
-        }
+        self.weights.record_use(lane.index());
         self.lanes_ready.fetch_or(bit, Ordering::AcqRel);
         Ok(())
     }
-}
-
-fn bytes_of(v: &[f32]) -> &[u8] {
-    // SAFETY: f32 has no padding and any byte pattern of it is a valid u8 slice.
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
-}
-
-fn bytes_of_u32(v: &[u32]) -> &[u8] {
-    // SAFETY: as for `bytes_of`.
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
-}
-
-fn bytes_of_mut(v: &mut [f32]) -> &mut [u8] {
-    // SAFETY: every byte pattern is a valid f32, so writing bytes cannot create an
-    // invalid value.
-    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, std::mem::size_of_val(v)) }
 }
