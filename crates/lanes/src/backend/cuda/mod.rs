@@ -35,7 +35,7 @@ mod event;
 mod kernels;
 mod lane;
 
-pub use blas::{LaneBlas, Op};
+pub use blas::{GemmType, LaneBlas, Op};
 pub use event::CudaEvent;
 pub use kernels::{kernel_arg, CompileStats, ModuleCompile};
 pub use lane::CudaLane;
