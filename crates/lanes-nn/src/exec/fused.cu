@@ -270,7 +270,8 @@ FBIAS_KERNELS(bf16, bf16)
 // P·V, exactly the padded kernel's order (for f32, the same results).
 //
 // Dynamic shared memory (floats): Ks [KT][D+1], Vs [KT][D+1], Qs [QB][D],
-// Ps [FA_WARPS][FA_Q][KT]; head_dim D <= 32 * C, C in {1, 2}.
+// Ps [FA_WARPS][FA_Q][KT] with KT = 128 / C; head_dim D <= 32 * C, C in {1, 2, 4}
+// (under 48 KiB for D = 32, 64, 128).
 
 #define FA_WARPS 4
 #define FA_Q 4
@@ -440,10 +441,13 @@ __device__ __forceinline__ void flash_attn(const T* __restrict__ qkv, const floa
     }
 FA_KERNEL(float, f32, 1)
 FA_KERNEL(float, f32, 2)
+FA_KERNEL(float, f32, 4)
 FA_KERNEL(f16, f16, 1)
 FA_KERNEL(f16, f16, 2)
+FA_KERNEL(f16, f16, 4)
 FA_KERNEL(bf16, bf16, 1)
 FA_KERNEL(bf16, bf16, 2)
+FA_KERNEL(bf16, bf16, 4)
 
 // ---------------------------------------------------------------------------
 // Mean pooling over each sequence's rows, then L2 normalization; out f32

@@ -1,0 +1,622 @@
+//! The packed, multi-dtype kernels of `exec/fused.cu` and the tensor-core GEMM
+//! (`LaneBlas::gemm_ex`) on a GPU, each for f32, f16 and bf16 activations, against
+//! the CPU kernels of `lanes_nn::cpu` run in f32 on the same (dtype-rounded) inputs.
+//!
+//! Packed batches have ragged lengths (1 token, odd lengths, 128 and past the
+//! 128-key tile). f32 results must match the CPU within 1e-5 (1e-6 where the math
+//! is the same op for op); f16 / bf16 ones within their rounding
+//! (`|diff| <= tol * (1 + |ref|)`, tol 2e-3 / 1.6e-2) and with cosine >= 0.9999 /
+//! 0.999 over the whole output.
+//!
+//! Each test opens CUDA device 0; without one it prints `SKIPPED (no CUDA)` and
+//! passes, unless `LANES_REQUIRE_CUDA=1`, when it fails.
+#![cfg(feature = "cuda")]
+
+use std::ffi::c_void;
+
+use lanes::backend::cuda::{kernel_arg, CudaBackend, CudaFunction, CudaLane, GemmType, Op};
+use lanes::{Buffer, Device, DeviceConfig, Lease};
+use lanes_nn::cpu;
+
+const MODULE: &str = "lanes_nn_fused";
+const SOURCE: &str = include_str!("../src/exec/fused.cu");
+
+fn cuda() -> Option<Device> {
+    match Device::cuda(0, DeviceConfig::default()) {
+        Ok(d) => Some(d),
+        Err(e) if std::env::var("LANES_REQUIRE_CUDA").as_deref() == Ok("1") => {
+            panic!("LANES_REQUIRE_CUDA=1 but CUDA device 0 cannot be opened: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED (no CUDA): {e}");
+            None
+        }
+    }
+}
+
+/// The activation dtypes under test.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Dt {
+    F32,
+    F16,
+    Bf16,
+}
+
+const DTYPES: [Dt; 3] = [Dt::F32, Dt::F16, Dt::Bf16];
+
+impl Dt {
+    fn suffix(self) -> &'static str {
+        match self {
+            Dt::F32 => "f32",
+            Dt::F16 => "f16",
+            Dt::Bf16 => "bf16",
+        }
+    }
+    fn size(self) -> usize {
+        if self == Dt::F32 {
+            4
+        } else {
+            2
+        }
+    }
+    fn gemm(self) -> GemmType {
+        match self {
+            Dt::F32 => GemmType::F32,
+            Dt::F16 => GemmType::F16,
+            Dt::Bf16 => GemmType::BF16,
+        }
+    }
+    /// `x` rounded to this dtype (as the device stores it).
+    fn round(self, x: f32) -> f32 {
+        match self {
+            Dt::F32 => x,
+            Dt::F16 => half::f16::from_f32(x).to_f32(),
+            Dt::Bf16 => half::bf16::from_f32(x).to_f32(),
+        }
+    }
+    fn encode(self, v: &[f32]) -> Vec<u8> {
+        match self {
+            Dt::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Dt::F16 => v
+                .iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                .collect(),
+            Dt::Bf16 => v
+                .iter()
+                .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                .collect(),
+        }
+    }
+    fn decode(self, b: &[u8]) -> Vec<f32> {
+        match self {
+            Dt::F32 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dt::F16 => b
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dt::Bf16 => b
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        }
+    }
+    /// Absolute tolerance per unit of magnitude; minimum cosine.
+    fn tol(self) -> (f32, f64) {
+        match self {
+            Dt::F32 => (1e-5, 0.999_999),
+            Dt::F16 => (2e-3, 0.9999),
+            Dt::Bf16 => (1.6e-2, 0.999),
+        }
+    }
+}
+
+/// Device 0, its lane and the compiled module.
+struct Gpu {
+    _dev: Device,
+    lease: Lease,
+    backend_fn: Box<dyn Fn(&str) -> CudaFunction>,
+}
+
+impl Gpu {
+    fn open() -> Option<Gpu> {
+        let dev = cuda()?;
+        let lease = dev.lease().expect("lease a lane");
+        let dev2 = dev.clone();
+        let backend_fn = Box::new(move |name: &str| {
+            dev2.backend()
+                .as_any()
+                .downcast_ref::<CudaBackend>()
+                .expect("a CUDA device")
+                .function(MODULE, SOURCE, name)
+                .unwrap_or_else(|e| panic!("kernel {name}: {e}"))
+        });
+        Some(Gpu {
+            _dev: dev,
+            lease,
+            backend_fn,
+        })
+    }
+    fn lane(&self) -> &CudaLane {
+        self.lease
+            .raw()
+            .as_any()
+            .downcast_ref::<CudaLane>()
+            .expect("a CUDA lane")
+    }
+    fn f(&self, name: &str) -> CudaFunction {
+        (self.backend_fn)(name)
+    }
+    fn up(&self, bytes: &[u8]) -> Buffer {
+        let buf = self.lease.alloc(bytes.len().max(16)).expect("alloc");
+        self.lease.upload(&buf, bytes).expect("upload");
+        buf
+    }
+    fn up_t(&self, dt: Dt, v: &[f32]) -> Buffer {
+        self.up(&dt.encode(v))
+    }
+    fn up_u32(&self, v: &[u32]) -> Buffer {
+        self.up(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>())
+    }
+    fn zeros(&self, bytes: usize) -> Buffer {
+        self.up(&vec![0u8; bytes])
+    }
+    fn down_t(&self, dt: Dt, buf: &Buffer, n: usize) -> Vec<f32> {
+        let mut bytes = vec![0u8; n * dt.size()];
+        self.lease.download(buf, &mut bytes).expect("download");
+        dt.decode(&bytes)
+    }
+    /// Launches `name` with 1-D blocks.
+    fn launch(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        args: &mut [*mut c_void],
+    ) {
+        let f = self.f(name);
+        // SAFETY: each caller passes the argument list of `name` as fused.cu declares
+        // it, with buffers allocated above holding what the kernel reads and writes
+        // (shapes stated at each call); the buffers outlive the blocking download
+        // that follows every launch.
+        unsafe { self.lane().launch(&f, grid, (block, 1, 1), smem, args) }
+            .unwrap_or_else(|e| panic!("launch {name}: {e}"));
+    }
+}
+
+/// A small deterministic generator (SplitMix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn f32(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+    /// `n` values in [lo, hi), rounded to `dt`.
+    fn vec(&mut self, dt: Dt, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| dt.round(self.f32(lo, hi))).collect()
+    }
+}
+
+/// Sequence lengths of the packed test batches: one token, odd lengths, exactly
+/// one 128-key tile and past it.
+const LENS: [usize; 6] = [1, 7, 128, 130, 33, 64];
+
+fn offsets(lens: &[usize]) -> Vec<u32> {
+    let mut o = vec![0u32];
+    for &l in lens {
+        o.push(o.last().copied().unwrap_or(0) + l as u32);
+    }
+    o
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| f64::from(x) * f64::from(y))
+        .sum();
+    let na: f64 = a.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb).max(1e-300)
+}
+
+/// Asserts `got` matches `want` for `dt`: `|diff| <= tol * (1 + |want|)` and the
+/// cosine bound; `tight` overrides the f32 tolerance.
+fn check(what: &str, dt: Dt, got: &[f32], want: &[f32], tight: Option<f32>) {
+    assert_eq!(got.len(), want.len(), "{what} {dt:?}: length");
+    let (mut tol, min_cos) = dt.tol();
+    if dt == Dt::F32 {
+        tol = tight.unwrap_or(tol);
+    }
+    let mut worst = 0.0f32;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(g.is_finite(), "{what} {dt:?}: element {i} is {g}");
+        let d = (g - w).abs() / (1.0 + w.abs());
+        worst = worst.max(d);
+        assert!(
+            d <= tol,
+            "{what} {dt:?}: element {i}: {g} vs {w} (scaled diff {d:.3e} > {tol:.1e})"
+        );
+    }
+    let c = cosine(got, want);
+    assert!(c >= min_cos, "{what} {dt:?}: cosine {c} < {min_cos}");
+    eprintln!("{what} {dt:?}: max scaled diff {worst:.3e}, cosine {c:.9}");
+}
+
+#[test]
+fn flash_attention_matches_cpu_on_packed_batches() {
+    let Some(gpu) = Gpu::open() else { return };
+    for dt in DTYPES {
+        for (heads, d) in [(12usize, 32usize), (2, 64), (1, 96)] {
+            let hidden = heads * d;
+            let offs = offsets(&LENS);
+            let rows = *offs.last().unwrap() as usize;
+            let mut rng = Rng(11 + d as u64);
+            let qkv = rng.vec(dt, rows * 3 * hidden, -1.5, 1.5);
+            let bias: Vec<f32> = rng.vec(Dt::F32, 3 * hidden, -0.3, 0.3);
+            // CPU: per sequence, q/k/v with the bias added (rounded as the kernel adds it).
+            let mut want = vec![0f32; rows * hidden];
+            for (b, &len) in LENS.iter().enumerate() {
+                let s0 = offs[b] as usize;
+                let split = |part: usize| -> Vec<f32> {
+                    (0..len)
+                        .flat_map(|r| {
+                            let row = &qkv[(s0 + r) * 3 * hidden..(s0 + r + 1) * 3 * hidden];
+                            (0..hidden).map(move |c| row[part * hidden + c])
+                        })
+                        .zip((0..len * hidden).map(|i| bias[part * hidden + i % hidden]))
+                        .map(|(x, bb)| x + bb)
+                        .collect()
+                };
+                let (q, k, v) = (split(0), split(1), split(2));
+                let mask = vec![1f32; len];
+                cpu::attention(
+                    &q,
+                    &k,
+                    &v,
+                    &mask,
+                    1,
+                    len,
+                    heads,
+                    d,
+                    &mut want[s0 * hidden..(s0 + len) * hidden],
+                );
+            }
+            let want: Vec<f32> = want.iter().map(|&x| dt.round(x)).collect();
+            let qkv_b = gpu.up_t(dt, &qkv);
+            let bias_b = gpu.up_t(Dt::F32, &bias);
+            let off_b = gpu.up_u32(&offs);
+            let out_b = gpu.zeros(rows * hidden * dt.size());
+            let c = d.div_ceil(32).next_power_of_two();
+            let kt = 128 / c;
+            let smem = 4 * (2 * kt * (d + 1) + 16 * d + 16 * kt);
+            let max_len = *LENS.iter().max().unwrap();
+            let (qp, bp, op, outp) = (qkv_b.ptr().0, bias_b.ptr().0, off_b.ptr().0, out_b.ptr().0);
+            let (h_u, d_u, scale) = (heads as u32, d as u32, 1.0 / (d as f32).sqrt());
+            let mut args = [
+                kernel_arg(&qp),
+                kernel_arg(&bp),
+                kernel_arg(&op),
+                kernel_arg(&outp),
+                kernel_arg(&h_u),
+                kernel_arg(&d_u),
+                kernel_arg(&scale),
+            ];
+            gpu.launch(
+                &format!("flash_attn_{}_c{c}", dt.suffix()),
+                (max_len.div_ceil(16) as u32, heads as u32, LENS.len() as u32),
+                128,
+                smem as u32,
+                &mut args,
+            );
+            let got = gpu.down_t(dt, &out_b, rows * hidden);
+            check(&format!("flash_attn D={d}"), dt, &got, &want, None);
+        }
+    }
+}
+
+#[test]
+fn add_layer_norm_with_bias_matches_cpu() {
+    let Some(gpu) = Gpu::open() else { return };
+    for dt in DTYPES {
+        for dim in [384usize, 100, 1024] {
+            let rows = 37;
+            let mut rng = Rng(dim as u64);
+            let x = rng.vec(dt, rows * dim, -2.0, 2.0);
+            let res = rng.vec(dt, rows * dim, -2.0, 2.0);
+            let bias = rng.vec(Dt::F32, dim, -0.5, 0.5);
+            let g = rng.vec(Dt::F32, dim, 0.5, 1.5);
+            let be = rng.vec(Dt::F32, dim, -0.2, 0.2);
+            let summed: Vec<f32> = (0..rows * dim)
+                .map(|i| (x[i] + bias[i % dim]) + res[i])
+                .collect();
+            let mut want = vec![0f32; rows * dim];
+            cpu::layer_norm(&summed, rows, dim, &g, &be, 1e-12, &mut want);
+            let want: Vec<f32> = want.iter().map(|&v| dt.round(v)).collect();
+            let (xb, rb, bb, gb, beb) = (
+                gpu.up_t(dt, &x),
+                gpu.up_t(dt, &res),
+                gpu.up_t(Dt::F32, &bias),
+                gpu.up_t(Dt::F32, &g),
+                gpu.up_t(Dt::F32, &be),
+            );
+            // In place over `x`: the kernel reads a row before writing it.
+            let (xp, rp, bp, gp, bep) =
+                (xb.ptr().0, rb.ptr().0, bb.ptr().0, gb.ptr().0, beb.ptr().0);
+            let (rows_u, dim_u, eps) = (rows as u32, dim as u32, 1e-12f32);
+            let mut args = [
+                kernel_arg(&xp),
+                kernel_arg(&bp),
+                kernel_arg(&rp),
+                kernel_arg(&gp),
+                kernel_arg(&bep),
+                kernel_arg(&xp),
+                kernel_arg(&rows_u),
+                kernel_arg(&dim_u),
+                kernel_arg(&eps),
+            ];
+            let v = [4usize, 12, 32]
+                .into_iter()
+                .find(|&v| dim <= 32 * v)
+                .unwrap();
+            gpu.launch(
+                &format!("add_ln_{}_{v}", dt.suffix()),
+                (rows.div_ceil(4) as u32, 1, 1),
+                128,
+                0,
+                &mut args,
+            );
+            let got = gpu.down_t(dt, &xb, rows * dim);
+            check(&format!("add_ln dim={dim}"), dt, &got, &want, Some(1e-6));
+        }
+    }
+}
+
+#[test]
+fn embed_layer_norm_uses_positions_within_each_sequence() {
+    let Some(gpu) = Gpu::open() else { return };
+    let (vocab, types, max_pos, dim) = (50usize, 2usize, 200usize, 384usize);
+    for dt in DTYPES {
+        let mut rng = Rng(5);
+        let word = rng.vec(dt, vocab * dim, -1.0, 1.0);
+        let tt = rng.vec(dt, types * dim, -0.3, 0.3);
+        let pos = rng.vec(dt, max_pos * dim, -0.5, 0.5);
+        let g = rng.vec(Dt::F32, dim, 0.5, 1.5);
+        let be = rng.vec(Dt::F32, dim, -0.2, 0.2);
+        let offs = offsets(&LENS);
+        let rows = *offs.last().unwrap() as usize;
+        let ids: Vec<u32> = (0..rows)
+            .map(|_| (rng.next() % vocab as u64) as u32)
+            .collect();
+        let tys: Vec<u32> = (0..rows)
+            .map(|_| (rng.next() % types as u64) as u32)
+            .collect();
+        let mut summed = vec![0f32; rows * dim];
+        for (b, &len) in LENS.iter().enumerate() {
+            for p in 0..len {
+                let r = offs[b] as usize + p;
+                let (w, t) = (ids[r] as usize, tys[r] as usize);
+                for i in 0..dim {
+                    summed[r * dim + i] = (word[w * dim + i] + tt[t * dim + i]) + pos[p * dim + i];
+                }
+            }
+        }
+        let mut want = vec![0f32; rows * dim];
+        cpu::layer_norm(&summed, rows, dim, &g, &be, 1e-12, &mut want);
+        let want: Vec<f32> = want.iter().map(|&v| dt.round(v)).collect();
+        let bufs = [
+            gpu.up_u32(&ids),
+            gpu.up_u32(&tys),
+            gpu.up_u32(&offs),
+            gpu.up_t(dt, &word),
+            gpu.up_t(dt, &pos),
+            gpu.up_t(dt, &tt),
+            gpu.up_t(Dt::F32, &g),
+            gpu.up_t(Dt::F32, &be),
+            gpu.zeros(rows * dim * dt.size()),
+        ];
+        let p: Vec<u64> = bufs.iter().map(|b| b.ptr().0).collect();
+        let (batch, rows_u, dim_u, eps) = (LENS.len() as u32, rows as u32, dim as u32, 1e-12f32);
+        let mut args = [
+            kernel_arg(&p[0]),
+            kernel_arg(&p[1]),
+            kernel_arg(&p[2]),
+            kernel_arg(&batch),
+            kernel_arg(&p[3]),
+            kernel_arg(&p[4]),
+            kernel_arg(&p[5]),
+            kernel_arg(&p[6]),
+            kernel_arg(&p[7]),
+            kernel_arg(&p[8]),
+            kernel_arg(&rows_u),
+            kernel_arg(&dim_u),
+            kernel_arg(&eps),
+        ];
+        gpu.launch(
+            &format!("embed_ln_{}_12", dt.suffix()),
+            (rows.div_ceil(4) as u32, 1, 1),
+            128,
+            0,
+            &mut args,
+        );
+        let got = gpu.down_t(dt, &bufs[8], rows * dim);
+        check("embed_ln", dt, &got, &want, Some(1e-6));
+    }
+}
+
+#[test]
+fn pool_normalize_matches_cpu() {
+    let Some(gpu) = Gpu::open() else { return };
+    let dim = 384usize;
+    for dt in DTYPES {
+        let offs = offsets(&LENS);
+        let rows = *offs.last().unwrap() as usize;
+        let mut rng = Rng(9);
+        let hidden = rng.vec(dt, rows * dim, -1.0, 1.0);
+        let mut want = vec![0f32; LENS.len() * dim];
+        for (b, &len) in LENS.iter().enumerate() {
+            let s0 = offs[b] as usize;
+            cpu::mean_pool(
+                &hidden[s0 * dim..(s0 + len) * dim],
+                &vec![1f32; len],
+                1,
+                len,
+                dim,
+                &mut want[b * dim..(b + 1) * dim],
+            );
+        }
+        cpu::l2_normalize(&mut want, LENS.len(), dim);
+        let (hb, ob) = (gpu.up_t(dt, &hidden), gpu.up_u32(&offs));
+        let out = gpu.zeros(LENS.len() * dim * 4);
+        let (hp, op, outp, dim_u) = (hb.ptr().0, ob.ptr().0, out.ptr().0, dim as u32);
+        let mut args = [
+            kernel_arg(&hp),
+            kernel_arg(&op),
+            kernel_arg(&outp),
+            kernel_arg(&dim_u),
+        ];
+        gpu.launch(
+            &format!("pool_normalize_{}", dt.suffix()),
+            (LENS.len() as u32, 1, 1),
+            dim.div_ceil(32) as u32 * 32,
+            (32 * 8 + 4 * dim) as u32,
+            &mut args,
+        );
+        // The output is f32 for every input dtype, computed from the T inputs
+        // exactly as the CPU does: tight for all.
+        let got = gpu.down_t(Dt::F32, &out, LENS.len() * dim);
+        check("pool_normalize", Dt::F32, &got, &want, Some(1e-6));
+    }
+}
+
+#[test]
+fn gemm_ex_and_bias_gelu_match_cpu() {
+    let Some(gpu) = Gpu::open() else { return };
+    let blas = gpu.lane().blas().expect("cuBLAS");
+    for dt in DTYPES {
+        for (rows, k, n, gelu) in [
+            (353usize, 384usize, 1536usize, true),
+            (129, 1536, 384, false),
+            (5, 384, 1152, false),
+        ] {
+            let mut rng = Rng((rows * n) as u64);
+            let x = rng.vec(dt, rows * k, -1.0, 1.0);
+            let w = rng.vec(dt, n * k, -0.1, 0.1);
+            let b = rng.vec(Dt::F32, n, -0.5, 0.5);
+            let mut want = vec![0f32; rows * n];
+            cpu::linear(&x, rows, k, &w, &b, &mut want);
+            if gelu {
+                cpu::gelu_inplace(&mut want);
+            }
+            let want: Vec<f32> = want.iter().map(|&v| dt.round(v)).collect();
+            let (xb, wb, bb) = (gpu.up_t(dt, &x), gpu.up_t(dt, &w), gpu.up_t(Dt::F32, &b));
+            let out = gpu.zeros(rows * n * dt.size());
+            // Row-major out[rows, n] = x · wᵀ: column-major C (n × rows) = wᵀ · x.
+            // SAFETY: x holds rows*k, w n*k and out rows*n elements of `dt`, all
+            // allocated on this lane and alive until the download below.
+            unsafe {
+                blas.gemm_ex(
+                    Op::T,
+                    Op::N,
+                    (n, rows, k),
+                    1.0,
+                    dt.gemm(),
+                    (wb.ptr(), k),
+                    (xb.ptr(), k),
+                    0.0,
+                    dt.gemm(),
+                    (out.ptr(), n),
+                )
+            }
+            .expect("gemm_ex");
+            let (op, bp, total, n_u, g) = (
+                out.ptr().0,
+                bb.ptr().0,
+                (rows * n) as u32,
+                n as u32,
+                i32::from(gelu),
+            );
+            let mut args = [
+                kernel_arg(&op),
+                kernel_arg(&bp),
+                kernel_arg(&total),
+                kernel_arg(&n_u),
+                kernel_arg(&g),
+            ];
+            gpu.launch(
+                &format!("bias_act_vec_{}", dt.suffix()),
+                (64, 1, 1),
+                256,
+                0,
+                &mut args,
+            );
+            let got = gpu.down_t(dt, &out, rows * n);
+            check(
+                &format!("gemm_ex+bias_act {rows}x{k}x{n} gelu={gelu}"),
+                dt,
+                &got,
+                &want,
+                None,
+            );
+        }
+    }
+}
+
+#[test]
+fn conversions_round_to_nearest_even() {
+    let Some(gpu) = Gpu::open() else { return };
+    let mut rng = Rng(3);
+    let mut x: Vec<f32> = (0..4099).map(|_| rng.f32(-70000.0, 70000.0)).collect();
+    x.extend([0.0, -0.0, 1.0, 65504.0, 65520.0, 1e-8, -1e-8, 3.0e38]);
+    for dt in [Dt::F16, Dt::Bf16] {
+        let xb = gpu.up_t(Dt::F32, &x);
+        let out = gpu.zeros(x.len() * 2);
+        let (xp, op, n) = (xb.ptr().0, out.ptr().0, x.len() as u32);
+        let mut args = [kernel_arg(&xp), kernel_arg(&op), kernel_arg(&n)];
+        gpu.launch(
+            &format!("convert_f32_{}", dt.suffix()),
+            (8, 1, 1),
+            256,
+            0,
+            &mut args,
+        );
+        let mut got = vec![0u8; x.len() * 2];
+        gpu.lease.download(&out, &mut got).expect("download");
+        assert_eq!(
+            got,
+            dt.encode(&x),
+            "convert_f32_{}: bits differ from the half crate",
+            dt.suffix()
+        );
+        // And back to f32: exact.
+        let back = gpu.zeros(x.len() * 4);
+        let (bp2, op2) = (out.ptr().0, back.ptr().0);
+        let mut args = [kernel_arg(&bp2), kernel_arg(&op2), kernel_arg(&n)];
+        gpu.launch(
+            &format!("convert_{}_f32", dt.suffix()),
+            (8, 1, 1),
+            256,
+            0,
+            &mut args,
+        );
+        let want: Vec<f32> = x.iter().map(|&v| dt.round(v)).collect();
+        let got = gpu.down_t(Dt::F32, &back, x.len());
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "convert_{}_f32 is not exact",
+            dt.suffix()
+        );
+    }
+}
