@@ -253,56 +253,62 @@ fn check(what: &str, dt: Dt, got: &[f32], want: &[f32], tight: Option<f32>) {
     eprintln!("{what} {dt:?}: max scaled diff {worst:.3e}, cosine {c:.9}");
 }
 
-#[test]
-fn flash_attention_matches_cpu_on_packed_batches() {
-    let Some(gpu) = Gpu::open() else { return };
-    for dt in DTYPES {
-        for (heads, d) in [(12usize, 32usize), (2, 64), (1, 96)] {
-            let hidden = heads * d;
-            let offs = offsets(&LENS);
-            let rows = *offs.last().unwrap() as usize;
-            let mut rng = Rng(11 + d as u64);
-            let qkv = rng.vec(dt, rows * 3 * hidden, -1.5, 1.5);
-            let bias: Vec<f32> = rng.vec(Dt::F32, 3 * hidden, -0.3, 0.3);
-            // CPU: per sequence, q/k/v with the bias added (rounded as the kernel adds it).
-            let mut want = vec![0f32; rows * hidden];
-            for (b, &len) in LENS.iter().enumerate() {
-                let s0 = offs[b] as usize;
-                let split = |part: usize| -> Vec<f32> {
-                    (0..len)
-                        .flat_map(|r| {
-                            let row = &qkv[(s0 + r) * 3 * hidden..(s0 + r + 1) * 3 * hidden];
-                            (0..hidden).map(move |c| row[part * hidden + c])
-                        })
-                        .zip((0..len * hidden).map(|i| bias[part * hidden + i % hidden]))
-                        .map(|(x, bb)| x + bb)
-                        .collect()
-                };
-                let (q, k, v) = (split(0), split(1), split(2));
-                let mask = vec![1f32; len];
-                cpu::attention(
-                    &q,
-                    &k,
-                    &v,
-                    &mask,
-                    1,
-                    len,
-                    heads,
-                    d,
-                    &mut want[s0 * hidden..(s0 + len) * hidden],
-                );
-            }
-            let want: Vec<f32> = want.iter().map(|&x| dt.round(x)).collect();
-            let qkv_b = gpu.up_t(dt, &qkv);
-            let bias_b = gpu.up_t(Dt::F32, &bias);
-            let off_b = gpu.up_u32(&offs);
-            let out_b = gpu.zeros(rows * hidden * dt.size());
+/// Which attention kernel a case runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Attn {
+    /// `flash_attn_{T}_c{C}`: CUDA cores, every dtype.
+    Flash,
+    /// `tc_attn_{T}_d{D}`: tensor cores, f16 / bf16, head_dim 32 or 64.
+    TensorCore,
+}
+
+/// Runs one attention kernel on a packed batch of [`LENS`] and checks it against
+/// `cpu::attention` per sequence (q, k, v with the bias added).
+fn attention_case(gpu: &Gpu, dt: Dt, heads: usize, d: usize, kind: Attn) {
+    let hidden = heads * d;
+    let offs = offsets(&LENS);
+    let rows = *offs.last().unwrap() as usize;
+    let mut rng = Rng(11 + d as u64);
+    let qkv = rng.vec(dt, rows * 3 * hidden, -1.5, 1.5);
+    let bias: Vec<f32> = rng.vec(Dt::F32, 3 * hidden, -0.3, 0.3);
+    let mut want = vec![0f32; rows * hidden];
+    for (b, &len) in LENS.iter().enumerate() {
+        let s0 = offs[b] as usize;
+        let split = |part: usize| -> Vec<f32> {
+            (0..len * hidden)
+                .map(|i| {
+                    let (r, c) = (i / hidden, i % hidden);
+                    qkv[(s0 + r) * 3 * hidden + part * hidden + c] + bias[part * hidden + c]
+                })
+                .collect()
+        };
+        let (q, k, v) = (split(0), split(1), split(2));
+        cpu::attention(
+            &q,
+            &k,
+            &v,
+            &vec![1f32; len],
+            1,
+            len,
+            heads,
+            d,
+            &mut want[s0 * hidden..(s0 + len) * hidden],
+        );
+    }
+    let want: Vec<f32> = want.iter().map(|&x| dt.round(x)).collect();
+    let qkv_b = gpu.up_t(dt, &qkv);
+    let bias_b = gpu.up_t(Dt::F32, &bias);
+    let off_b = gpu.up_u32(&offs);
+    let out_b = gpu.zeros(rows * hidden * dt.size());
+    let max_len = *LENS.iter().max().unwrap();
+    let (qp, bp, op, outp) = (qkv_b.ptr().0, bias_b.ptr().0, off_b.ptr().0, out_b.ptr().0);
+    let (h_u, d_u, scale) = (heads as u32, d as u32, 1.0 / (d as f32).sqrt());
+    let grid_yz = (heads as u32, LENS.len() as u32);
+    match kind {
+        Attn::Flash => {
             let c = d.div_ceil(32).next_power_of_two();
             let kt = 128 / c;
             let smem = 4 * (2 * kt * (d + 1) + 16 * d + 16 * kt);
-            let max_len = *LENS.iter().max().unwrap();
-            let (qp, bp, op, outp) = (qkv_b.ptr().0, bias_b.ptr().0, off_b.ptr().0, out_b.ptr().0);
-            let (h_u, d_u, scale) = (heads as u32, d as u32, 1.0 / (d as f32).sqrt());
             let mut args = [
                 kernel_arg(&qp),
                 kernel_arg(&bp),
@@ -314,13 +320,50 @@ fn flash_attention_matches_cpu_on_packed_batches() {
             ];
             gpu.launch(
                 &format!("flash_attn_{}_c{c}", dt.suffix()),
-                (max_len.div_ceil(16) as u32, heads as u32, LENS.len() as u32),
+                (max_len.div_ceil(16) as u32, grid_yz.0, grid_yz.1),
                 128,
                 smem as u32,
                 &mut args,
             );
-            let got = gpu.down_t(dt, &out_b, rows * hidden);
-            check(&format!("flash_attn D={d}"), dt, &got, &want, None);
+        }
+        Attn::TensorCore => {
+            let mut args = [
+                kernel_arg(&qp),
+                kernel_arg(&bp),
+                kernel_arg(&op),
+                kernel_arg(&outp),
+                kernel_arg(&h_u),
+                kernel_arg(&scale),
+            ];
+            gpu.launch(
+                &format!("tc_attn_{}_d{d}", dt.suffix()),
+                (max_len.div_ceil(64) as u32, grid_yz.0, grid_yz.1),
+                128,
+                0,
+                &mut args,
+            );
+        }
+    }
+    let got = gpu.down_t(dt, &out_b, rows * hidden);
+    check(&format!("{kind:?} attention D={d}"), dt, &got, &want, None);
+}
+
+#[test]
+fn flash_attention_matches_cpu_on_packed_batches() {
+    let Some(gpu) = Gpu::open() else { return };
+    for dt in DTYPES {
+        for (heads, d) in [(12usize, 32usize), (2, 64), (1, 96)] {
+            attention_case(&gpu, dt, heads, d, Attn::Flash);
+        }
+    }
+}
+
+#[test]
+fn tensor_core_attention_matches_cpu_on_packed_batches() {
+    let Some(gpu) = Gpu::open() else { return };
+    for dt in [Dt::F16, Dt::Bf16] {
+        for (heads, d) in [(12usize, 32usize), (2, 64)] {
+            attention_case(&gpu, dt, heads, d, Attn::TensorCore);
         }
     }
 }

@@ -30,6 +30,15 @@ struct bf16 {
     u16 b;
 };
 
+template <class A, class B>
+struct same_t {
+    static constexpr bool v = false;
+};
+template <class A>
+struct same_t<A, A> {
+    static constexpr bool v = true;
+};
+
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(f16 x) {
     float f;
@@ -448,6 +457,223 @@ FA_KERNEL(f16, f16, 4)
 FA_KERNEL(bf16, bf16, 1)
 FA_KERNEL(bf16, bf16, 2)
 FA_KERNEL(bf16, bf16, 4)
+
+// ---------------------------------------------------------------------------
+// Tensor-core flash attention for 16-bit data (f16 / bf16), head_dim D in {32, 64}:
+// mma.sync m16n8k16 with f32 accumulation. One block per (64-query tile, head,
+// sequence), TC_WARPS warps of 16 queries. Per 64-key tile: K [key][D] and Vᵀ
+// [D][key] staged in shared memory as T (bias added in f32 on load, rounded to
+// T); S = Q·Kᵀ in f32 registers, scaled, keys past the sequence at -inf; online
+// softmax (f32 running max and sum, per query row); P rounded to T and fed
+// straight from the S accumulators into P·V (the m16n8 C fragment of two adjacent
+// key tiles is the A fragment of one k16 step). Output rounded to T.
+
+#define TC_WARPS 4
+#define TC_KT 64
+
+template <class T>
+__device__ __forceinline__ unsigned pack2(float lo, float hi) {
+    unsigned r;
+    if constexpr (same_t<T, f16>::v) {
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    } else {
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    }
+    return r;
+}
+
+template <class T>
+__device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    if constexpr (same_t<T, f16>::v) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+}
+
+template <class T, int D>
+__device__ __forceinline__ void tc_attn(const T* __restrict__ qkv, const float* __restrict__ bias,
+                                        const unsigned* __restrict__ offsets, T* __restrict__ out, unsigned heads,
+                                        float scale) {
+    constexpr int KT = TC_KT;
+    constexpr int KLD = D + 8;   // halves per K row (conflict-free fragment loads)
+    constexpr int VLD = KT + 8;  // halves per Vᵀ row
+    __shared__ __align__(16) u16 Ks[KT * KLD];
+    __shared__ __align__(16) u16 Vt[D * VLD];
+    const unsigned b = blockIdx.z, h = blockIdx.y;
+    const unsigned start = offsets[b];
+    const unsigned len = offsets[b + 1] - start;
+    const unsigned q0 = blockIdx.x * (TC_WARPS * 16);
+    if (q0 >= len) return;  // uniform over the block
+    const unsigned warp = threadIdx.x >> 5, lane = threadIdx.x & 31u;
+    const unsigned g = lane >> 2, tig = lane & 3u;
+    const unsigned hidden = heads * D;
+    const size_t rs = 3 * (size_t)hidden;
+    const T* base = qkv + (size_t)start * rs + (size_t)h * D;
+    const unsigned hq = h * D, hk = hidden + h * D, hv = 2 * hidden + h * D;
+
+    // Q fragments (A, row-major 16 × 16 per k step): rows r0, r0 + 8.
+    const unsigned r0 = q0 + warp * 16 + g, r1 = r0 + 8;
+    unsigned qa[D / 16][4];
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ks++) {
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const unsigned c = ks * 16 + half * 8 + tig * 2;
+#pragma unroll
+            for (int rr = 0; rr < 2; rr++) {
+                const unsigned r = rr ? r1 : r0;
+                float x0 = 0.0f, x1 = 0.0f;
+                if (r < len) {
+                    x0 = to_f(base[(size_t)r * rs + c]);
+                    x1 = to_f(base[(size_t)r * rs + c + 1]);
+                    if (bias) {
+                        x0 = __fadd_rn(x0, bias[hq + c]);
+                        x1 = __fadd_rn(x1, bias[hq + c + 1]);
+                    }
+                }
+                qa[ks][half * 2 + rr] = pack2<T>(x0, x1);
+            }
+        }
+    }
+
+    float m0 = -__int_as_float(0x7f800000), m1 = m0;
+    float l0 = 0.0f, l1 = 0.0f;  // this lane's share of the row sums
+    float o[D / 8][4];
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[dt][e] = 0.0f;
+
+    for (unsigned k0 = 0; k0 < len; k0 += KT) {
+        const unsigned kn = min((unsigned)KT, len - k0);
+        __syncthreads();  // the previous tile's reads are done
+        for (unsigned idx = threadIdx.x; idx < KT * D; idx += blockDim.x) {
+            const unsigned j = idx / D, c = idx - j * D;
+            float kv = 0.0f, vv = 0.0f;
+            if (j < kn) {
+                const T* r = base + (size_t)(k0 + j) * rs;
+                kv = to_f(r[hidden + c]);
+                vv = to_f(r[2 * hidden + c]);
+                if (bias) {
+                    kv = __fadd_rn(kv, bias[hk + c]);
+                    vv = __fadd_rn(vv, bias[hv + c]);
+                }
+            }
+            Ks[j * KLD + c] = from_f<T>(kv).b;
+            Vt[c * VLD + j] = from_f<T>(vv).b;
+        }
+        __syncthreads();
+
+        // S = Q · Kᵀ, KT / 8 key tiles of 8.
+        float s[KT / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < KT / 8; nt++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[nt][e] = 0.0f;
+            const u16* kr = Ks + (nt * 8 + g) * KLD + tig * 2;
+#pragma unroll
+            for (int ks = 0; ks < D / 16; ks++) {
+                const unsigned b0 = *reinterpret_cast<const unsigned*>(kr + ks * 16);
+                const unsigned b1 = *reinterpret_cast<const unsigned*>(kr + ks * 16 + 8);
+                mma16816<T>(s[nt], qa[ks], b0, b1);
+            }
+        }
+        float mt0 = -__int_as_float(0x7f800000), mt1 = mt0;
+#pragma unroll
+        for (int nt = 0; nt < KT / 8; nt++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const unsigned key = nt * 8 + tig * 2 + (e & 1);
+                s[nt][e] = key < kn ? s[nt][e] * scale : -__int_as_float(0x7f800000);
+            }
+            mt0 = fmaxf(mt0, fmaxf(s[nt][0], s[nt][1]));
+            mt1 = fmaxf(mt1, fmaxf(s[nt][2], s[nt][3]));
+        }
+#pragma unroll
+        for (int x = 1; x <= 2; x <<= 1) {
+            mt0 = fmaxf(mt0, __shfl_xor_sync(0xffffffffu, mt0, x));
+            mt1 = fmaxf(mt1, __shfl_xor_sync(0xffffffffu, mt1, x));
+        }
+        const float mn0 = fmaxf(m0, mt0), mn1 = fmaxf(m1, mt1);
+        const float a0 = expf(m0 - mn0), a1 = expf(m1 - mn1);
+        m0 = mn0;
+        m1 = mn1;
+        float ls0 = 0.0f, ls1 = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < KT / 8; nt++) {
+            s[nt][0] = expf(s[nt][0] - mn0);
+            s[nt][1] = expf(s[nt][1] - mn0);
+            s[nt][2] = expf(s[nt][2] - mn1);
+            s[nt][3] = expf(s[nt][3] - mn1);
+            ls0 += s[nt][0] + s[nt][1];
+            ls1 += s[nt][2] + s[nt][3];
+        }
+        l0 = l0 * a0 + ls0;
+        l1 = l1 * a1 + ls1;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++) {
+            o[dt][0] *= a0;
+            o[dt][1] *= a0;
+            o[dt][2] *= a1;
+            o[dt][3] *= a1;
+        }
+        // O += P · V, KT / 16 k steps of 16 keys.
+#pragma unroll
+        for (int kk = 0; kk < KT / 16; kk++) {
+            const unsigned pa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                                    pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                    pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int dt = 0; dt < D / 8; dt++) {
+                const u16* vr = Vt + (dt * 8 + g) * VLD + kk * 16 + tig * 2;
+                const unsigned b0 = *reinterpret_cast<const unsigned*>(vr);
+                const unsigned b1 = *reinterpret_cast<const unsigned*>(vr + 8);
+                mma16816<T>(o[dt], pa, b0, b1);
+            }
+        }
+    }
+
+#pragma unroll
+    for (int x = 1; x <= 2; x <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, x);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, x);
+    }
+    const float i0 = 1.0f / l0, i1 = 1.0f / l1;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++) {
+        const unsigned c = dt * 8 + tig * 2;
+        if (r0 < len) {
+            T* dst = out + (size_t)(start + r0) * hidden + (size_t)h * D + c;
+            dst[0] = from_f<T>(o[dt][0] * i0);
+            dst[1] = from_f<T>(o[dt][1] * i0);
+        }
+        if (r1 < len) {
+            T* dst = out + (size_t)(start + r1) * hidden + (size_t)h * D + c;
+            dst[0] = from_f<T>(o[dt][2] * i1);
+            dst[1] = from_f<T>(o[dt][3] * i1);
+        }
+    }
+}
+
+#define TC_KERNEL(T, S, D)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) tc_attn_##S##_d##D(                          \
+        const T* __restrict__ qkv, const float* __restrict__ bias, const unsigned* __restrict__ offsets,      \
+        T* __restrict__ out, unsigned heads, float scale) {                                                   \
+        tc_attn<T, D>(qkv, bias, offsets, out, heads, scale);                                                 \
+    }
+TC_KERNEL(f16, f16, 32)
+TC_KERNEL(f16, f16, 64)
+TC_KERNEL(bf16, bf16, 32)
+TC_KERNEL(bf16, bf16, 64)
 
 // ---------------------------------------------------------------------------
 // Mean pooling over each sequence's rows, then L2 normalization; out f32
