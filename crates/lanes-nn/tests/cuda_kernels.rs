@@ -303,6 +303,7 @@ fn attention_case(gpu: &Gpu, dt: Dt, heads: usize, d: usize, kind: Attn) {
     let max_len = *LENS.iter().max().unwrap();
     let (qp, bp, op, outp) = (qkv_b.ptr().0, bias_b.ptr().0, off_b.ptr().0, out_b.ptr().0);
     let (h_u, d_u, scale) = (heads as u32, d as u32, 1.0 / (d as f32).sqrt());
+    let (tok_u, max_u) = (rows as u32, max_len as u32);
     let grid_yz = (heads as u32, LENS.len() as u32);
     match kind {
         Attn::Flash => {
@@ -314,6 +315,8 @@ fn attention_case(gpu: &Gpu, dt: Dt, heads: usize, d: usize, kind: Attn) {
                 kernel_arg(&bp),
                 kernel_arg(&op),
                 kernel_arg(&outp),
+                kernel_arg(&tok_u),
+                kernel_arg(&max_u),
                 kernel_arg(&h_u),
                 kernel_arg(&d_u),
                 kernel_arg(&scale),
@@ -332,6 +335,8 @@ fn attention_case(gpu: &Gpu, dt: Dt, heads: usize, d: usize, kind: Attn) {
                 kernel_arg(&bp),
                 kernel_arg(&op),
                 kernel_arg(&outp),
+                kernel_arg(&tok_u),
+                kernel_arg(&max_u),
                 kernel_arg(&h_u),
                 kernel_arg(&scale),
             ];
@@ -470,6 +475,7 @@ fn embed_layer_norm_uses_positions_within_each_sequence() {
         ];
         let p: Vec<u64> = bufs.iter().map(|b| b.ptr().0).collect();
         let (batch, rows_u, dim_u, eps) = (LENS.len() as u32, rows as u32, dim as u32, 1e-12f32);
+        let (vocab_u, pos_u, types_u) = (vocab as u32, max_pos as u32, types as u32);
         let mut args = [
             kernel_arg(&p[0]),
             kernel_arg(&p[1]),
@@ -484,6 +490,9 @@ fn embed_layer_norm_uses_positions_within_each_sequence() {
             kernel_arg(&rows_u),
             kernel_arg(&dim_u),
             kernel_arg(&eps),
+            kernel_arg(&vocab_u),
+            kernel_arg(&pos_u),
+            kernel_arg(&types_u),
         ];
         gpu.launch(
             &format!("embed_ln_{}_12", dt.suffix()),
@@ -522,10 +531,12 @@ fn pool_normalize_matches_cpu() {
         let (hb, ob) = (gpu.up_t(dt, &hidden), gpu.up_u32(&offs));
         let out = gpu.zeros(LENS.len() * dim * 4);
         let (hp, op, outp, dim_u) = (hb.ptr().0, ob.ptr().0, out.ptr().0, dim as u32);
+        let tok_u = rows as u32;
         let mut args = [
             kernel_arg(&hp),
             kernel_arg(&op),
             kernel_arg(&outp),
+            kernel_arg(&tok_u),
             kernel_arg(&dim_u),
         ];
         gpu.launch(
@@ -660,6 +671,138 @@ fn conversions_round_to_nearest_even() {
                 .all(|(a, b)| a.to_bits() == b.to_bits()),
             "convert_{}_f32 is not exact",
             dt.suffix()
+        );
+    }
+}
+
+/// Offsets that run backwards and past the tokens, ids past the tables: every
+/// kernel clamps them (compute-sanitizer memcheck runs this test), and the
+/// outputs stay finite.
+#[test]
+fn bad_offsets_and_ids_stay_in_bounds() {
+    let Some(gpu) = Gpu::open() else { return };
+    let (tokens, heads, d, dim) = (60usize, 12usize, 32usize, 384usize);
+    let offs: Vec<u32> = vec![0, 50, 20, 9999, 7];
+    let batch = offs.len() - 1;
+    let max_len = 40usize;
+    for dt in [Dt::F16, Dt::F32] {
+        let mut rng = Rng(21);
+        let off_b = gpu.up_u32(&offs);
+        let (op, tok_u, max_u, batch_u) =
+            (off_b.ptr().0, tokens as u32, max_len as u32, batch as u32);
+        // Attention (both kernels where they exist).
+        let qkv = gpu.up_t(dt, &rng.vec(dt, tokens * 3 * dim, -1.0, 1.0));
+        let out = gpu.zeros(tokens * dim * dt.size());
+        let (qp, outp, null, h_u, d_u, scale) = (
+            qkv.ptr().0,
+            out.ptr().0,
+            0u64,
+            heads as u32,
+            d as u32,
+            1.0f32 / (d as f32).sqrt(),
+        );
+        let mut args = [
+            kernel_arg(&qp),
+            kernel_arg(&null),
+            kernel_arg(&op),
+            kernel_arg(&outp),
+            kernel_arg(&tok_u),
+            kernel_arg(&max_u),
+            kernel_arg(&h_u),
+            kernel_arg(&d_u),
+            kernel_arg(&scale),
+        ];
+        let smem = 4 * (2 * 128 * (d + 1) + 16 * d + 16 * 128);
+        gpu.launch(
+            &format!("flash_attn_{}_c1", dt.suffix()),
+            (max_len.div_ceil(16) as u32, heads as u32, batch_u),
+            128,
+            smem as u32,
+            &mut args,
+        );
+        if dt != Dt::F32 {
+            let mut args = [
+                kernel_arg(&qp),
+                kernel_arg(&null),
+                kernel_arg(&op),
+                kernel_arg(&outp),
+                kernel_arg(&tok_u),
+                kernel_arg(&max_u),
+                kernel_arg(&h_u),
+                kernel_arg(&scale),
+            ];
+            gpu.launch(
+                &format!("tc_attn_{}_d32", dt.suffix()),
+                (max_len.div_ceil(64) as u32, heads as u32, batch_u),
+                128,
+                0,
+                &mut args,
+            );
+        }
+        let got = gpu.down_t(dt, &out, tokens * dim);
+        assert!(
+            got.iter().all(|v| v.is_finite()),
+            "attention {dt:?}: non-finite output"
+        );
+        // Embedding with ids, types past their tables (5 rows each).
+        let ids: Vec<u32> = (0..tokens as u32).map(|i| i * 1000).collect();
+        let table = gpu.up_t(dt, &rng.vec(dt, 5 * dim, -1.0, 1.0));
+        let g = gpu.up_t(Dt::F32, &vec![1.0; dim]);
+        let ids_b = gpu.up_u32(&ids);
+        let emb = gpu.zeros(tokens * dim * dt.size());
+        let (ip, tp, gp, ep) = (ids_b.ptr().0, table.ptr().0, g.ptr().0, emb.ptr().0);
+        let (dim_u, eps, five) = (dim as u32, 1e-12f32, 5u32);
+        let mut args = [
+            kernel_arg(&ip),
+            kernel_arg(&ip),
+            kernel_arg(&op),
+            kernel_arg(&batch_u),
+            kernel_arg(&tp),
+            kernel_arg(&tp),
+            kernel_arg(&tp),
+            kernel_arg(&gp),
+            kernel_arg(&gp),
+            kernel_arg(&ep),
+            kernel_arg(&tok_u),
+            kernel_arg(&dim_u),
+            kernel_arg(&eps),
+            kernel_arg(&five),
+            kernel_arg(&five),
+            kernel_arg(&five),
+        ];
+        gpu.launch(
+            &format!("embed_ln_{}_12", dt.suffix()),
+            (tokens.div_ceil(4) as u32, 1, 1),
+            128,
+            0,
+            &mut args,
+        );
+        let got = gpu.down_t(dt, &emb, tokens * dim);
+        assert!(
+            got.iter().all(|v| v.is_finite()),
+            "embed_ln {dt:?}: non-finite output"
+        );
+        // Pooling.
+        let pooled = gpu.zeros(batch * dim * 4);
+        let pp = pooled.ptr().0;
+        let mut args = [
+            kernel_arg(&ep),
+            kernel_arg(&op),
+            kernel_arg(&pp),
+            kernel_arg(&tok_u),
+            kernel_arg(&dim_u),
+        ];
+        gpu.launch(
+            &format!("pool_normalize_{}", dt.suffix()),
+            (batch_u, 1, 1),
+            dim as u32,
+            (32 * 8 + 4 * dim) as u32,
+            &mut args,
+        );
+        let got = gpu.down_t(Dt::F32, &pooled, batch * dim);
+        assert!(
+            got.iter().all(|v| v.is_finite()),
+            "pool_normalize {dt:?}: non-finite output"
         );
     }
 }

@@ -5,6 +5,9 @@
 // sequence b owns rows offsets[b] .. offsets[b + 1] (`offsets` u32 [batch + 1] in
 // device memory, offsets[0] = 0, offsets[batch] = rows, non-decreasing). There is
 // no padding and no mask: attention and pooling only ever see a sequence's own rows.
+// Memory safety does not depend on the values of ids or offsets: a sequence is
+// clamped to [0, tokens) (and to max_len in attention), ids, types and positions
+// to their tables, so bad values give wrong numbers, never an out-of-bounds access.
 //
 // Dtypes (`T` = the activation dtype, one kernel per dtype, suffix _f32/_f16/_bf16):
 //   activations, qkv, embedding tables, GEMM weights: T
@@ -109,6 +112,15 @@ __device__ __forceinline__ unsigned seq_of(const unsigned* __restrict__ offsets,
     return lo;
 }
 
+// Sequence b's rows [*start, *start + *len), clamped to [0, tokens].
+__device__ __forceinline__ void fseq_range(const unsigned* __restrict__ offsets, unsigned b, unsigned tokens,
+                                           unsigned* start, unsigned* len) {
+    const unsigned s = min(offsets[b], tokens);
+    const unsigned e = min(max(offsets[b + 1], s), tokens);
+    *start = s;
+    *len = e - s;
+}
+
 // ---------------------------------------------------------------------------
 // LayerNorm, one warp per row, the row in registers (V values per lane,
 // dim <= 32 * V); statistics in f64:
@@ -174,20 +186,23 @@ __device__ __forceinline__ void fadd_ln(const T* x, const float* __restrict__ bi
 }
 
 // out[r] = LayerNorm((word[ids[r]] + token_type[types[r]]) + position[r - offsets[b]])
-// for the row's sequence b. The host range-checked ids, types and positions.
+// for the row's sequence b; ids, types and positions clamped to their tables
+// (vocab, max_pos, type_vocab rows, each >= 1).
 template <class T, int V>
 __device__ __forceinline__ void fembed_ln(const unsigned* __restrict__ ids, const unsigned* __restrict__ types,
                                           const unsigned* __restrict__ offsets, unsigned batch,
                                           const T* __restrict__ word, const T* __restrict__ position,
                                           const T* __restrict__ token_type, const float* __restrict__ gamma,
                                           const float* __restrict__ beta, T* __restrict__ out, unsigned rows,
-                                          unsigned dim, float eps) {
+                                          unsigned dim, float eps, unsigned vocab, unsigned max_pos,
+                                          unsigned type_vocab) {
     const unsigned row = blockIdx.x * FLN_WARPS + (threadIdx.x >> 5);
     if (row >= rows) return;
     const unsigned lane = threadIdx.x & 31u;
-    const unsigned pos = row - offsets[seq_of(offsets, batch, row)];
-    const T* w = word + (size_t)ids[row] * dim;
-    const T* tt = token_type + (size_t)types[row] * dim;
+    const unsigned first = offsets[seq_of(offsets, batch, row)];
+    const unsigned pos = min(row >= first ? row - first : 0u, max_pos - 1);
+    const T* w = word + (size_t)min(ids[row], vocab - 1) * dim;
+    const T* tt = token_type + (size_t)min(types[row], type_vocab - 1) * dim;
     const T* p = position + (size_t)pos * dim;
     float v[V];
 #pragma unroll
@@ -208,9 +223,10 @@ __device__ __forceinline__ void fembed_ln(const unsigned* __restrict__ ids, cons
         const unsigned* __restrict__ ids, const unsigned* __restrict__ types,                                \
         const unsigned* __restrict__ offsets, unsigned batch, const T* __restrict__ word,                    \
         const T* __restrict__ position, const T* __restrict__ token_type, const float* __restrict__ gamma,   \
-        const float* __restrict__ beta, T* __restrict__ out, unsigned rows, unsigned dim, float eps) {        \
+        const float* __restrict__ beta, T* __restrict__ out, unsigned rows, unsigned dim, float eps,         \
+        unsigned vocab, unsigned max_pos, unsigned type_vocab) {                                              \
         fembed_ln<T, V>(ids, types, offsets, batch, word, position, token_type, gamma, beta, out, rows, dim,  \
-                        eps);                                                                                 \
+                        eps, vocab, max_pos, type_vocab);                                                     \
     }
 
 // dim <= 128, <= 384 (MiniLM), <= 1024.
@@ -293,14 +309,16 @@ struct FaTile {
 template <class T, int C>
 __device__ __forceinline__ void flash_attn(const T* __restrict__ qkv, const float* __restrict__ bias,
                                            const unsigned* __restrict__ offsets, T* __restrict__ out,
-                                           unsigned heads, unsigned D, float scale) {
+                                           unsigned tokens, unsigned max_len, unsigned heads, unsigned D,
+                                           float scale) {
     constexpr unsigned KT = FaTile<C>::KT;
     constexpr unsigned JJ = KT / 32;  // keys per lane per tile
     constexpr unsigned QB = FA_WARPS * FA_Q;
     extern __shared__ float fa_smem[];
     const unsigned b = blockIdx.z, h = blockIdx.y;
-    const unsigned start = offsets[b];
-    const unsigned len = offsets[b + 1] - start;
+    unsigned start, len;
+    fseq_range(offsets, b, tokens, &start, &len);
+    len = min(len, max_len);
     const unsigned q0 = blockIdx.x * QB;
     if (q0 >= len) return;  // uniform over the block
     const unsigned hidden = heads * D;
@@ -445,8 +463,8 @@ __device__ __forceinline__ void flash_attn(const T* __restrict__ qkv, const floa
 #define FA_KERNEL(T, S, C)                                                                                    \
     extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) flash_attn_##S##_c##C(                       \
         const T* __restrict__ qkv, const float* __restrict__ bias, const unsigned* __restrict__ offsets,      \
-        T* __restrict__ out, unsigned heads, unsigned D, float scale) {                                       \
-        flash_attn<T, C>(qkv, bias, offsets, out, heads, D, scale);                                           \
+        T* __restrict__ out, unsigned tokens, unsigned max_len, unsigned heads, unsigned D, float scale) {    \
+        flash_attn<T, C>(qkv, bias, offsets, out, tokens, max_len, heads, D, scale);                          \
     }
 FA_KERNEL(float, f32, 1)
 FA_KERNEL(float, f32, 2)
@@ -501,16 +519,17 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], 
 
 template <class T, int D>
 __device__ __forceinline__ void tc_attn(const T* __restrict__ qkv, const float* __restrict__ bias,
-                                        const unsigned* __restrict__ offsets, T* __restrict__ out, unsigned heads,
-                                        float scale) {
+                                        const unsigned* __restrict__ offsets, T* __restrict__ out, unsigned tokens,
+                                        unsigned max_len, unsigned heads, float scale) {
     constexpr int KT = TC_KT;
     constexpr int KLD = D + 8;   // halves per K row (conflict-free fragment loads)
     constexpr int VLD = KT + 8;  // halves per Vᵀ row
     __shared__ __align__(16) u16 Ks[KT * KLD];
     __shared__ __align__(16) u16 Vt[D * VLD];
     const unsigned b = blockIdx.z, h = blockIdx.y;
-    const unsigned start = offsets[b];
-    const unsigned len = offsets[b + 1] - start;
+    unsigned start, len;
+    fseq_range(offsets, b, tokens, &start, &len);
+    len = min(len, max_len);
     const unsigned q0 = blockIdx.x * (TC_WARPS * 16);
     if (q0 >= len) return;  // uniform over the block
     const unsigned warp = threadIdx.x >> 5, lane = threadIdx.x & 31u;
@@ -667,8 +686,8 @@ __device__ __forceinline__ void tc_attn(const T* __restrict__ qkv, const float* 
 #define TC_KERNEL(T, S, D)                                                                                    \
     extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) tc_attn_##S##_d##D(                          \
         const T* __restrict__ qkv, const float* __restrict__ bias, const unsigned* __restrict__ offsets,      \
-        T* __restrict__ out, unsigned heads, float scale) {                                                   \
-        tc_attn<T, D>(qkv, bias, offsets, out, heads, scale);                                                 \
+        T* __restrict__ out, unsigned tokens, unsigned max_len, unsigned heads, float scale) {                \
+        tc_attn<T, D>(qkv, bias, offsets, out, tokens, max_len, heads, scale);                                \
     }
 TC_KERNEL(f16, f16, 32)
 TC_KERNEL(f16, f16, 64)
@@ -685,12 +704,13 @@ TC_KERNEL(bf16, bf16, 64)
 
 template <class T>
 __device__ __forceinline__ void fpool(const T* __restrict__ hidden, const unsigned* __restrict__ offsets,
-                                      float* __restrict__ out, unsigned dim) {
+                                      float* __restrict__ out, unsigned tokens, unsigned dim) {
     extern __shared__ double fp_smem[];
     double* partial = fp_smem;                // [32]
     float* means = (float*)(fp_smem + 32);    // [dim]
     const unsigned b = blockIdx.x;
-    const unsigned start = offsets[b], len = offsets[b + 1] - start;
+    unsigned start, len;
+    fseq_range(offsets, b, tokens, &start, &len);
     const T* hb = hidden + (size_t)start * dim;
     const double count = (double)len;
     const double denom = count > 1e-9 ? count : 1e-9;
@@ -722,8 +742,8 @@ __device__ __forceinline__ void fpool(const T* __restrict__ hidden, const unsign
 #define FPOOL_KERNEL(T, S)                                                                                    \
     extern "C" __global__ void pool_normalize_##S(const T* __restrict__ hidden,                              \
                                                   const unsigned* __restrict__ offsets, float* __restrict__ out, \
-                                                  unsigned dim) {                                             \
-        fpool<T>(hidden, offsets, out, dim);                                                                  \
+                                                  unsigned tokens, unsigned dim) {                            \
+        fpool<T>(hidden, offsets, out, tokens, dim);                                                          \
     }
 FPOOL_KERNEL(float, f32)
 FPOOL_KERNEL(f16, f16)

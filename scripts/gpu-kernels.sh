@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The GPU machine's check of the multi-dtype kernels (issue 11). Builds NOTHING.
+#
+# Stage HERE (no GPU needed), into a folder K (default .carry/kernels):
+#   K/bin/cuda_kernels.gz, K/bin/cuda_encoder.gz   test binaries (cargo test --no-run)
+#   K/bin/forward_bench.gz                         crates/lanes-nn/examples/forward_bench.rs
+#   K/model/{model.safetensors.gz,tokenizer.json,config.json}   (scripts/gpu/prune_vocab.py)
+#   K/minilm_reference.jsonl, K/torch_peer.py, K/compare.py
+# then on the GPU machine (repo root):  scripts/gpu-kernels.sh [K]
+#
+# Steps (each logged; summary.txt has every exit code):
+#   1. cuda_kernels (LANES_REQUIRE_CUDA=1): every fused kernel and gemm_ex per dtype vs the CPU,
+#      and the f16 / bf16 forward vs f32 on the fixture texts (cosine >= 0.9999 / 0.999)
+#   2. cuda_encoder: the f32 path against the fixture (unchanged tolerances)
+#   3. compute-sanitizer memcheck and racecheck on cuda_kernels
+#   4. forward_bench: ms per forward at batch 512 x 128 tokens and batch 1, per dtype, plus
+#      per-kernel times from nsys when it is installed
+#   5. torch peer (scripts/gpu/torch_peer.py): the issue's five configurations and torch's
+#      fixture embeddings per dtype
+# Results go to $OUT/kernels.tgz (and summary.txt, bench.jsonl, peer.jsonl beside it).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+K=${1:-.carry/kernels}
+o=/tmp/kernels-out
+rm -rf "$o"; mkdir -p "$o"
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+export PATH=/usr/local/cuda/bin:$PATH
+work=/tmp/kernels-work
+mkdir -p "$work/bin" "$work/model"
+for f in "$K"/bin/*.gz; do gunzip -c "$f" > "$work/bin/$(basename "$f" .gz)"; done
+chmod +x "$work"/bin/*
+[ -f "$work/model/model.safetensors" ] || gunzip -c "$K/model/model.safetensors.gz" > "$work/model/model.safetensors"
+cp "$K"/model/*.json "$work/model/"
+B=$work/bin
+export LANES_MODEL=$work/model LANES_FIXTURE=$PWD/$K/minilm_reference.jsonl LANES_REQUIRE_CUDA=1
+summary=$o/summary.txt
+: > "$summary"
+failed=0
+step() { # step NAME CMD...
+  local name=$1; shift
+  local start=$SECONDS
+  "$@" > "$o/$name.log" 2>&1
+  local rc=$?
+  echo "$name rc=$rc seconds=$((SECONDS - start))" | tee -a "$summary" >&2
+  [ "$rc" -eq 0 ] || failed=1
+}
+nvidia-smi > "$o/nvidia-smi.txt" 2>&1 || true
+
+step test-cuda-kernels "$B/cuda_kernels" --test-threads=1 --nocapture
+step test-cuda-encoder "$B/cuda_encoder" --test-threads=1
+for tool in memcheck racecheck; do
+  step "sanitizer-$tool" compute-sanitizer --tool $tool --error-exitcode 9 \
+    "$B/cuda_kernels" --test-threads=1
+done
+if [ -x "$B/forward_bench" ]; then
+  step forward-bench sh -c "'$B/forward_bench' '$work/model' > '$o/bench.jsonl'"
+  if command -v nsys > /dev/null; then
+    for dt in float32 float16; do
+      step "nsys-$dt" nsys profile -o "$o/nsys-$dt" --force-overwrite true --stats=true \
+        "$B/forward_bench" "$work/model" --only "$dt" --batch 512 --iters 5
+    done
+    rm -f "$o"/nsys-*.nsys-rep "$o"/nsys-*.sqlite
+  fi
+fi
+for m in fp16-b512 bf16-b512 fp16-b1-graph fp32-b512 fp32-b1; do
+  step "torch-$m" sh -c "timeout 120 python3 '$K/torch_peer.py' bench '$work/model' $m --seconds 3 >> '$o/peer.jsonl'"
+done
+step torch-fp32-b512-compile sh -c "timeout 240 python3 '$K/torch_peer.py' bench '$work/model' fp32-b512-compile --seconds 3 >> '$o/peer.jsonl'"
+for dt in float32 float16 bfloat16; do
+  step "torch-embed-$dt" sh -c "timeout 120 python3 '$K/torch_peer.py' embed '$work/model' '$LANES_FIXTURE' '$o/torch-embed-$dt.jsonl' --dtype $dt >> '$o/peer.jsonl'"
+done
+cat "$summary"
+[ -f "$o/bench.jsonl" ] && cat "$o/bench.jsonl"
+[ -f "$o/peer.jsonl" ] && cat "$o/peer.jsonl"
+if [ -n "${OUT:-}" ]; then
+  tar czf "$OUT/kernels.tgz" -C "$o" .
+  cp "$summary" "$OUT/"
+  [ -f "$o/bench.jsonl" ] && cp "$o/bench.jsonl" "$OUT/"
+  [ -f "$o/peer.jsonl" ] && cp "$o/peer.jsonl" "$OUT/"
+fi
+exit $failed
