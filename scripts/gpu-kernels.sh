@@ -48,10 +48,17 @@ nvidia-smi > "$o/nvidia-smi.txt" 2>&1 || true
 
 step test-cuda-kernels "$B/cuda_kernels" --test-threads=1 --nocapture
 step test-cuda-encoder "$B/cuda_encoder" --test-threads=1
-for tool in memcheck racecheck; do
-  step "sanitizer-$tool" compute-sanitizer --tool $tool --error-exitcode 9 \
-    "$B/cuda_kernels" --test-threads=1
-done
+step sanitizer-memcheck compute-sanitizer --tool memcheck --error-exitcode 9 "$B/cuda_kernels" --test-threads=1
+# racecheck: cuBLAS's own kernels (nvjet_*, used by gemm_ex for f16 / bf16) report
+# shared-memory hazards of their own; fail only on a hazard in any other kernel.
+racecheck_ours() {
+  compute-sanitizer --tool racecheck "$B/cuda_kernels" --test-threads=1 > "$o/racecheck-raw.log" 2>&1
+  local rc=$?
+  grep -E "Race reported|ERROR SUMMARY|RACECHECK SUMMARY" "$o/racecheck-raw.log"
+  if grep -E "Race reported" "$o/racecheck-raw.log" | grep -v nvjet | grep -q .; then return 9; fi
+  return $rc
+}
+step sanitizer-racecheck racecheck_ours
 if [ -x "$B/forward_bench" ]; then
   step forward-bench sh -c "'$B/forward_bench' '$work/model' > '$o/bench.jsonl'"
   if command -v nsys > /dev/null; then
