@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The GPU machine's check of the multi-dtype kernels (issue 11). Builds NOTHING.
 #
-# Stage HERE (no GPU needed), into a folder K (default .carry/kernels):
-#   K/bin/cuda_kernels.gz, K/bin/cuda_encoder.gz   test binaries (cargo test --no-run)
-#   K/bin/forward_bench.gz                         crates/lanes-nn/examples/forward_bench.rs
-#   K/model/{model.safetensors.gz,tokenizer.json,config.json}   (scripts/gpu/prune_vocab.py)
-#   K/minilm_reference.jsonl, K/torch_peer.py, K/compare.py
-# then on the GPU machine (repo root):  scripts/gpu-kernels.sh [K]
+#   scripts/gpu-kernels.sh stage [K]   HERE (no GPU needed): builds and stages into K
+#                                      (default .carry/kernels, git-ignored):
+#     K/bin/cuda_kernels.gz, K/bin/cuda_encoder.gz   test binaries (cargo test --no-run)
+#     K/bin/forward_bench.gz                         crates/lanes-nn/examples/forward_bench.rs
+#     K/model/{model.safetensors.gz,tokenizer.json,config.json}   (scripts/gpu/prune_vocab.py)
+#     K/minilm_reference.jsonl, K/torch_peer.py
+#   scripts/gpu-kernels.sh [K]         on the GPU machine (repo root, K carried)
 #
 # Steps (each logged; summary.txt has every exit code):
 #   1. cuda_kernels (LANES_REQUIRE_CUDA=1): every fused kernel and gemm_ex per dtype vs the CPU,
@@ -17,9 +18,40 @@
 #      per-kernel times from nsys when it is installed
 #   5. torch peer (scripts/gpu/torch_peer.py): the issue's five configurations and torch's
 #      fixture embeddings per dtype
+# SKIP="racecheck nsys compile encoder f32embed" leaves those steps out (device time);
+# PEER_SECONDS (default 3) is each torch benchmark's timed span.
 # Results go to $OUT/kernels.tgz (and summary.txt, bench.jsonl, peer.jsonl beside it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = stage ]; then
+  set -e
+  K=${2:-.carry/kernels}
+  rm -rf "$K/bin"; mkdir -p "$K/bin" "$K/model"
+  cargo build --release -p lanes-nn --example forward_bench
+  cp "${CARGO_TARGET_DIR:-target}/release/examples/forward_bench" "$K/bin/"
+  cargo test --release -p lanes-nn --test cuda_kernels --test cuda_encoder --no-run --message-format=json 2>/dev/null \
+    | python3 -c '
+import json, sys, shutil, os
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        shutil.copy(m["executable"], os.path.join(sys.argv[1], m["target"]["name"]))
+' "$K/bin"
+  strip --strip-debug "$K"/bin/* 2>/dev/null || true
+  gzip -f "$K"/bin/*
+  fixture=crates/lanes-nn/tests/fixtures/minilm_reference.jsonl
+  if [ ! -f "$K/model/model.safetensors.gz" ]; then
+    python3 scripts/gpu/prune_vocab.py models/all-MiniLM-L6-v2/model.safetensors "$K/model/model.safetensors" "$fixture"
+    gzip -f "$K/model/model.safetensors"
+  fi
+  cp models/all-MiniLM-L6-v2/tokenizer.json models/all-MiniLM-L6-v2/config.json "$K/model/"
+  cp "$fixture" scripts/gpu/torch_peer.py "$K/"
+  du -sh "$K"
+  exit 0
+fi
 K=${1:-.carry/kernels}
 o=/tmp/kernels-out
 rm -rf "$o"; mkdir -p "$o"
@@ -36,6 +68,7 @@ export LANES_MODEL=$work/model LANES_FIXTURE=$PWD/$K/minilm_reference.jsonl LANE
 summary=$o/summary.txt
 : > "$summary"
 failed=0
+skip() { case " ${SKIP:-} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 step() { # step NAME CMD...
   local name=$1; shift
   local start=$SECONDS
@@ -47,7 +80,7 @@ step() { # step NAME CMD...
 nvidia-smi > "$o/nvidia-smi.txt" 2>&1 || true
 
 step test-cuda-kernels "$B/cuda_kernels" --test-threads=1 --nocapture
-step test-cuda-encoder "$B/cuda_encoder" --test-threads=1
+skip encoder || step test-cuda-encoder "$B/cuda_encoder" --test-threads=1
 step sanitizer-memcheck compute-sanitizer --tool memcheck --error-exitcode 9 "$B/cuda_kernels" --test-threads=1
 # racecheck: cuBLAS's own kernels (nvjet_*, used by gemm_ex for f16 / bf16) report
 # shared-memory hazards of their own; fail only on a hazard in any other kernel.
@@ -58,10 +91,10 @@ racecheck_ours() {
   if grep -E "Race reported" "$o/racecheck-raw.log" | grep -v nvjet | grep -q .; then return 9; fi
   return $rc
 }
-step sanitizer-racecheck racecheck_ours
+skip racecheck || step sanitizer-racecheck racecheck_ours
 if [ -x "$B/forward_bench" ]; then
   step forward-bench sh -c "'$B/forward_bench' '$work/model' > '$o/bench.jsonl'"
-  if command -v nsys > /dev/null; then
+  if command -v nsys > /dev/null && ! skip nsys; then
     for dt in float32 float16; do
       step "nsys-$dt" nsys profile -o "$o/nsys-$dt" --force-overwrite true --stats=true \
         "$B/forward_bench" "$work/model" --only "$dt" --batch 512 --iters 5
@@ -70,10 +103,11 @@ if [ -x "$B/forward_bench" ]; then
   fi
 fi
 for m in fp16-b512 bf16-b512 fp16-b1-graph fp32-b512 fp32-b1; do
-  step "torch-$m" sh -c "timeout 120 python3 '$K/torch_peer.py' bench '$work/model' $m --seconds 3 >> '$o/peer.jsonl'"
+  step "torch-$m" sh -c "timeout 120 python3 '$K/torch_peer.py' bench '$work/model' $m --seconds ${PEER_SECONDS:-3} >> '$o/peer.jsonl'"
 done
-step torch-fp32-b512-compile sh -c "timeout 240 python3 '$K/torch_peer.py' bench '$work/model' fp32-b512-compile --seconds 3 >> '$o/peer.jsonl'"
+skip compile || step torch-fp32-b512-compile sh -c "timeout 240 python3 '$K/torch_peer.py' bench '$work/model' fp32-b512-compile --seconds ${PEER_SECONDS:-3} >> '$o/peer.jsonl'"
 for dt in float32 float16 bfloat16; do
+  [ $dt = float32 ] && skip f32embed && continue
   step "torch-embed-$dt" sh -c "timeout 120 python3 '$K/torch_peer.py' embed '$work/model' '$LANES_FIXTURE' '$o/torch-embed-$dt.jsonl' --dtype $dt >> '$o/peer.jsonl'"
 done
 cat "$summary"
