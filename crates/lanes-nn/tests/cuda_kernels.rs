@@ -8,15 +8,26 @@
 //! (`|diff| <= tol * (1 + |ref|)`, tol 2e-3 / 1.6e-2) and with cosine >= 0.9999 /
 //! 0.999 over the whole output.
 //!
+//! Then the whole MiniLM forward through [`CudaExec`] (the `Exec` ops, weights
+//! converted to each dtype; biases and LayerNorm parameters f32) on the 25 fixture
+//! texts as one packed batch: f32 against the fixture (cosine >= 0.99999, max
+//! |diff| <= 1e-5), f16 and bf16 against f32 (cosine >= 0.9999 / 0.999 per text).
+//!
 //! Each test opens CUDA device 0; without one it prints `SKIPPED (no CUDA)` and
-//! passes, unless `LANES_REQUIRE_CUDA=1`, when it fails.
+//! passes, unless `LANES_REQUIRE_CUDA=1`, when it fails. The forward test needs the
+//! model (`$LANES_MODEL`, else `<workspace>/models/all-MiniLM-L6-v2`) and the
+//! fixture (`$LANES_FIXTURE`, else this crate's copy).
 #![cfg(feature = "cuda")]
 
 use std::ffi::c_void;
 
 use lanes::backend::cuda::{kernel_arg, CudaBackend, CudaFunction, CudaLane, GemmType, Op};
 use lanes::{Buffer, Device, DeviceConfig, Lease};
-use lanes_nn::cpu;
+use lanes_nn::exec::cuda::CudaExec;
+use lanes_nn::exec::{EmbedTables, Exec};
+use lanes_nn::{cpu, DType, Model, Tensor, TensorMut};
+
+mod common;
 
 const MODULE: &str = "lanes_nn_fused";
 const SOURCE: &str = include_str!("../src/exec/fused.cu");
@@ -57,6 +68,13 @@ impl Dt {
             4
         } else {
             2
+        }
+    }
+    fn dtype(self) -> DType {
+        match self {
+            Dt::F32 => DType::F32,
+            Dt::F16 => DType::F16,
+            Dt::Bf16 => DType::BF16,
         }
     }
     fn gemm(self) -> GemmType {
@@ -115,7 +133,7 @@ impl Dt {
 
 /// Device 0, its lane and the compiled module.
 struct Gpu {
-    _dev: Device,
+    dev: Device,
     lease: Lease,
     backend_fn: Box<dyn Fn(&str) -> CudaFunction>,
 }
@@ -134,7 +152,7 @@ impl Gpu {
                 .unwrap_or_else(|e| panic!("kernel {name}: {e}"))
         });
         Some(Gpu {
-            _dev: dev,
+            dev,
             lease,
             backend_fn,
         })
@@ -272,29 +290,16 @@ fn attention_case(gpu: &Gpu, dt: Dt, heads: usize, d: usize, kind: Attn) {
     let qkv = rng.vec(dt, rows * 3 * hidden, -1.5, 1.5);
     let bias: Vec<f32> = rng.vec(Dt::F32, 3 * hidden, -0.3, 0.3);
     let mut want = vec![0f32; rows * hidden];
-    for (b, &len) in LENS.iter().enumerate() {
-        let s0 = offs[b] as usize;
-        let split = |part: usize| -> Vec<f32> {
-            (0..len * hidden)
-                .map(|i| {
-                    let (r, c) = (i / hidden, i % hidden);
-                    qkv[(s0 + r) * 3 * hidden + part * hidden + c] + bias[part * hidden + c]
-                })
-                .collect()
-        };
-        let (q, k, v) = (split(0), split(1), split(2));
-        cpu::attention(
-            &q,
-            &k,
-            &v,
-            &vec![1f32; len],
-            1,
-            len,
-            heads,
-            d,
-            &mut want[s0 * hidden..(s0 + len) * hidden],
-        );
-    }
+    let split = |part: usize| -> Vec<f32> {
+        (0..rows * hidden)
+            .map(|i| {
+                let (r, c) = (i / hidden, i % hidden);
+                qkv[r * 3 * hidden + part * hidden + c] + bias[part * hidden + c]
+            })
+            .collect()
+    };
+    let (q, k, v) = (split(0), split(1), split(2));
+    cpu::attention(&q, &k, &v, &offs, heads, d, &mut want);
     let want: Vec<f32> = want.iter().map(|&x| dt.round(x)).collect();
     let qkv_b = gpu.up_t(dt, &qkv);
     let bias_b = gpu.up_t(Dt::F32, &bias);
@@ -516,17 +521,7 @@ fn pool_normalize_matches_cpu() {
         let mut rng = Rng(9);
         let hidden = rng.vec(dt, rows * dim, -1.0, 1.0);
         let mut want = vec![0f32; LENS.len() * dim];
-        for (b, &len) in LENS.iter().enumerate() {
-            let s0 = offs[b] as usize;
-            cpu::mean_pool(
-                &hidden[s0 * dim..(s0 + len) * dim],
-                &vec![1f32; len],
-                1,
-                len,
-                dim,
-                &mut want[b * dim..(b + 1) * dim],
-            );
-        }
+        cpu::mean_pool(&hidden, &offs, dim, &mut want);
         cpu::l2_normalize(&mut want, LENS.len(), dim);
         let (hb, ob) = (gpu.up_t(dt, &hidden), gpu.up_u32(&offs));
         let out = gpu.zeros(LENS.len() * dim * 4);
@@ -803,6 +798,248 @@ fn bad_offsets_and_ids_stay_in_bounds() {
         assert!(
             got.iter().all(|v| v.is_finite()),
             "pool_normalize {dt:?}: non-finite output"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The whole forward per dtype on the fixture texts
+
+/// A weight on the device with its dtype and shape.
+struct DevTensor {
+    name: &'static str,
+    buf: Buffer,
+    dtype: DType,
+    shape: Vec<usize>,
+}
+
+impl DevTensor {
+    fn new(gpu: &Gpu, name: &'static str, dt: Dt, data: &[f32], shape: &[usize]) -> DevTensor {
+        DevTensor {
+            name,
+            buf: gpu.up_t(dt, data),
+            dtype: dt.dtype(),
+            shape: shape.to_vec(),
+        }
+    }
+    fn t(&self) -> Tensor<'_> {
+        Tensor::new(self.name, &self.buf, self.dtype, &self.shape).expect("weight tensor")
+    }
+}
+
+/// One layer: `[qkv_w, qkv_b, o_w, o_b, ln1_g, ln1_b, i_w, i_b, out_w, out_b, ln2_g, ln2_b]`.
+type DevLayer = Vec<DevTensor>;
+
+/// The model's weights on the device: matrices and tables in `dt`, biases and
+/// LayerNorm parameters f32.
+fn upload_weights(gpu: &Gpu, model: &Model, dt: Dt) -> (Vec<DevTensor>, Vec<DevLayer>) {
+    let e = &model.weights.embeddings;
+    let emb = vec![
+        DevTensor::new(gpu, "word", dt, &e.word.data, &e.word.shape),
+        DevTensor::new(gpu, "position", dt, &e.position.data, &e.position.shape),
+        DevTensor::new(
+            gpu,
+            "token_type",
+            dt,
+            &e.token_type.data,
+            &e.token_type.shape,
+        ),
+        DevTensor::new(
+            gpu,
+            "emb_gamma",
+            Dt::F32,
+            &e.ln_gamma.data,
+            &e.ln_gamma.shape,
+        ),
+        DevTensor::new(gpu, "emb_beta", Dt::F32, &e.ln_beta.data, &e.ln_beta.shape),
+    ];
+    let layers = model
+        .weights
+        .layers
+        .iter()
+        .map(|l| {
+            let h = l.q_b.data.len();
+            let qkv_w = [&l.q_w.data[..], &l.k_w.data, &l.v_w.data].concat();
+            let qkv_b = [&l.q_b.data[..], &l.k_b.data, &l.v_b.data].concat();
+            let m = |name, dt, t: &lanes_nn::HostTensor| {
+                DevTensor::new(gpu, name, dt, &t.data, &t.shape)
+            };
+            vec![
+                DevTensor::new(gpu, "qkv_w", dt, &qkv_w, &[3 * h, h]),
+                DevTensor::new(gpu, "qkv_b", Dt::F32, &qkv_b, &[3 * h]),
+                m("o_w", dt, &l.o_w),
+                m("o_b", Dt::F32, &l.o_b),
+                m("ln1_g", Dt::F32, &l.ln1_g),
+                m("ln1_b", Dt::F32, &l.ln1_b),
+                m("i_w", dt, &l.i_w),
+                m("i_b", Dt::F32, &l.i_b),
+                m("out_w", dt, &l.out_w),
+                m("out_b", Dt::F32, &l.out_b),
+                m("ln2_g", Dt::F32, &l.ln2_g),
+                m("ln2_b", Dt::F32, &l.ln2_b),
+            ]
+        })
+        .collect();
+    (emb, layers)
+}
+
+/// MiniLM on `seqs` (token ids, one packed batch) through the `Exec` ops in `dt`:
+/// the pooled, normalized embeddings `[batch, hidden]`.
+fn forward_exec(gpu: &Gpu, ex: &CudaExec, model: &Model, dt: Dt, seqs: &[Vec<u32>]) -> Vec<f32> {
+    let c = &model.config;
+    let (h, inter, heads) = (c.hidden_size, c.intermediate_size, c.num_attention_heads);
+    let eps = c.layer_norm_eps as f32;
+    let (emb, layers) = upload_weights(gpu, model, dt);
+    let ids: Vec<u32> = seqs.concat();
+    let n = ids.len();
+    let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
+    let offs = offsets(&lens);
+    let max_len = lens.iter().copied().max().unwrap_or(0);
+    let batch = seqs.len();
+    let (ids_b, types_b, offs_b) = (gpu.up_u32(&ids), gpu.up_u32(&vec![0; n]), gpu.up_u32(&offs));
+    let act = |rows, cols| gpu.lease.alloc(rows * cols * dt.size()).expect("alloc");
+    let ty = dt.dtype();
+    let lane = &gpu.lease;
+    let mut x = act(n, h);
+    let tables = EmbedTables {
+        word: emb[0].t(),
+        position: emb[1].t(),
+        token_type: emb[2].t(),
+        gamma: emb[3].t(),
+        beta: emb[4].t(),
+    };
+    ex.embed_ln(
+        lane,
+        Tensor::new("ids", &ids_b, DType::U32, &[n]).unwrap(),
+        Tensor::new("types", &types_b, DType::U32, &[n]).unwrap(),
+        Tensor::new("offsets", &offs_b, DType::U32, &[batch + 1]).unwrap(),
+        &tables,
+        eps,
+        TensorMut::new("x", &mut x, ty, &[n, h]).unwrap(),
+    )
+    .expect("embed_ln");
+    for l in &layers {
+        let mut qkv = act(n, 3 * h);
+        ex.linear(
+            lane,
+            Tensor::new("x", &x, ty, &[n, h]).unwrap(),
+            l[0].t(),
+            l[1].t(),
+            false,
+            TensorMut::new("qkv", &mut qkv, ty, &[n, 3 * h]).unwrap(),
+        )
+        .expect("qkv");
+        let mut ctx = act(n, h);
+        ex.attention(
+            lane,
+            Tensor::new("qkv", &qkv, ty, &[n, 3 * h]).unwrap(),
+            Tensor::new("offsets", &offs_b, DType::U32, &[batch + 1]).unwrap(),
+            max_len,
+            heads,
+            TensorMut::new("ctx", &mut ctx, ty, &[n, h]).unwrap(),
+        )
+        .expect("attention");
+        let mut attn = act(n, h);
+        ex.linear(
+            lane,
+            Tensor::new("ctx", &ctx, ty, &[n, h]).unwrap(),
+            l[2].t(),
+            l[3].t(),
+            false,
+            TensorMut::new("attn", &mut attn, ty, &[n, h]).unwrap(),
+        )
+        .expect("o");
+        let mut h1 = act(n, h);
+        ex.add_layer_norm(
+            lane,
+            Tensor::new("attn", &attn, ty, &[n, h]).unwrap(),
+            Tensor::new("x", &x, ty, &[n, h]).unwrap(),
+            l[4].t(),
+            l[5].t(),
+            eps,
+            TensorMut::new("h1", &mut h1, ty, &[n, h]).unwrap(),
+        )
+        .expect("ln1");
+        let mut up = act(n, inter);
+        ex.linear(
+            lane,
+            Tensor::new("h1", &h1, ty, &[n, h]).unwrap(),
+            l[6].t(),
+            l[7].t(),
+            true,
+            TensorMut::new("up", &mut up, ty, &[n, inter]).unwrap(),
+        )
+        .expect("up");
+        let mut down = act(n, h);
+        ex.linear(
+            lane,
+            Tensor::new("up", &up, ty, &[n, inter]).unwrap(),
+            l[8].t(),
+            l[9].t(),
+            false,
+            TensorMut::new("down", &mut down, ty, &[n, h]).unwrap(),
+        )
+        .expect("down");
+        let mut h2 = act(n, h);
+        ex.add_layer_norm(
+            lane,
+            Tensor::new("down", &down, ty, &[n, h]).unwrap(),
+            Tensor::new("h1", &h1, ty, &[n, h]).unwrap(),
+            l[10].t(),
+            l[11].t(),
+            eps,
+            TensorMut::new("h2", &mut h2, ty, &[n, h]).unwrap(),
+        )
+        .expect("ln2");
+        x = h2;
+    }
+    let mut pooled = gpu.lease.alloc(batch * h * 4).expect("alloc");
+    ex.pool_normalize(
+        lane,
+        Tensor::new("x", &x, ty, &[n, h]).unwrap(),
+        Tensor::new("offsets", &offs_b, DType::U32, &[batch + 1]).unwrap(),
+        TensorMut::new("pooled", &mut pooled, DType::F32, &[batch, h]).unwrap(),
+    )
+    .expect("pool");
+    gpu.down_t(Dt::F32, &pooled, batch * h)
+}
+
+#[test]
+fn f16_and_bf16_forward_match_f32_on_the_fixture() {
+    let Some(gpu) = Gpu::open() else { return };
+    let Some(model) = common::model() else { return };
+    let fixtures = common::fixtures();
+    let ex = CudaExec::new(&gpu.dev).expect("compile the kernels");
+    let seqs: Vec<Vec<u32>> = fixtures.iter().map(|f| f.input_ids.clone()).collect();
+    let h = model.config.hidden_size;
+    let f32_out = forward_exec(&gpu, &ex, model, Dt::F32, &seqs);
+    for (i, f) in fixtures.iter().enumerate() {
+        let got = &f32_out[i * h..(i + 1) * h];
+        let c = cosine(got, &f.embedding);
+        let d = got
+            .iter()
+            .zip(&f.embedding)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            c >= 0.99999 && d <= 1e-5,
+            "f32 text {i} vs fixture: cosine {c}, max |diff| {d:.3e}"
+        );
+    }
+    for (dt, min_cos) in [(Dt::F16, 0.9999), (Dt::Bf16, 0.999)] {
+        let out = forward_exec(&gpu, &ex, model, dt, &seqs);
+        let mut worst = 1.0f64;
+        for i in 0..seqs.len() {
+            let c = cosine(&out[i * h..(i + 1) * h], &f32_out[i * h..(i + 1) * h]);
+            worst = worst.min(c);
+            assert!(
+                c >= min_cos,
+                "{dt:?} text {i} ({:?}): cosine {c} vs f32 < {min_cos}",
+                fixtures[i].text
+            );
+        }
+        eprintln!(
+            "{dt:?} forward vs f32 on {} fixture texts: min cosine {worst:.7}",
+            seqs.len()
         );
     }
 }
