@@ -18,7 +18,7 @@
 #      per-kernel times from nsys when it is installed
 #   5. torch peer (scripts/gpu/torch_peer.py): the five configurations and torch's
 #      fixture embeddings per dtype
-# SKIP="racecheck nsys compile encoder f32embed" leaves those steps out (device time);
+# SKIP="racecheck nsys compile encoder float32-embed bfloat16-embed" leaves those steps out (device time);
 # PEER_SECONDS (default 3) is each torch benchmark's timed span.
 # Results go to $OUT/kernels.tgz (and summary.txt, bench.jsonl, peer.jsonl beside it).
 set -uo pipefail
@@ -107,7 +107,7 @@ for m in fp16-b512 bf16-b512 fp16-b1-graph fp32-b512 fp32-b1; do
 done
 skip compile || step torch-fp32-b512-compile sh -c "timeout 240 python3 '$K/torch_peer.py' bench '$work/model' fp32-b512-compile --seconds ${PEER_SECONDS:-3} >> '$o/peer.jsonl'"
 for dt in float32 float16 bfloat16; do
-  [ $dt = float32 ] && skip f32embed && continue
+  skip "${dt}-embed" && continue
   step "torch-embed-$dt" sh -c "timeout 120 python3 '$K/torch_peer.py' embed '$work/model' '$LANES_FIXTURE' '$o/torch-embed-$dt.jsonl' --dtype $dt >> '$o/peer.jsonl'"
 done
 cat "$summary"
