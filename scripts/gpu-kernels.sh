@@ -65,8 +65,12 @@ chmod +x "$work"/bin/*
 cp "$K"/model/*.json "$work/model/"
 B=$work/bin
 export LANES_MODEL=$work/model LANES_FIXTURE=$PWD/$K/minilm_reference.jsonl LANES_REQUIRE_CUDA=1
-summary=$o/summary.txt
+# Figures land in $OUT as they come (a run cut short still returns them); the logs
+# are packed into $OUT/kernels.tgz on exit.
+res=${OUT:-$o}
+summary=$res/summary.txt
 : > "$summary"
+[ -n "${OUT:-}" ] && trap 'tar czf "$OUT/kernels.tgz" -C "$o" . 2>/dev/null' EXIT
 failed=0
 skip() { case " ${SKIP:-} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 step() { # step NAME CMD...
@@ -93,30 +97,24 @@ racecheck_ours() {
 }
 skip racecheck || step sanitizer-racecheck racecheck_ours
 if [ -x "$B/forward_bench" ]; then
-  step forward-bench sh -c "'$B/forward_bench' '$work/model' > '$o/bench.jsonl'"
+  step forward-bench sh -c "'$B/forward_bench' > '$res/bench.jsonl'"
   if command -v nsys > /dev/null && ! skip nsys; then
     for dt in float32 float16; do
       step "nsys-$dt" nsys profile -o "$o/nsys-$dt" --force-overwrite true --stats=true \
-        "$B/forward_bench" "$work/model" --only "$dt" --batch 512 --iters 5
+        "$B/forward_bench" --only "$dt" --batch 512 --iters 5
     done
     rm -f "$o"/nsys-*.nsys-rep "$o"/nsys-*.sqlite
   fi
 fi
 for m in fp16-b512 bf16-b512 fp16-b1-graph fp32-b512 fp32-b1; do
-  step "torch-$m" sh -c "timeout 120 python3 '$K/torch_peer.py' bench '$work/model' $m --seconds ${PEER_SECONDS:-3} >> '$o/peer.jsonl'"
+  step "torch-$m" sh -c "timeout 120 python3 '$K/torch_peer.py' bench '$work/model' $m --seconds ${PEER_SECONDS:-3} >> '$res/peer.jsonl'"
 done
-skip compile || step torch-fp32-b512-compile sh -c "timeout 240 python3 '$K/torch_peer.py' bench '$work/model' fp32-b512-compile --seconds ${PEER_SECONDS:-3} >> '$o/peer.jsonl'"
+skip compile || step torch-fp32-b512-compile sh -c "timeout 240 python3 '$K/torch_peer.py' bench '$work/model' fp32-b512-compile --seconds ${PEER_SECONDS:-3} >> '$res/peer.jsonl'"
 for dt in float32 float16 bfloat16; do
   skip "${dt}-embed" && continue
-  step "torch-embed-$dt" sh -c "timeout 120 python3 '$K/torch_peer.py' embed '$work/model' '$LANES_FIXTURE' '$o/torch-embed-$dt.jsonl' --dtype $dt >> '$o/peer.jsonl'"
+  step "torch-embed-$dt" sh -c "timeout 120 python3 '$K/torch_peer.py' embed '$work/model' '$LANES_FIXTURE' '$o/torch-embed-$dt.jsonl' --dtype $dt >> '$res/peer.jsonl'"
 done
 cat "$summary"
-[ -f "$o/bench.jsonl" ] && cat "$o/bench.jsonl"
-[ -f "$o/peer.jsonl" ] && cat "$o/peer.jsonl"
-if [ -n "${OUT:-}" ]; then
-  tar czf "$OUT/kernels.tgz" -C "$o" .
-  cp "$summary" "$OUT/"
-  [ -f "$o/bench.jsonl" ] && cp "$o/bench.jsonl" "$OUT/"
-  [ -f "$o/peer.jsonl" ] && cp "$o/peer.jsonl" "$OUT/"
-fi
+[ -f "$res/bench.jsonl" ] && cat "$res/bench.jsonl"
+[ -f "$res/peer.jsonl" ] && cat "$res/peer.jsonl"
 exit $failed
