@@ -14,8 +14,15 @@
 //! [`crate::cpu`]: fp32 data, cuBLAS in its default (no TF32) math mode, LayerNorm
 //! statistics, softmax and pooling sums in f64, the exact GELU through `erfc` in f64;
 //! the module is compiled without fast math.
+//!
+//! Every op dispatches on its tensors' dtype: f32 runs the kernels above; f16 and
+//! bf16 (activations, tables and GEMM weights; biases and LayerNorm parameters
+//! stay f32) run `fused.cu` and tensor-core GEMMs ([`fused`]), 54 launches a
+//! MiniLM forward (`1 + 6 × 9 + 1`).
 
 use std::ffi::c_void;
+
+mod fused;
 
 use lanes::backend::cuda::{kernel_arg, CudaBackend, CudaFunction, CudaLane, Op};
 use lanes::{DeviceKind, DevicePtr, Lease};
@@ -24,8 +31,8 @@ use super::{EmbedTables, Exec};
 use crate::tensor::{DType, Tensor, TensorMut};
 use crate::{NnError, Result};
 
-/// The dtypes these kernels compute in.
-const FLOATS: &[DType] = &[DType::F32];
+/// The dtypes the ops take: f32 here, f16 and bf16 in [`fused`].
+const FLOATS: &[DType] = &[DType::F32, DType::F16, DType::BF16];
 
 /// The NVRTC module name and its source.
 const MODULE: &str = "lanes_nn_bert";
@@ -134,6 +141,8 @@ pub struct CudaExec {
     /// `attention_q{Q}_c{C}`, indexed `[log2 C][log2 Q]` (Q, C in 1, 2, 4).
     attention: [[CudaFunction; 3]; 3],
     pool_normalize: CudaFunction,
+    /// The f16 / bf16 path.
+    fused: fused::Fused,
 }
 
 impl CudaExec {
@@ -192,6 +201,7 @@ impl CudaExec {
             splitk_reduce: f("splitk_reduce")?,
             attention: [att(1)?, att(2)?, att(4)?],
             pool_normalize: f("pool_normalize")?,
+            fused: fused::Fused::load(backend)?,
         })
     }
 
@@ -373,6 +383,46 @@ impl Exec for CudaExec {
         }
         let lane = self.lane(lease)?;
         let v = self.ln_variant("embed_ln", d.hidden)?;
+        let dt = fused::activation_dtype(
+            "embed_ln",
+            &[
+                (t.word.name(), t.word.dtype()),
+                (t.position.name(), t.position.dtype()),
+                (t.token_type.name(), t.token_type.dtype()),
+                (out.name(), out.dtype()),
+            ],
+            &[
+                (t.gamma.name(), t.gamma.dtype()),
+                (t.beta.name(), t.beta.dtype()),
+            ],
+        )?;
+        if dt != DType::F32 {
+            let p = [
+                ids.ptr(),
+                types.ptr(),
+                offsets.ptr(),
+                t.word.ptr(),
+                t.position.ptr(),
+                t.token_type.ptr(),
+                t.gamma.ptr(),
+                t.beta.ptr(),
+                out.ptr(),
+            ];
+            // SAFETY: `check_embed_ln` validated every tensor (shapes, device) and
+            // `activation_dtype` the dtypes: the tables and out are `dt`, gamma / beta
+            // f32, which is `Fused::embed_ln`'s contract.
+            return unsafe {
+                self.fused.embed_ln(
+                    lane,
+                    dt,
+                    v,
+                    (d.tokens, d.batch, d.hidden),
+                    (d.vocab, d.max_pos, d.type_vocab),
+                    p,
+                    eps,
+                )
+            };
+        }
         let (rows_u, batch_u, dim) = (
             u32_of("tokens", d.tokens)?,
             u32_of("batch", d.batch)?,
@@ -441,8 +491,26 @@ impl Exec for CudaExec {
             return Err(NnError::InvalidInput("linear: input width k = 0".into()));
         }
         let lane = self.lane(lease)?;
+        let dt = fused::activation_dtype(
+            "linear",
+            &[
+                (x.name(), x.dtype()),
+                (w.name(), w.dtype()),
+                (out.name(), out.dtype()),
+            ],
+            &[(b.name(), b.dtype())],
+        )?;
         let total = u32_of("rows * n", rows.saturating_mul(n))?;
         let (x, w, b, out) = (x.ptr(), w.ptr(), b.ptr(), out.ptr());
+        if dt != DType::F32 {
+            // SAFETY: `check_linear` validated the shapes and device, `activation_dtype`
+            // the dtypes (x, w, out `dt`, b f32); out is a unique borrow, distinct from
+            // the inputs: `Fused::linear`'s contract.
+            return unsafe {
+                self.fused
+                    .linear(lane, dt, (rows, k, n), x, w, b, gelu, out)
+            };
+        }
         if self.gemm.fused(rows, n) {
             // Split-K scratch must stay addressable by u32 offsets too.
             u32_of("rows * k", rows.saturating_mul(k))?;
@@ -494,6 +562,26 @@ impl Exec for CudaExec {
             return Ok(());
         }
         let lane = self.lane(lease)?;
+        let dt = fused::activation_dtype(
+            "attention",
+            &[(qkv.name(), qkv.dtype()), (out.name(), out.dtype())],
+            &[],
+        )?;
+        if dt != DType::F32 {
+            // SAFETY: `check_attention` validated the shapes (qkv [tokens, 3 * hidden],
+            // out [tokens, hidden], offsets batch + 1 u32s) and device, `activation_dtype`
+            // the dtypes: `Fused::attention`'s contract.
+            return unsafe {
+                self.fused.attention(
+                    lane,
+                    dt,
+                    (d.tokens, d.batch, d.hidden, d.heads, d.max_len),
+                    qkv.ptr(),
+                    offsets.ptr(),
+                    out.ptr(),
+                )
+            };
+        }
         let hd = d.head_dim;
         let c_idx = match hd.div_ceil(32) {
             1 => 0,
@@ -568,6 +656,22 @@ impl Exec for CudaExec {
         }
         let lane = self.lane(lease)?;
         let v = self.ln_variant("add_layer_norm", dim)?;
+        let dt = fused::activation_dtype(
+            "add_layer_norm",
+            &[
+                (x.name(), x.dtype()),
+                (residual.name(), residual.dtype()),
+                (out.name(), out.dtype()),
+            ],
+            &[(gamma.name(), gamma.dtype()), (beta.name(), beta.dtype())],
+        )?;
+        if dt != DType::F32 {
+            let p = [x.ptr(), residual.ptr(), gamma.ptr(), beta.ptr(), out.ptr()];
+            // SAFETY: `check_add_layer_norm` validated the shapes and device,
+            // `activation_dtype` the dtypes (x, residual, out `dt`; gamma, beta f32):
+            // `Fused::add_layer_norm`'s contract.
+            return unsafe { self.fused.add_layer_norm(lane, dt, v, (rows, dim), p, eps) };
+        }
         let (rows_u, dim_u) = (u32_of("rows", rows)?, u32_of("dim", dim)?);
         u32_of("rows * dim", rows.saturating_mul(dim))?;
         let [x, r, g, b] = [x, residual, gamma, beta].map(|t| t.ptr().0);
@@ -610,6 +714,21 @@ impl Exec for CudaExec {
             return Ok(());
         }
         let lane = self.lane(lease)?;
+        let dt =
+            fused::activation_dtype("pool_normalize", &[(hidden.name(), hidden.dtype())], &[])?;
+        if dt != DType::F32 {
+            // SAFETY: `check_pool` validated the shapes (hidden [tokens, dim], offsets
+            // batch + 1 u32s, out [batch, dim] f32) and device, `activation_dtype`
+            // hidden's dtype: `Fused::pool_normalize`'s contract.
+            return unsafe {
+                self.fused.pool_normalize(
+                    lane,
+                    dt,
+                    (tokens, batch, dim),
+                    [hidden.ptr(), offsets.ptr(), out.ptr()],
+                )
+            };
+        }
         let (batch_u, tokens_u, dim_u) = (
             u32_of("batch", batch)?,
             u32_of("tokens", tokens)?,

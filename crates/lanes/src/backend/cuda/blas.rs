@@ -1,4 +1,6 @@
-//! One cuBLAS handle per lane, called with raw device pointers.
+//! One cuBLAS handle per lane, called with raw device pointers: fp32 SGEMM (exact
+//! fp32, no TF32) and [`LaneBlas::gemm_ex`], tensor-core GEMMs on f16 / bf16 inputs
+//! and outputs with f32 accumulation (`CUBLAS_COMPUTE_32F`).
 //!
 //! Tensors are raw [`DevicePtr`]s from the caching allocator, not cudarc
 //! `CudaSlice`s, so this goes through `cudarc::cublas::result` directly. The handle
@@ -29,6 +31,35 @@ impl Op {
         match self {
             Op::N => sys::cublasOperation_t::CUBLAS_OP_N,
             Op::T => sys::cublasOperation_t::CUBLAS_OP_T,
+        }
+    }
+}
+
+/// Element type of a [`LaneBlas::gemm_ex`] matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GemmType {
+    /// IEEE fp32 (`CUDA_R_32F`).
+    F32,
+    /// IEEE fp16 (`CUDA_R_16F`).
+    F16,
+    /// bfloat16 (`CUDA_R_16BF`).
+    BF16,
+}
+
+impl GemmType {
+    fn raw(self) -> sys::cudaDataType {
+        match self {
+            GemmType::F32 => sys::cudaDataType::CUDA_R_32F,
+            GemmType::F16 => sys::cudaDataType::CUDA_R_16F,
+            GemmType::BF16 => sys::cudaDataType::CUDA_R_16BF,
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            GemmType::F32 => 4,
+            GemmType::F16 | GemmType::BF16 => 2,
         }
     }
 }
@@ -226,6 +257,62 @@ impl LaneBlas {
             )
         }
         .map_err(self.err("cublasSgemmStridedBatched"))
+    }
+}
+
+impl LaneBlas {
+    /// `C = alpha * op(A) * op(B) + beta * C`, column-major as [`LaneBlas::sgemm`],
+    /// with A and B of type `ab`, C of type `c_type`, accumulated in f32
+    /// (`CUBLAS_COMPUTE_32F`; alpha and beta are f32). f16 / bf16 inputs run on
+    /// tensor cores; all-f32 operands are computed in full fp32 (this handle's
+    /// default math mode: no TF32), the same as [`LaneBlas::sgemm`].
+    ///
+    /// # Safety
+    /// As [`LaneBlas::sgemm`], with every matrix holding elements of the type given.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm_ex(
+        &self,
+        transa: Op,
+        transb: Op,
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        ab: GemmType,
+        (a, lda): (DevicePtr, usize),
+        (b, ldb): (DevicePtr, usize),
+        beta: f32,
+        c_type: GemmType,
+        (c, ldc): (DevicePtr, usize),
+    ) -> Result<()> {
+        let [m, n, k, lda, ldb, ldc] = dims("gemm_ex", [m, n, k, lda, ldb, ldc])?;
+        self.bind()?;
+        // SAFETY: valid handle bound to the lane's stream; alpha/beta are f32 host
+        // values (host pointer mode, CUBLAS_COMPUTE_32F takes f32 scalars) that live
+        // across the call; the device pointers, their element types and extents are
+        // the caller's contract.
+        unsafe {
+            blas::gemm_ex(
+                self.handle,
+                transa.raw(),
+                transb.raw(),
+                m,
+                n,
+                k,
+                (&alpha as *const f32).cast(),
+                a.0 as *const std::ffi::c_void,
+                ab.raw(),
+                lda,
+                b.0 as *const std::ffi::c_void,
+                ab.raw(),
+                ldb,
+                (&beta as *const f32).cast(),
+                c.0 as *mut std::ffi::c_void,
+                c_type.raw(),
+                ldc,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(self.err("cublasGemmEx"))
     }
 }
 

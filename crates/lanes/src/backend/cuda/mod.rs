@@ -30,7 +30,7 @@ mod lane;
 mod module_cache;
 
 pub use backend::{CudaBackend, SyncMode};
-pub use blas::{LaneBlas, Op};
+pub use blas::{GemmType, LaneBlas, Op};
 pub use event::CudaEvent;
 pub use graph::CudaGraph;
 pub use lane::CudaLane;

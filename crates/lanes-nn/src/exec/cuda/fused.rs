@@ -1,0 +1,570 @@
+//! The 16-bit path of [`super::CudaExec`]: the packed kernels of `fused.cu` (NVRTC
+//! module `lanes_nn_fused`, one kernel per activation dtype) and tensor-core GEMMs
+//! ([`lanes::backend::cuda::LaneBlas::gemm_ex`], f32 accumulation).
+//!
+//! Dtypes: activations, embedding tables and GEMM weights are the forward's dtype
+//! `T` (f16 or bf16); biases and LayerNorm parameters are f32; the pooled output
+//! is f32. Math is f32 (f64 for LayerNorm statistics and pooling sums).
+//!
+//! | op | launches |
+//! | --- | --- |
+//! | `embed_ln` | 1 (`embed_ln_{T}_{V}`) |
+//! | `linear` | 2 (`cublasGemmEx` on tensor cores + `bias_act_vec_{T}`, bias and GELU in place) |
+//! | `attention` | 1 (`tc_attn_{T}_d{32,64}`: mma.sync flash attention; other head sizes `flash_attn_{T}_c{C}`) |
+//! | `add_layer_norm` | 1 (`add_ln_{T}_{V}`) |
+//! | `pool_normalize` | 1 (`pool_normalize_{T}`, f32 out) |
+//!
+//! The f32 instantiations of the same kernels are loaded too (the GPU tests compare
+//! them with the CPU), but [`super::CudaExec`] keeps its own f32 kernels for f32.
+
+use lanes::backend::cuda::{kernel_arg, CudaBackend, CudaFunction, CudaLane, GemmType, Op};
+use lanes::DevicePtr;
+
+use super::{launch, u32_of, EPI_THREADS, LN_VARIANTS, LN_WARPS, SMEM_LIMIT};
+use crate::tensor::DType;
+use crate::{NnError, Result};
+
+/// The NVRTC module name and its source.
+pub const MODULE: &str = "lanes_nn_fused";
+/// The CUDA source of the packed multi-dtype kernels.
+pub const SOURCE: &str = include_str!("../fused.cu");
+
+/// Threads per block of the attention kernels (`FA_WARPS`, `TC_WARPS` warps).
+const ATT_THREADS: u32 = 128;
+/// Queries per block of `flash_attn` (`FA_WARPS * FA_Q`) and of `tc_attn`.
+const FA_QB: usize = 16;
+const TC_QB: usize = 64;
+
+/// The index of a float dtype in the kernel tables (f32, f16, bf16).
+fn dtype_index(dt: DType) -> Result<usize> {
+    match dt {
+        DType::F32 => Ok(0),
+        DType::F16 => Ok(1),
+        DType::BF16 => Ok(2),
+        DType::U32 => Err(NnError::Unsupported(
+            "the CUDA kernels compute in f32, f16 or bf16, not u32".into(),
+        )),
+    }
+}
+
+/// The activation dtype of an op: every tensor of `act` (activations, tables,
+/// GEMM weights) has the same float dtype, every tensor of `params` (biases,
+/// LayerNorm parameters) is f32. Fails naming the first tensor that differs.
+pub(super) fn activation_dtype(
+    op: &'static str,
+    act: &[(&'static str, DType)],
+    params: &[(&'static str, DType)],
+) -> Result<DType> {
+    let Some(&(_, dt)) = act.first() else {
+        return Err(NnError::Unsupported(format!("{op}: no activation tensor")));
+    };
+    let mismatch = |tensor: &str, expected: String, actual: DType| NnError::OpMismatch {
+        op,
+        tensor: tensor.to_string(),
+        expected,
+        actual: format!("dtype {actual}"),
+    };
+    if !dt.is_float() {
+        return Err(mismatch(act[0].0, "f32, f16 or bf16".into(), dt));
+    }
+    if let Some(&(name, other)) = act.iter().find(|(_, d)| *d != dt) {
+        return Err(mismatch(
+            name,
+            format!("dtype {dt}, as {}", act[0].0),
+            other,
+        ));
+    }
+    if let Some(&(name, other)) = params.iter().find(|(_, d)| *d != DType::F32) {
+        return Err(mismatch(
+            name,
+            "dtype f32 (biases and LayerNorm parameters stay f32)".into(),
+            other,
+        ));
+    }
+    Ok(dt)
+}
+
+/// The cuBLAS element type of a 16-bit or f32 dtype.
+fn gemm_type(dt: DType) -> Result<GemmType> {
+    match dt {
+        DType::F32 => Ok(GemmType::F32),
+        DType::F16 => Ok(GemmType::F16),
+        DType::BF16 => Ok(GemmType::BF16),
+        DType::U32 => Err(NnError::Unsupported("linear in u32".into())),
+    }
+}
+
+/// The kernels of `fused.cu`, indexed by dtype (f32, f16, bf16).
+pub(super) struct Fused {
+    /// `[dtype][LN variant]`.
+    embed_ln: [[CudaFunction; 3]; 3],
+    add_ln: [[CudaFunction; 3]; 3],
+    bias_act_vec: [CudaFunction; 3],
+    bias_act: [CudaFunction; 3],
+    /// `[dtype][log2 C]`, head_dim <= 32 * C.
+    flash: [[CudaFunction; 3]; 3],
+    /// `[f16, bf16][D = 32, 64]`.
+    tc: [[CudaFunction; 2]; 2],
+    pool: [CudaFunction; 3],
+}
+
+impl Fused {
+    /// Compiles (once per device) and loads every kernel.
+    pub(super) fn load(backend: &CudaBackend) -> Result<Fused> {
+        let f =
+            |name: String| -> Result<CudaFunction> { Ok(backend.function(MODULE, SOURCE, &name)?) };
+        let per_dtype = |make: &dyn Fn(&str) -> Result<CudaFunction>| -> Result<[CudaFunction; 3]> {
+            Ok([make("f32")?, make("f16")?, make("bf16")?])
+        };
+        let ln = |prefix: &str| -> Result<[[CudaFunction; 3]; 3]> {
+            let row = |s: &str| -> Result<[CudaFunction; 3]> {
+                Ok([
+                    f(format!("{prefix}_{s}_{}", LN_VARIANTS[0]))?,
+                    f(format!("{prefix}_{s}_{}", LN_VARIANTS[1]))?,
+                    f(format!("{prefix}_{s}_{}", LN_VARIANTS[2]))?,
+                ])
+            };
+            Ok([row("f32")?, row("f16")?, row("bf16")?])
+        };
+        let flash = |s: &str| -> Result<[CudaFunction; 3]> {
+            Ok([
+                f(format!("flash_attn_{s}_c1"))?,
+                f(format!("flash_attn_{s}_c2"))?,
+                f(format!("flash_attn_{s}_c4"))?,
+            ])
+        };
+        let tc = |s: &str| -> Result<[CudaFunction; 2]> {
+            Ok([
+                f(format!("tc_attn_{s}_d32"))?,
+                f(format!("tc_attn_{s}_d64"))?,
+            ])
+        };
+        Ok(Fused {
+            embed_ln: ln("embed_ln")?,
+            add_ln: ln("add_ln")?,
+            bias_act_vec: per_dtype(&|s| f(format!("bias_act_vec_{s}")))?,
+            bias_act: per_dtype(&|s| f(format!("bias_act_{s}")))?,
+            flash: [flash("f32")?, flash("f16")?, flash("bf16")?],
+            tc: [tc("f16")?, tc("bf16")?],
+            pool: per_dtype(&|s| f(format!("pool_normalize_{s}")))?,
+        })
+    }
+
+    /// `embed_ln` in `dt`: tables in `dt`, gamma / beta f32.
+    ///
+    /// # Safety
+    /// `check_embed_ln` validated the tensors: ids / types hold `tokens` u32s,
+    /// offsets `batch + 1`, word / position / token_type `[vocab | max_pos |
+    /// type_vocab, dim]` of `dt` (each >= 1 row), gamma / beta `dim` f32s, out
+    /// `[tokens, dim]` of `dt`, all memory of the lane's device.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn embed_ln(
+        &self,
+        lane: &CudaLane,
+        dt: DType,
+        v: usize,
+        (tokens, batch, dim): (usize, usize, usize),
+        (vocab, max_pos, type_vocab): (usize, usize, usize),
+        [ids, types, offsets, word, position, token_type, gamma, beta, out]: [DevicePtr; 9],
+        eps: f32,
+    ) -> Result<()> {
+        let d = dtype_index(dt)?;
+        let (rows_u, batch_u, dim_u) = (
+            u32_of("tokens", tokens)?,
+            u32_of("batch", batch)?,
+            u32_of("hidden", dim)?,
+        );
+        u32_of("tokens * hidden", tokens.saturating_mul(dim))?;
+        let (vocab_u, pos_u, ty_u) = (
+            u32_of("vocab", vocab)?,
+            u32_of("max_pos", max_pos)?,
+            u32_of("type_vocab", type_vocab)?,
+        );
+        let p = [
+            ids.0,
+            types.0,
+            offsets.0,
+            word.0,
+            position.0,
+            token_type.0,
+            gamma.0,
+            beta.0,
+            out.0,
+        ];
+        let mut args = [
+            kernel_arg(&p[0]),
+            kernel_arg(&p[1]),
+            kernel_arg(&p[2]),
+            kernel_arg(&batch_u),
+            kernel_arg(&p[3]),
+            kernel_arg(&p[4]),
+            kernel_arg(&p[5]),
+            kernel_arg(&p[6]),
+            kernel_arg(&p[7]),
+            kernel_arg(&p[8]),
+            kernel_arg(&rows_u),
+            kernel_arg(&dim_u),
+            kernel_arg(&eps),
+            kernel_arg(&vocab_u),
+            kernel_arg(&pos_u),
+            kernel_arg(&ty_u),
+        ];
+        let grid = rows_u.div_ceil(LN_WARPS);
+        // SAFETY: the arguments match `embed_ln_{T}_{V}(ids, types, offsets, batch,
+        // word, position, token_type, gamma, beta, out, rows, dim, eps, vocab, max_pos,
+        // type_vocab)`; the extents are this function's contract; the kernel clamps
+        // ids, types and positions to their tables and finds each row's sequence by
+        // a binary search that stays within offsets[0..batch]; dim <= 32 * V.
+        unsafe {
+            launch(
+                lane,
+                &self.embed_ln[d][v],
+                (grid, 1, 1),
+                LN_WARPS * 32,
+                0,
+                &mut args,
+            )
+        }
+    }
+
+    /// `linear` in `dt`: `out = act(x · wᵀ + b)` on tensor cores (f32
+    /// accumulation), then the f32 bias (+ exact GELU) in place.
+    ///
+    /// # Safety
+    /// `check_linear` validated the tensors: x `[rows, k]`, w `[n, k]`, out
+    /// `[rows, n]` of `dt`, b `n` f32s; out is a distinct (mutably borrowed) buffer;
+    /// all memory of the lane's device.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn linear(
+        &self,
+        lane: &CudaLane,
+        dt: DType,
+        (rows, k, n): (usize, usize, usize),
+        x: DevicePtr,
+        w: DevicePtr,
+        b: DevicePtr,
+        gelu: bool,
+        out: DevicePtr,
+    ) -> Result<()> {
+        let d = dtype_index(dt)?;
+        let ty = gemm_type(dt)?;
+        let total = u32_of("rows * n", rows.saturating_mul(n))?;
+        // Row-major out[rows, n] = x · wᵀ is column-major C (n × rows) = wᵀ · x.
+        // SAFETY: per this function's contract x holds rows*k, w n*k and out rows*n
+        // elements of `dt`, on this lane's device, alive until the GEMM has run
+        // (stream order); out overlaps neither input.
+        unsafe {
+            lane.blas()?.gemm_ex(
+                Op::T,
+                Op::N,
+                (n, rows, k),
+                1.0,
+                ty,
+                (w, k),
+                (x, k),
+                0.0,
+                ty,
+                (out, n),
+            )
+        }?;
+        let vec = 16 / dt.size();
+        let vectorized = n % vec == 0 && out.0 % 16 == 0;
+        let f = if vectorized {
+            &self.bias_act_vec[d]
+        } else {
+            &self.bias_act[d]
+        };
+        let (out_p, b_p, n_u, gelu_i) = (out.0, b.0, n as u32, i32::from(gelu));
+        let mut args = [
+            kernel_arg(&out_p),
+            kernel_arg(&b_p),
+            kernel_arg(&total),
+            kernel_arg(&n_u),
+            kernel_arg(&gelu_i),
+        ];
+        let work = if vectorized {
+            total / vec as u32
+        } else {
+            total
+        };
+        let grid = work.div_ceil(EPI_THREADS).clamp(1, 8192);
+        // SAFETY: the arguments match `bias_act[_vec]_{T}(out, bias, total, n, gelu)`;
+        // out holds total = rows*n elements of `dt`, bias n f32s; the vectorized kernel
+        // moves 16 bytes a thread, so it needs n a multiple of 16 / size (every
+        // 16-byte group then lies in one row) and a 16-byte aligned out (checked).
+        unsafe { launch(lane, f, (grid, 1, 1), EPI_THREADS, 0, &mut args) }
+    }
+
+    /// `attention` in `dt`: the tensor-core kernel for f16 / bf16 with head_dim 32
+    /// or 64, else the CUDA-core flash kernel (head_dim <= 128).
+    ///
+    /// # Safety
+    /// `check_attention` validated the tensors: qkv `[tokens, 3 * hidden]` and out
+    /// `[tokens, hidden]` of `dt`, offsets `batch + 1` u32s, all memory of the lane's
+    /// device.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn attention(
+        &self,
+        lane: &CudaLane,
+        dt: DType,
+        (tokens, batch, hidden, heads, max_len): (usize, usize, usize, usize, usize),
+        qkv: DevicePtr,
+        offsets: DevicePtr,
+        out: DevicePtr,
+    ) -> Result<()> {
+        let d = dtype_index(dt)?;
+        let hd = hidden / heads;
+        u32_of("tokens * 3 * hidden", tokens.saturating_mul(3 * hidden))?;
+        let (tok_u, max_u, heads_u, hd_u) = (
+            u32_of("tokens", tokens)?,
+            u32_of("max_len", max_len)?,
+            u32_of("heads", heads)?,
+            hd as u32,
+        );
+        let batch_u = u32_of("batch", batch)?;
+        if heads_u > 65_535 || batch_u > 65_535 {
+            return Err(NnError::Unsupported(format!(
+                "attention: {heads} heads × {batch} sequences exceed the launch grid"
+            )));
+        }
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (qkv_p, null, off_p, out_p) = (qkv.0, 0u64, offsets.0, out.0);
+        let tc_idx = match hd {
+            32 => Some(0),
+            64 => Some(1),
+            _ => None,
+        };
+        if let (Some(t), true) = (tc_idx, d > 0) {
+            let grid = (
+                u32_of("query tiles", max_len.div_ceil(TC_QB))?,
+                heads_u,
+                batch_u,
+            );
+            let mut args = [
+                kernel_arg(&qkv_p),
+                kernel_arg(&null),
+                kernel_arg(&off_p),
+                kernel_arg(&out_p),
+                kernel_arg(&tok_u),
+                kernel_arg(&max_u),
+                kernel_arg(&heads_u),
+                kernel_arg(&scale),
+            ];
+            // SAFETY: the arguments match `tc_attn_{T}_d{D}(qkv, bias = null, offsets,
+            // out, tokens, max_len, heads, scale)` with D = head_dim; the extents are
+            // this function's contract; the kernel clamps every sequence to [0,
+            // tokens) and to max_len and uses static shared memory only; the grid's z
+            // is the batch, so offsets[b + 1] exists.
+            return unsafe { launch(lane, &self.tc[d - 1][t], grid, ATT_THREADS, 0, &mut args) };
+        }
+        let c_idx = match hd.div_ceil(32) {
+            1 => 0,
+            2 => 1,
+            3 | 4 => 2,
+            _ => {
+                return Err(NnError::Unsupported(format!(
+                    "attention: head size {hd} (the CUDA kernels take up to 128)"
+                )))
+            }
+        };
+        let kt = 128 >> c_idx;
+        let smem = 4 * (2 * kt * (hd + 1) + FA_QB * hd + FA_QB * kt);
+        if smem > SMEM_LIMIT {
+            return Err(NnError::Unsupported(format!(
+                "attention: head size {hd} needs {smem} bytes of shared memory"
+            )));
+        }
+        let grid = (
+            u32_of("query tiles", max_len.div_ceil(FA_QB))?,
+            heads_u,
+            batch_u,
+        );
+        let mut args = [
+            kernel_arg(&qkv_p),
+            kernel_arg(&null),
+            kernel_arg(&off_p),
+            kernel_arg(&out_p),
+            kernel_arg(&tok_u),
+            kernel_arg(&max_u),
+            kernel_arg(&heads_u),
+            kernel_arg(&hd_u),
+            kernel_arg(&scale),
+        ];
+        // SAFETY: the arguments match `flash_attn_{T}_c{C}(qkv, bias = null, offsets,
+        // out, tokens, max_len, heads, D, scale)`; the extents are this function's
+        // contract; head_dim <= 32 * C; the dynamic shared memory is the kernel's
+        // layout for KT = 128 / C and D (< 48 KiB for D <= 128); the kernel clamps
+        // every sequence to [0, tokens) and to max_len.
+        unsafe {
+            launch(
+                lane,
+                &self.flash[d][c_idx],
+                grid,
+                ATT_THREADS,
+                smem as u32,
+                &mut args,
+            )
+        }
+    }
+
+    /// `add_layer_norm` in `dt`: x, residual, out of `dt`; gamma / beta f32.
+    ///
+    /// # Safety
+    /// `check_add_layer_norm` validated the tensors: x, residual, out `[rows,
+    /// dim]` of `dt`, gamma / beta `dim` f32s, all memory of the lane's device.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn add_layer_norm(
+        &self,
+        lane: &CudaLane,
+        dt: DType,
+        v: usize,
+        (rows, dim): (usize, usize),
+        [x, residual, gamma, beta, out]: [DevicePtr; 5],
+        eps: f32,
+    ) -> Result<()> {
+        let d = dtype_index(dt)?;
+        let (rows_u, dim_u) = (u32_of("rows", rows)?, u32_of("dim", dim)?);
+        u32_of("rows * dim", rows.saturating_mul(dim))?;
+        let p = [x.0, 0u64, residual.0, gamma.0, beta.0, out.0];
+        let mut args = [
+            kernel_arg(&p[0]),
+            kernel_arg(&p[1]),
+            kernel_arg(&p[2]),
+            kernel_arg(&p[3]),
+            kernel_arg(&p[4]),
+            kernel_arg(&p[5]),
+            kernel_arg(&rows_u),
+            kernel_arg(&dim_u),
+            kernel_arg(&eps),
+        ];
+        let grid = rows_u.div_ceil(LN_WARPS);
+        // SAFETY: the arguments match `add_ln_{T}_{V}(x, bias = null, res, gamma,
+        // beta, out, rows, dim, eps)`; the extents are this function's contract; each
+        // warp reads its row before writing it; dim <= 32 * V.
+        unsafe {
+            launch(
+                lane,
+                &self.add_ln[d][v],
+                (grid, 1, 1),
+                LN_WARPS * 32,
+                0,
+                &mut args,
+            )
+        }
+    }
+
+    /// `pool_normalize` of `hidden` in `dt`; out f32.
+    ///
+    /// # Safety
+    /// `check_pool` validated the tensors: hidden `[tokens, dim]` of `dt`, offsets
+    /// `batch + 1` u32s, out `[batch, dim]` f32s, all memory of the lane's device.
+    pub(super) unsafe fn pool_normalize(
+        &self,
+        lane: &CudaLane,
+        dt: DType,
+        (tokens, batch, dim): (usize, usize, usize),
+        [hidden, offsets, out]: [DevicePtr; 3],
+    ) -> Result<()> {
+        let d = dtype_index(dt)?;
+        let smem = 32 * 8 + 4 * dim;
+        if smem > SMEM_LIMIT {
+            return Err(NnError::Unsupported(format!(
+                "pool_normalize: hidden size {dim}"
+            )));
+        }
+        let (tok_u, batch_u, dim_u) = (
+            u32_of("tokens", tokens)?,
+            u32_of("batch", batch)?,
+            u32_of("hidden", dim)?,
+        );
+        u32_of("tokens * hidden", tokens.saturating_mul(dim))?;
+        let threads = (dim_u.div_ceil(32) * 32).min(1024);
+        let (h, o, out_p) = (hidden.0, offsets.0, out.0);
+        let mut args = [
+            kernel_arg(&h),
+            kernel_arg(&o),
+            kernel_arg(&out_p),
+            kernel_arg(&tok_u),
+            kernel_arg(&dim_u),
+        ];
+        // SAFETY: the arguments match `pool_normalize_{T}(hidden, offsets, out,
+        // tokens, dim)`; the extents are this function's contract; one block per
+        // sequence (so offsets[b + 1] exists), each clamped to [0, tokens); the
+        // shared memory is 32 doubles + dim floats, as the kernel lays it out.
+        unsafe {
+            launch(
+                lane,
+                &self.pool[d],
+                (batch_u, 1, 1),
+                threads,
+                smem as u32,
+                &mut args,
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_defines_every_kernel_loaded() {
+        for s in ["f32", "f16", "bf16"] {
+            let (t, short) = match s {
+                "f32" => ("float", s),
+                "f16" => ("f16", s),
+                _ => ("bf16", s),
+            };
+            for v in LN_VARIANTS {
+                assert!(
+                    SOURCE.contains(&format!("FLN_KERNELS(T, S, {v})")),
+                    "LN {v}"
+                );
+            }
+            assert!(SOURCE.contains(&format!("FLN_ALL({t}, {short})")), "{s}");
+            assert!(
+                SOURCE.contains(&format!("FBIAS_KERNELS({t}, {short})")),
+                "{s}"
+            );
+            assert!(
+                SOURCE.contains(&format!("FPOOL_KERNEL({t}, {short})")),
+                "{s}"
+            );
+            for c in [1, 2, 4] {
+                assert!(
+                    SOURCE.contains(&format!("FA_KERNEL({t}, {short}, {c})")),
+                    "{s} c{c}"
+                );
+            }
+        }
+        for s in ["f16", "bf16"] {
+            for d in [32, 64] {
+                assert!(
+                    SOURCE.contains(&format!("TC_KERNEL({s}, {s}, {d})")),
+                    "{s} d{d}"
+                );
+            }
+        }
+        assert!(SOURCE.contains(&format!("#define FLN_WARPS {LN_WARPS}")));
+        assert!(SOURCE.contains(&format!("#define FA_WARPS {}", ATT_THREADS / 32)));
+        assert!(SOURCE.contains(&format!("#define TC_WARPS {}", ATT_THREADS / 32)));
+        assert_eq!(FA_QB, 16);
+        assert_eq!(TC_QB, 16 * (ATT_THREADS as usize / 32));
+    }
+
+    #[test]
+    fn dtype_rules() {
+        let ok = activation_dtype(
+            "linear",
+            &[("x", DType::F16), ("w", DType::F16)],
+            &[("b", DType::F32)],
+        );
+        assert_eq!(ok.unwrap(), DType::F16);
+        let mixed = activation_dtype("linear", &[("x", DType::F16), ("w", DType::BF16)], &[]);
+        assert!(mixed.unwrap_err().to_string().contains("tensor w"));
+        let bias = activation_dtype("linear", &[("x", DType::F16)], &[("b", DType::F16)]);
+        assert!(bias.unwrap_err().to_string().contains("tensor b"));
+        assert!(activation_dtype("pool", &[("h", DType::U32)], &[]).is_err());
+    }
+}

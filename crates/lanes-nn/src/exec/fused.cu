@@ -1,0 +1,764 @@
+// Fused BERT ops over PACKED variable-length batches, for f32, f16 and bf16
+// activations with f32 math (NVRTC source of `exec::cuda`, module `lanes_nn_fused`).
+//
+// Packed layout: the tokens of all sequences back to back, `rows` = total tokens;
+// sequence b owns rows offsets[b] .. offsets[b + 1] (`offsets` u32 [batch + 1] in
+// device memory, offsets[0] = 0, offsets[batch] = rows, non-decreasing). There is
+// no padding and no mask: attention and pooling only ever see a sequence's own rows.
+// Memory safety does not depend on the values of ids or offsets: a sequence is
+// clamped to [0, tokens) (and to max_len in attention), ids, types and positions
+// to their tables, so bad values give wrong numbers, never an out-of-bounds access.
+//
+// Dtypes (`T` = the activation dtype, one kernel per dtype, suffix _f32/_f16/_bf16):
+//   activations, qkv, embedding tables, GEMM weights: T
+//   biases, LayerNorm gamma/beta: f32 (always)
+//   ids, token types, offsets: u32
+//   pooled embeddings (pool_normalize's output): f32 (always)
+// Math is f32 everywhere (f64 for LayerNorm statistics, softmax sums and pooling
+// sums, as `crate::cpu`); T values are converted on load and rounded (nearest-even)
+// on store. For T = f32 the arithmetic is the same, op for op, as kernels.cu's
+// padded kernels (and so `crate::cpu`): products rounded before adds with
+// __fmul_rn/__fadd_rn, no fast math.
+//
+// No headers: NVRTC runs without an include path, so half and bfloat16 are raw
+// 16-bit patterns converted with PTX `cvt` (sm_80 or newer for bf16).
+
+typedef unsigned short u16;
+
+// IEEE binary16 and bfloat16 bit patterns.
+struct f16 {
+    u16 b;
+};
+struct bf16 {
+    u16 b;
+};
+
+template <class A, class B>
+struct same_t {
+    static constexpr bool v = false;
+};
+template <class A>
+struct same_t<A, A> {
+    static constexpr bool v = true;
+};
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(f16 x) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.b));
+    return f;
+}
+__device__ __forceinline__ float to_f(bf16 x) { return __uint_as_float(((unsigned)x.b) << 16); }
+
+template <class T>
+__device__ __forceinline__ T from_f(float x);
+template <>
+__device__ __forceinline__ float from_f<float>(float x) {
+    return x;
+}
+template <>
+__device__ __forceinline__ f16 from_f<f16>(float x) {
+    f16 r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.b) : "f"(x));
+    return r;
+}
+template <>
+__device__ __forceinline__ bf16 from_f<bf16>(float x) {
+    bf16 r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r.b) : "f"(x));
+    return r;
+}
+
+__device__ __forceinline__ double fw_sum_d(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float fw_sum_f(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float fw_max_f(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Exact GELU, 0.5 x erfc(-x / sqrt 2): in f64 for f32 data (as `cpu::gelu`), in
+// f32 for 16-bit data (whose rounding dwarfs the difference).
+template <class T>
+__device__ __forceinline__ float gelu_t(float x) {
+    if constexpr (sizeof(T) == 4) {
+        double xd = (double)x;
+        return (float)(0.5 * xd * erfc(-xd * 0.70710678118654752440));
+    } else {
+        return 0.5f * x * erfcf(-x * 0.70710678118654752440f);
+    }
+}
+
+// The sequence owning packed row `row`: the largest b with offsets[b] <= row.
+__device__ __forceinline__ unsigned seq_of(const unsigned* __restrict__ offsets, unsigned batch, unsigned row) {
+    unsigned lo = 0, hi = batch;
+    while (hi - lo > 1) {
+        const unsigned mid = (lo + hi) >> 1;
+        if (offsets[mid] <= row)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+// Sequence b's rows [*start, *start + *len), clamped to [0, tokens].
+__device__ __forceinline__ void fseq_range(const unsigned* __restrict__ offsets, unsigned b, unsigned tokens,
+                                           unsigned* start, unsigned* len) {
+    const unsigned s = min(offsets[b], tokens);
+    const unsigned e = min(max(offsets[b + 1], s), tokens);
+    *start = s;
+    *len = e - s;
+}
+
+// ---------------------------------------------------------------------------
+// LayerNorm, one warp per row, the row in registers (V values per lane,
+// dim <= 32 * V); statistics in f64:
+// out = T((float)((x - mean) * rstd) * gamma + beta), the last two ops rounded apart.
+
+#define FLN_WARPS 4
+
+template <class T, int V>
+__device__ __forceinline__ void fln_finish(float (&v)[V], unsigned dim, const float* __restrict__ gamma,
+                                           const float* __restrict__ beta, float eps, T* __restrict__ out) {
+    const unsigned lane = threadIdx.x & 31u;
+    double s = 0.0;
+#pragma unroll
+    for (int t = 0; t < V; t++) {
+        unsigned i = lane + 32u * t;
+        if (i < dim) s += (double)v[t];
+    }
+    const double mean = fw_sum_d(s) / (double)dim;
+    double q = 0.0;
+#pragma unroll
+    for (int t = 0; t < V; t++) {
+        unsigned i = lane + 32u * t;
+        if (i < dim) {
+            double d = (double)v[t] - mean;
+            q += d * d;
+        }
+    }
+    const double var = fw_sum_d(q) / (double)dim;
+    const double rstd = 1.0 / sqrt(var + (double)eps);
+#pragma unroll
+    for (int t = 0; t < V; t++) {
+        unsigned i = lane + 32u * t;
+        if (i < dim) {
+            float y = (float)(((double)v[t] - mean) * rstd);
+            out[i] = from_f<T>(__fadd_rn(__fmul_rn(y, gamma[i]), beta[i]));
+        }
+    }
+}
+
+// out[r] = LayerNorm((x[r] + bias) + res[r]); `bias` (f32 [dim]) may be null.
+// Each warp reads its whole row before writing, so `out` may alias `x` or `res`.
+template <class T, int V>
+__device__ __forceinline__ void fadd_ln(const T* x, const float* __restrict__ bias, const T* res,
+                                        const float* __restrict__ gamma, const float* __restrict__ beta, T* out,
+                                        unsigned rows, unsigned dim, float eps) {
+    const unsigned row = blockIdx.x * FLN_WARPS + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    const unsigned lane = threadIdx.x & 31u;
+    const size_t base = (size_t)row * dim;
+    float v[V];
+#pragma unroll
+    for (int t = 0; t < V; t++) {
+        unsigned i = lane + 32u * t;
+        if (i < dim) {
+            float a = to_f(x[base + i]);
+            if (bias) a = __fadd_rn(a, bias[i]);
+            v[t] = __fadd_rn(a, to_f(res[base + i]));
+        } else {
+            v[t] = 0.0f;
+        }
+    }
+    fln_finish<T, V>(v, dim, gamma, beta, eps, out + base);
+}
+
+// out[r] = LayerNorm((word[ids[r]] + token_type[types[r]]) + position[r - offsets[b]])
+// for the row's sequence b; ids, types and positions clamped to their tables
+// (vocab, max_pos, type_vocab rows, each >= 1).
+template <class T, int V>
+__device__ __forceinline__ void fembed_ln(const unsigned* __restrict__ ids, const unsigned* __restrict__ types,
+                                          const unsigned* __restrict__ offsets, unsigned batch,
+                                          const T* __restrict__ word, const T* __restrict__ position,
+                                          const T* __restrict__ token_type, const float* __restrict__ gamma,
+                                          const float* __restrict__ beta, T* __restrict__ out, unsigned rows,
+                                          unsigned dim, float eps, unsigned vocab, unsigned max_pos,
+                                          unsigned type_vocab) {
+    const unsigned row = blockIdx.x * FLN_WARPS + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    const unsigned lane = threadIdx.x & 31u;
+    const unsigned first = offsets[seq_of(offsets, batch, row)];
+    const unsigned pos = min(row >= first ? row - first : 0u, max_pos - 1);
+    const T* w = word + (size_t)min(ids[row], vocab - 1) * dim;
+    const T* tt = token_type + (size_t)min(types[row], type_vocab - 1) * dim;
+    const T* p = position + (size_t)pos * dim;
+    float v[V];
+#pragma unroll
+    for (int t = 0; t < V; t++) {
+        unsigned i = lane + 32u * t;
+        v[t] = i < dim ? __fadd_rn(__fadd_rn(to_f(w[i]), to_f(tt[i])), to_f(p[i])) : 0.0f;
+    }
+    fln_finish<T, V>(v, dim, gamma, beta, eps, out + (size_t)row * dim);
+}
+
+#define FLN_KERNELS(T, S, V)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(FLN_WARPS * 32) add_ln_##S##_##V(                          \
+        const T* x, const float* __restrict__ bias, const T* res, const float* __restrict__ gamma,           \
+        const float* __restrict__ beta, T* out, unsigned rows, unsigned dim, float eps) {                     \
+        fadd_ln<T, V>(x, bias, res, gamma, beta, out, rows, dim, eps);                                        \
+    }                                                                                                         \
+    extern "C" __global__ void __launch_bounds__(FLN_WARPS * 32) embed_ln_##S##_##V(                        \
+        const unsigned* __restrict__ ids, const unsigned* __restrict__ types,                                \
+        const unsigned* __restrict__ offsets, unsigned batch, const T* __restrict__ word,                    \
+        const T* __restrict__ position, const T* __restrict__ token_type, const float* __restrict__ gamma,   \
+        const float* __restrict__ beta, T* __restrict__ out, unsigned rows, unsigned dim, float eps,         \
+        unsigned vocab, unsigned max_pos, unsigned type_vocab) {                                              \
+        fembed_ln<T, V>(ids, types, offsets, batch, word, position, token_type, gamma, beta, out, rows, dim,  \
+                        eps, vocab, max_pos, type_vocab);                                                     \
+    }
+
+// dim <= 128, <= 384 (MiniLM), <= 1024.
+#define FLN_ALL(T, S) FLN_KERNELS(T, S, 4) FLN_KERNELS(T, S, 12) FLN_KERNELS(T, S, 32)
+FLN_ALL(float, f32)
+FLN_ALL(f16, f16)
+FLN_ALL(bf16, bf16)
+
+// ---------------------------------------------------------------------------
+// GEMM epilogue, in place: out[r, j] = T(act(out[r, j] + bias[j])), bias f32.
+// `bias_act_vec` moves 16 bytes a thread (4 f32 or 8 halves): n % (16 / sizeof T)
+// == 0 and `out` 16-byte aligned (the host checks); `bias_act` is the scalar
+// fallback. total = rows * n < 2^31.
+
+template <class T>
+__device__ __forceinline__ void fbias_act_vec(T* __restrict__ out, const float* __restrict__ bias, unsigned total,
+                                              unsigned n, int gelu) {
+    constexpr unsigned VEC = 16 / sizeof(T);
+    const unsigned nv = total / VEC;
+    uint4* o4 = reinterpret_cast<uint4*>(out);
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < nv; i += gridDim.x * blockDim.x) {
+        uint4 raw = o4[i];
+        T* v = reinterpret_cast<T*>(&raw);
+        const unsigned col = (i * VEC) % n;
+#pragma unroll
+        for (unsigned e = 0; e < VEC; e++) {
+            float f = __fadd_rn(to_f(v[e]), bias[col + e]);
+            if (gelu) f = gelu_t<T>(f);
+            v[e] = from_f<T>(f);
+        }
+        o4[i] = raw;
+    }
+}
+
+template <class T>
+__device__ __forceinline__ void fbias_act(T* __restrict__ out, const float* __restrict__ bias, unsigned total,
+                                          unsigned n, int gelu) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        float f = __fadd_rn(to_f(out[i]), bias[i % n]);
+        if (gelu) f = gelu_t<T>(f);
+        out[i] = from_f<T>(f);
+    }
+}
+
+#define FBIAS_KERNELS(T, S)                                                                                   \
+    extern "C" __global__ void bias_act_vec_##S(T* __restrict__ out, const float* __restrict__ bias,         \
+                                                unsigned total, unsigned n, int gelu) {                       \
+        fbias_act_vec<T>(out, bias, total, n, gelu);                                                          \
+    }                                                                                                         \
+    extern "C" __global__ void bias_act_##S(T* __restrict__ out, const float* __restrict__ bias, unsigned total, \
+                                            unsigned n, int gelu) {                                           \
+        fbias_act<T>(out, bias, total, n, gelu);                                                              \
+    }
+FBIAS_KERNELS(float, f32)
+FBIAS_KERNELS(f16, f16)
+FBIAS_KERNELS(bf16, bf16)
+
+// ---------------------------------------------------------------------------
+// Flash-style multi-head attention from the fused projection qkv [rows, 3 * hidden]
+// (q, k, v side by side; head h in columns h * D ..), optional f32 bias
+// [3 * hidden] added on load; writes ctx [rows, hidden]. One block per (query
+// tile, head, sequence); FA_WARPS warps of FA_Q queries each. Keys and values go
+// through shared memory FA_KT(C) at a time; softmax is online (running max and
+// f64 running sum per query), so no score row reaches global memory. A sequence
+// of at most FA_KT keys is one tile: then the probabilities are normalized before
+// P·V, exactly the padded kernel's order (for f32, the same results).
+//
+// Dynamic shared memory (floats): Ks [KT][D+1], Vs [KT][D+1], Qs [QB][D],
+// Ps [FA_WARPS][FA_Q][KT] with KT = 128 / C; head_dim D <= 32 * C, C in {1, 2, 4}
+// (under 48 KiB for D = 32, 64, 128).
+
+#define FA_WARPS 4
+#define FA_Q 4
+
+template <int C>
+struct FaTile {
+    static constexpr unsigned KT = 128 / C;
+};
+
+template <class T, int C>
+__device__ __forceinline__ void flash_attn(const T* __restrict__ qkv, const float* __restrict__ bias,
+                                           const unsigned* __restrict__ offsets, T* __restrict__ out,
+                                           unsigned tokens, unsigned max_len, unsigned heads, unsigned D,
+                                           float scale) {
+    constexpr unsigned KT = FaTile<C>::KT;
+    constexpr unsigned JJ = KT / 32;  // keys per lane per tile
+    constexpr unsigned QB = FA_WARPS * FA_Q;
+    extern __shared__ float fa_smem[];
+    const unsigned b = blockIdx.z, h = blockIdx.y;
+    unsigned start, len;
+    fseq_range(offsets, b, tokens, &start, &len);
+    len = min(len, max_len);
+    const unsigned q0 = blockIdx.x * QB;
+    if (q0 >= len) return;  // uniform over the block
+    const unsigned hidden = heads * D;
+    const unsigned ld = D + 1;
+    float* Ks = fa_smem;
+    float* Vs = Ks + KT * ld;
+    float* Qs = Vs + KT * ld;
+    float* Ps = Qs + QB * D;
+    const unsigned warp = threadIdx.x >> 5, lane = threadIdx.x & 31u;
+    const unsigned my0 = warp * FA_Q;
+    float* Pw = Ps + warp * FA_Q * KT;
+    const size_t rs = 3 * (size_t)hidden;
+    const T* base = qkv + (size_t)start * rs + (size_t)h * D;
+    const unsigned hq = h * D, hk = hidden + h * D, hv = 2 * hidden + h * D;
+
+    for (unsigned idx = threadIdx.x; idx < QB * D; idx += blockDim.x) {
+        const unsigned qi = idx / D, c = idx - qi * D;
+        const unsigned q = q0 + qi;
+        float v = 0.0f;
+        if (q < len) {
+            v = to_f(base[(size_t)q * rs + c]);
+            if (bias) v = __fadd_rn(v, bias[hq + c]);
+        }
+        Qs[idx] = v;
+    }
+
+    const bool single = len <= KT;
+    float m[FA_Q];
+    double l[FA_Q];
+    float o[FA_Q][C];
+#pragma unroll
+    for (int qi = 0; qi < FA_Q; qi++) {
+        m[qi] = -__int_as_float(0x7f800000);
+        l[qi] = 0.0;
+#pragma unroll
+        for (int t = 0; t < C; t++) o[qi][t] = 0.0f;
+    }
+
+    for (unsigned k0 = 0; k0 < len; k0 += KT) {
+        const unsigned kn = min(KT, len - k0);
+        __syncthreads();  // the previous tile's Ks / Vs / Ps reads are done
+        for (unsigned idx = threadIdx.x; idx < kn * D; idx += blockDim.x) {
+            const unsigned j = idx / D, c = idx - j * D;
+            const T* r = base + (size_t)(k0 + j) * rs;
+            float kv = to_f(r[hidden + c]);
+            float vv = to_f(r[2 * hidden + c]);
+            if (bias) {
+                kv = __fadd_rn(kv, bias[hk + c]);
+                vv = __fadd_rn(vv, bias[hv + c]);
+            }
+            Ks[j * ld + c] = kv;
+            Vs[j * ld + c] = vv;
+        }
+        __syncthreads();
+
+        // Scores: lane takes keys lane, lane + 32, ... of the tile.
+        float s[FA_Q][JJ];
+#pragma unroll
+        for (unsigned jj = 0; jj < JJ; jj++) {
+            const unsigned j = lane + 32u * jj;
+            float acc[FA_Q];
+#pragma unroll
+            for (int qi = 0; qi < FA_Q; qi++) acc[qi] = 0.0f;
+            if (j < kn) {
+                const float* kr = Ks + j * ld;
+                const float* qr = Qs + my0 * D;
+                for (unsigned c = 0; c < D; c++) {
+                    const float kv = kr[c];
+#pragma unroll
+                    for (int qi = 0; qi < FA_Q; qi++) acc[qi] = fmaf(qr[qi * D + c], kv, acc[qi]);
+                }
+            }
+#pragma unroll
+            for (int qi = 0; qi < FA_Q; qi++)
+                s[qi][jj] = j < kn ? __fmul_rn(acc[qi], scale) : -__int_as_float(0x7f800000);
+        }
+
+        // Online softmax per query; probabilities to this warp's Ps rows.
+        float alpha[FA_Q];
+#pragma unroll
+        for (int qi = 0; qi < FA_Q; qi++) {
+            float mt = s[qi][0];
+#pragma unroll
+            for (unsigned jj = 1; jj < JJ; jj++) mt = fmaxf(mt, s[qi][jj]);
+            mt = fw_max_f(mt);
+            const float mn = fmaxf(m[qi], mt);
+            alpha[qi] = expf(m[qi] - mn);  // 0 on the first tile
+            m[qi] = mn;
+            double sum = 0.0;
+            float e[JJ];
+#pragma unroll
+            for (unsigned jj = 0; jj < JJ; jj++) {
+                e[jj] = expf(s[qi][jj] - mn);  // 0 past the tile's keys
+                sum += (double)e[jj];
+            }
+            l[qi] = l[qi] * (double)alpha[qi] + fw_sum_d(sum);
+            if (single) {
+                const float inv = (float)(1.0 / l[qi]);
+#pragma unroll
+                for (unsigned jj = 0; jj < JJ; jj++) e[jj] = __fmul_rn(e[jj], inv);
+            }
+#pragma unroll
+            for (unsigned jj = 0; jj < JJ; jj++) Pw[qi * KT + lane + 32u * jj] = e[jj];
+        }
+        __syncwarp();
+
+        // o = alpha * o + P · V; lane owns columns lane, lane + 32.
+#pragma unroll
+        for (int qi = 0; qi < FA_Q; qi++)
+#pragma unroll
+            for (int t = 0; t < C; t++) o[qi][t] = __fmul_rn(o[qi][t], alpha[qi]);
+        for (unsigned j = 0; j < kn; j++) {
+            float vv[C];
+#pragma unroll
+            for (int t = 0; t < C; t++) {
+                const unsigned c = lane + 32u * t;
+                vv[t] = c < D ? Vs[j * ld + c] : 0.0f;
+            }
+#pragma unroll
+            for (int qi = 0; qi < FA_Q; qi++) {
+                const float p = Pw[qi * KT + j];
+#pragma unroll
+                for (int t = 0; t < C; t++) o[qi][t] = fmaf(p, vv[t], o[qi][t]);
+            }
+        }
+    }
+
+#pragma unroll
+    for (int qi = 0; qi < FA_Q; qi++) {
+        const unsigned q = q0 + my0 + qi;
+        if (q >= len) continue;
+        const float inv = single ? 1.0f : (float)(1.0 / l[qi]);
+        T* dst = out + (size_t)(start + q) * hidden + (size_t)h * D;
+#pragma unroll
+        for (int t = 0; t < C; t++) {
+            const unsigned c = lane + 32u * t;
+            if (c < D) dst[c] = from_f<T>(single ? o[qi][t] : __fmul_rn(o[qi][t], inv));
+        }
+    }
+}
+
+#define FA_KERNEL(T, S, C)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) flash_attn_##S##_c##C(                       \
+        const T* __restrict__ qkv, const float* __restrict__ bias, const unsigned* __restrict__ offsets,      \
+        T* __restrict__ out, unsigned tokens, unsigned max_len, unsigned heads, unsigned D, float scale) {    \
+        flash_attn<T, C>(qkv, bias, offsets, out, tokens, max_len, heads, D, scale);                          \
+    }
+FA_KERNEL(float, f32, 1)
+FA_KERNEL(float, f32, 2)
+FA_KERNEL(float, f32, 4)
+FA_KERNEL(f16, f16, 1)
+FA_KERNEL(f16, f16, 2)
+FA_KERNEL(f16, f16, 4)
+FA_KERNEL(bf16, bf16, 1)
+FA_KERNEL(bf16, bf16, 2)
+FA_KERNEL(bf16, bf16, 4)
+
+// ---------------------------------------------------------------------------
+// Tensor-core flash attention for 16-bit data (f16 / bf16), head_dim D in {32, 64}:
+// mma.sync m16n8k16 with f32 accumulation. One block per (64-query tile, head,
+// sequence), TC_WARPS warps of 16 queries. Per 64-key tile: K [key][D] and Vᵀ
+// [D][key] staged in shared memory as T (bias added in f32 on load, rounded to
+// T); S = Q·Kᵀ in f32 registers, scaled, keys past the sequence at -inf; online
+// softmax (f32 running max and sum, per query row); P rounded to T and fed
+// straight from the S accumulators into P·V (the m16n8 C fragment of two adjacent
+// key tiles is the A fragment of one k16 step). Output rounded to T.
+
+#define TC_WARPS 4
+#define TC_KT 64
+
+template <class T>
+__device__ __forceinline__ unsigned pack2(float lo, float hi) {
+    unsigned r;
+    if constexpr (same_t<T, f16>::v) {
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    } else {
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    }
+    return r;
+}
+
+template <class T>
+__device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    if constexpr (same_t<T, f16>::v) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+}
+
+template <class T, int D>
+__device__ __forceinline__ void tc_attn(const T* __restrict__ qkv, const float* __restrict__ bias,
+                                        const unsigned* __restrict__ offsets, T* __restrict__ out, unsigned tokens,
+                                        unsigned max_len, unsigned heads, float scale) {
+    constexpr int KT = TC_KT;
+    constexpr int KLD = D + 8;   // halves per K row (conflict-free fragment loads)
+    constexpr int VLD = KT + 8;  // halves per Vᵀ row
+    __shared__ __align__(16) u16 Ks[KT * KLD];
+    __shared__ __align__(16) u16 Vt[D * VLD];
+    const unsigned b = blockIdx.z, h = blockIdx.y;
+    unsigned start, len;
+    fseq_range(offsets, b, tokens, &start, &len);
+    len = min(len, max_len);
+    const unsigned q0 = blockIdx.x * (TC_WARPS * 16);
+    if (q0 >= len) return;  // uniform over the block
+    const unsigned warp = threadIdx.x >> 5, lane = threadIdx.x & 31u;
+    const unsigned g = lane >> 2, tig = lane & 3u;
+    const unsigned hidden = heads * D;
+    const size_t rs = 3 * (size_t)hidden;
+    const T* base = qkv + (size_t)start * rs + (size_t)h * D;
+    const unsigned hq = h * D, hk = hidden + h * D, hv = 2 * hidden + h * D;
+
+    // Q fragments (A, row-major 16 × 16 per k step): rows r0, r0 + 8.
+    const unsigned r0 = q0 + warp * 16 + g, r1 = r0 + 8;
+    unsigned qa[D / 16][4];
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ks++) {
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const unsigned c = ks * 16 + half * 8 + tig * 2;
+#pragma unroll
+            for (int rr = 0; rr < 2; rr++) {
+                const unsigned r = rr ? r1 : r0;
+                float x0 = 0.0f, x1 = 0.0f;
+                if (r < len) {
+                    x0 = to_f(base[(size_t)r * rs + c]);
+                    x1 = to_f(base[(size_t)r * rs + c + 1]);
+                    if (bias) {
+                        x0 = __fadd_rn(x0, bias[hq + c]);
+                        x1 = __fadd_rn(x1, bias[hq + c + 1]);
+                    }
+                }
+                qa[ks][half * 2 + rr] = pack2<T>(x0, x1);
+            }
+        }
+    }
+
+    float m0 = -__int_as_float(0x7f800000), m1 = m0;
+    float l0 = 0.0f, l1 = 0.0f;  // this lane's share of the row sums
+    float o[D / 8][4];
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[dt][e] = 0.0f;
+
+    for (unsigned k0 = 0; k0 < len; k0 += KT) {
+        const unsigned kn = min((unsigned)KT, len - k0);
+        __syncthreads();  // the previous tile's reads are done
+        for (unsigned idx = threadIdx.x; idx < KT * D; idx += blockDim.x) {
+            const unsigned j = idx / D, c = idx - j * D;
+            float kv = 0.0f, vv = 0.0f;
+            if (j < kn) {
+                const T* r = base + (size_t)(k0 + j) * rs;
+                kv = to_f(r[hidden + c]);
+                vv = to_f(r[2 * hidden + c]);
+                if (bias) {
+                    kv = __fadd_rn(kv, bias[hk + c]);
+                    vv = __fadd_rn(vv, bias[hv + c]);
+                }
+            }
+            Ks[j * KLD + c] = from_f<T>(kv).b;
+            Vt[c * VLD + j] = from_f<T>(vv).b;
+        }
+        __syncthreads();
+
+        // S = Q · Kᵀ, KT / 8 key tiles of 8.
+        float s[KT / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < KT / 8; nt++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[nt][e] = 0.0f;
+            const u16* kr = Ks + (nt * 8 + g) * KLD + tig * 2;
+#pragma unroll
+            for (int ks = 0; ks < D / 16; ks++) {
+                const unsigned b0 = *reinterpret_cast<const unsigned*>(kr + ks * 16);
+                const unsigned b1 = *reinterpret_cast<const unsigned*>(kr + ks * 16 + 8);
+                mma16816<T>(s[nt], qa[ks], b0, b1);
+            }
+        }
+        float mt0 = -__int_as_float(0x7f800000), mt1 = mt0;
+#pragma unroll
+        for (int nt = 0; nt < KT / 8; nt++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const unsigned key = nt * 8 + tig * 2 + (e & 1);
+                s[nt][e] = key < kn ? s[nt][e] * scale : -__int_as_float(0x7f800000);
+            }
+            mt0 = fmaxf(mt0, fmaxf(s[nt][0], s[nt][1]));
+            mt1 = fmaxf(mt1, fmaxf(s[nt][2], s[nt][3]));
+        }
+#pragma unroll
+        for (int x = 1; x <= 2; x <<= 1) {
+            mt0 = fmaxf(mt0, __shfl_xor_sync(0xffffffffu, mt0, x));
+            mt1 = fmaxf(mt1, __shfl_xor_sync(0xffffffffu, mt1, x));
+        }
+        const float mn0 = fmaxf(m0, mt0), mn1 = fmaxf(m1, mt1);
+        const float a0 = expf(m0 - mn0), a1 = expf(m1 - mn1);
+        m0 = mn0;
+        m1 = mn1;
+        float ls0 = 0.0f, ls1 = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < KT / 8; nt++) {
+            s[nt][0] = expf(s[nt][0] - mn0);
+            s[nt][1] = expf(s[nt][1] - mn0);
+            s[nt][2] = expf(s[nt][2] - mn1);
+            s[nt][3] = expf(s[nt][3] - mn1);
+            ls0 += s[nt][0] + s[nt][1];
+            ls1 += s[nt][2] + s[nt][3];
+        }
+        l0 = l0 * a0 + ls0;
+        l1 = l1 * a1 + ls1;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++) {
+            o[dt][0] *= a0;
+            o[dt][1] *= a0;
+            o[dt][2] *= a1;
+            o[dt][3] *= a1;
+        }
+        // O += P · V, KT / 16 k steps of 16 keys.
+#pragma unroll
+        for (int kk = 0; kk < KT / 16; kk++) {
+            const unsigned pa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                                    pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                    pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int dt = 0; dt < D / 8; dt++) {
+                const u16* vr = Vt + (dt * 8 + g) * VLD + kk * 16 + tig * 2;
+                const unsigned b0 = *reinterpret_cast<const unsigned*>(vr);
+                const unsigned b1 = *reinterpret_cast<const unsigned*>(vr + 8);
+                mma16816<T>(o[dt], pa, b0, b1);
+            }
+        }
+    }
+
+#pragma unroll
+    for (int x = 1; x <= 2; x <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, x);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, x);
+    }
+    const float i0 = 1.0f / l0, i1 = 1.0f / l1;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++) {
+        const unsigned c = dt * 8 + tig * 2;
+        if (r0 < len) {
+            T* dst = out + (size_t)(start + r0) * hidden + (size_t)h * D + c;
+            dst[0] = from_f<T>(o[dt][0] * i0);
+            dst[1] = from_f<T>(o[dt][1] * i0);
+        }
+        if (r1 < len) {
+            T* dst = out + (size_t)(start + r1) * hidden + (size_t)h * D + c;
+            dst[0] = from_f<T>(o[dt][2] * i1);
+            dst[1] = from_f<T>(o[dt][3] * i1);
+        }
+    }
+}
+
+#define TC_KERNEL(T, S, D)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) tc_attn_##S##_d##D(                          \
+        const T* __restrict__ qkv, const float* __restrict__ bias, const unsigned* __restrict__ offsets,      \
+        T* __restrict__ out, unsigned tokens, unsigned max_len, unsigned heads, float scale) {                \
+        tc_attn<T, D>(qkv, bias, offsets, out, tokens, max_len, heads, scale);                                \
+    }
+TC_KERNEL(f16, f16, 32)
+TC_KERNEL(f16, f16, 64)
+TC_KERNEL(bf16, bf16, 32)
+TC_KERNEL(bf16, bf16, 64)
+
+// ---------------------------------------------------------------------------
+// Mean pooling over each sequence's rows, then L2 normalization; out f32
+// [batch, dim]. One block per sequence, the threads spread over the hidden dim
+// (each sums its columns over the sequence's rows in f64, coalesced row by row);
+// dynamic shared memory: 32 doubles + dim floats. As `cpu::mean_pool` +
+// `cpu::l2_normalize`: count clamped to 1e-9, norm to 1e-12,
+// out = (float)(mean * (1 / norm)). An empty sequence gives zeros.
+
+template <class T>
+__device__ __forceinline__ void fpool(const T* __restrict__ hidden, const unsigned* __restrict__ offsets,
+                                      float* __restrict__ out, unsigned tokens, unsigned dim) {
+    extern __shared__ double fp_smem[];
+    double* partial = fp_smem;                // [32]
+    float* means = (float*)(fp_smem + 32);    // [dim]
+    const unsigned b = blockIdx.x;
+    unsigned start, len;
+    fseq_range(offsets, b, tokens, &start, &len);
+    const T* hb = hidden + (size_t)start * dim;
+    const double count = (double)len;
+    const double denom = count > 1e-9 ? count : 1e-9;
+    double sq = 0.0;
+    for (unsigned i = threadIdx.x; i < dim; i += blockDim.x) {
+        double acc = 0.0;
+        for (unsigned s = 0; s < len; s++) acc += (double)to_f(hb[(size_t)s * dim + i]);
+        const float mean = (float)(acc / denom);
+        means[i] = mean;
+        const double md = (double)mean;
+        sq += md * md;
+    }
+    const unsigned warp = threadIdx.x >> 5, lane = threadIdx.x & 31u;
+    const unsigned nwarps = (blockDim.x + 31) >> 5;
+    sq = fw_sum_d(sq);
+    if (lane == 0) partial[warp] = sq;
+    __syncthreads();
+    if (warp == 0) {
+        double t = lane < nwarps ? partial[lane] : 0.0;
+        t = fw_sum_d(t);
+        if (lane == 0) partial[0] = t;
+    }
+    __syncthreads();
+    const double norm = sqrt(partial[0]);
+    const double inv = 1.0 / (norm > 1e-12 ? norm : 1e-12);
+    for (unsigned i = threadIdx.x; i < dim; i += blockDim.x) out[(size_t)b * dim + i] = (float)((double)means[i] * inv);
+}
+
+#define FPOOL_KERNEL(T, S)                                                                                    \
+    extern "C" __global__ void pool_normalize_##S(const T* __restrict__ hidden,                              \
+                                                  const unsigned* __restrict__ offsets, float* __restrict__ out, \
+                                                  unsigned tokens, unsigned dim) {                            \
+        fpool<T>(hidden, offsets, out, tokens, dim);                                                          \
+    }
+FPOOL_KERNEL(float, f32)
+FPOOL_KERNEL(f16, f16)
+FPOOL_KERNEL(bf16, bf16)
+
+// ---------------------------------------------------------------------------
+// Dtype conversion (weights at upload, test inputs): out[i] = To(in[i]).
+
+#define FCVT_KERNEL(TI, SI, TO, SO)                                                                           \
+    extern "C" __global__ void convert_##SI##_##SO(const TI* __restrict__ in, TO* __restrict__ out,          \
+                                                   unsigned n) {                                              \
+        for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)          \
+            out[i] = from_f<TO>(to_f(in[i]));                                                                 \
+    }
+FCVT_KERNEL(float, f32, f16, f16)
+FCVT_KERNEL(float, f32, bf16, bf16)
+FCVT_KERNEL(f16, f16, float, f32)
+FCVT_KERNEL(bf16, bf16, float, f32)
