@@ -56,6 +56,71 @@ fn a_tiny_bench_reports_both_modes_with_every_field() {
 }
 
 #[test]
+fn repeated_list_values_run_once_in_first_appearance_order() {
+    let Some(model) = model_dir() else { return };
+    let (code, out, err) = run(lanes(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--threads",
+        "2,1,2",
+        "--batch",
+        "2,1,2",
+        "--modes",
+        "lanes,lanes",
+        "--seq",
+        "4",
+        "--iters",
+        "1",
+        "--json",
+    ])
+    .arg("--model")
+    .arg(model));
+    assert_eq!(code, 0, "stderr: {err}");
+    let cells: Vec<(u64, u64, String)> = json_lines(&out)
+        .iter()
+        .map(|c| {
+            (
+                c["batch"].as_u64().unwrap(),
+                c["threads"].as_u64().unwrap(),
+                c["mode"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let lanes_mode = || "lanes".to_string();
+    assert_eq!(
+        cells,
+        [
+            (2, 2, lanes_mode()),
+            (2, 1, lanes_mode()),
+            (1, 2, lanes_mode()),
+            (1, 1, lanes_mode())
+        ]
+    );
+    let (code, out, err) = run(&mut lanes(&[
+        "bench",
+        "alloc",
+        "--device",
+        "cpu",
+        "--threads",
+        "1,1",
+        "--bytes",
+        "4096,512,4096",
+        "--paths",
+        "backend,backend",
+        "--duration-ms",
+        "5",
+        "--json",
+    ]));
+    assert_eq!(code, 0, "stderr: {err}");
+    let sizes: Vec<u64> = json_lines(&out)
+        .iter()
+        .map(|c| c["bytes"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [4096, 512]);
+}
+
+#[test]
 fn bench_alloc_reports_the_allocator_beside_the_backend() {
     let (code, out, err) = run(&mut lanes(&[
         "bench",
@@ -99,6 +164,9 @@ fn bench_flags_are_checked() {
     let (code, _, err) = run(&mut lanes(&["bench", "--threads", "0", "--device", "cpu"]));
     assert_ne!(code, 0);
     assert!(err.contains("at least 1"), "{err}");
+    let (code, _, err) = run(&mut lanes(&["bench", "--threads", "65", "--device", "cpu"]));
+    assert_ne!(code, 0);
+    assert!(err.contains("--threads 65 exceeds"), "{err}");
     let (code, _, err) = run(&mut lanes(&["bench", "--modes", "fast"]));
     assert_eq!(code, 2, "{err}");
     let (code, _, err) = run(&mut lanes(&["bench", "--iters", "3", "--duration-ms", "5"]));

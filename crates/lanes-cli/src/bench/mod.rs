@@ -80,11 +80,11 @@ pub struct ModelBenchArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Thread counts, comma-separated.
+    /// Thread counts, comma-separated (repeats run once, in first-appearance order).
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
     pub threads: Vec<usize>,
-    /// Batch sizes, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    /// Batch sizes, comma-separated (repeats run once, in first-appearance order).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,128,512")]
     pub batch: Vec<usize>,
     /// Tokens per sequence (exactly).
     #[arg(long, default_value_t = 128)]
@@ -127,7 +127,8 @@ pub struct Cell {
     pub p50_ms: f64,
     /// 99th-percentile latency of a forward call.
     pub p99_ms: f64,
-    /// seq/s(N) / (N × seq/s(1)) in the same mode and batch (`null` without a 1-thread cell).
+    /// seq/s(N) / (N × seq/s(1)) in the same mode and batch (`null` until that
+    /// 1-thread cell has run: the `--threads` list runs in the order given).
     pub efficiency: Option<f64>,
     /// Forward calls measured.
     pub calls: usize,
