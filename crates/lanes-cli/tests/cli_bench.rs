@@ -43,6 +43,7 @@ fn a_tiny_bench_reports_both_modes_with_every_field() {
     assert_eq!(modes, ["lanes", "global-lock"]);
     for c in &cells {
         assert_eq!(c["device"], "cpu");
+        assert_eq!(c["dtype"], "float32", "auto is float32 on the CPU");
         assert_eq!(c["threads"], 1);
         assert_eq!(c["batch"], 1);
         assert_eq!(c["seq"], 8);
@@ -118,6 +119,52 @@ fn repeated_list_values_run_once_in_first_appearance_order() {
         .map(|c| c["bytes"].as_u64().unwrap())
         .collect();
     assert_eq!(sizes, [4096, 512]);
+}
+
+#[test]
+fn the_dtype_axis_resolves_repeats_away_and_refuses_half_precision_on_the_cpu() {
+    let Some(model) = model_dir() else { return };
+    let base = [
+        "bench",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--batch",
+        "1",
+        "--seq",
+        "4",
+        "--iters",
+        "1",
+        "--modes",
+        "lanes",
+        "--json",
+    ];
+    // auto is float32 on the CPU: one grid, not two.
+    let (code, out, err) = run(lanes(&base)
+        .args(["--dtype", "auto,float32"])
+        .arg("--model")
+        .arg(&model));
+    assert_eq!(code, 0, "stderr: {err}");
+    let dtypes: Vec<String> = json_lines(&out)
+        .iter()
+        .map(|c| c["dtype"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(dtypes, ["float32"]);
+    for half in ["float16", "bfloat16", "float32,float16"] {
+        let (code, out, err) = run(lanes(&base)
+            .args(["--dtype", half])
+            .arg("--model")
+            .arg(&model));
+        assert_eq!(code, 1, "{half}: {err}");
+        assert!(err.contains("needs a CUDA device"), "{half}: {err}");
+        assert!(
+            out.trim().is_empty(),
+            "{half}: nothing measured before the error: {out}"
+        );
+    }
+    let (code, _, err) = run(&mut lanes(&["bench", "--dtype", "float8"]));
+    assert_eq!(code, 2, "{err}");
 }
 
 #[test]

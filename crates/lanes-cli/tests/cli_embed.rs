@@ -152,6 +152,31 @@ fn bad_input_names_the_line_and_writes_no_output_file() {
 }
 
 #[test]
+fn half_precision_on_the_cpu_is_a_clear_error_and_auto_is_float32() {
+    let Some(model) = model_dir() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "one\ntwo\n").unwrap();
+    for half in ["float16", "bfloat16"] {
+        let output = dir.path().join(format!("{half}.jsonl"));
+        let (code, stderr) = embed(&model, &["--dtype", half], &input, &output);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("--dtype {half} needs a CUDA device")),
+            "{stderr}"
+        );
+        assert!(!output.exists());
+    }
+    let (auto, f32) = (dir.path().join("auto.jsonl"), dir.path().join("f32.jsonl"));
+    let (code, stderr) = embed(&model, &[], &input, &auto);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("in float32"), "{stderr}");
+    let (code, stderr) = embed(&model, &["--dtype", "float32"], &input, &f32);
+    assert_eq!(code, 0, "{stderr}");
+    assert_same_rows(&read_output(&auto), &read_output(&f32));
+}
+
+#[test]
 fn blank_lines_are_skipped_and_counted_in_both_formats() {
     let Some(model) = model_dir() else { return };
     let dir = tempfile::tempdir().unwrap();

@@ -204,4 +204,14 @@ fn bad_flags_are_errors_not_panics() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--max-batch must be 1..=32"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+    let (code, _, err) = run(lanes(&["stress", "--device", "cpu", "--dtype", "float16"])
+        .arg("--model")
+        .arg(model_dir().unwrap()));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--dtype float16 needs a CUDA device"), "{err}");
+    let (code, _, err) = run(lanes(&["stress", "--device", "cpu", "--threads", "65"])
+        .arg("--model")
+        .arg(model_dir().unwrap()));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("65 lanes asked for"), "{err}");
 }

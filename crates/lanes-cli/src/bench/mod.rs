@@ -30,6 +30,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use lanes_nn::{Encoded, Encoder};
 use serde::Serialize;
 
+use crate::dtype::Dtype;
 use crate::rng::Rng;
 
 /// Arguments of `lanes bench`.
@@ -98,6 +99,11 @@ pub struct ModelBenchArgs {
     /// Modes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "lanes,global-lock")]
     pub modes: Vec<Mode>,
+    /// Precisions, comma-separated: auto (float16 on CUDA, float32 on the CPU),
+    /// float32, float16, bfloat16 (half precisions on CUDA only). Each loads
+    /// the model once and runs the whole grid.
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "auto")]
+    pub dtype: Vec<Dtype>,
     /// JSON lines instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -113,6 +119,8 @@ pub struct Cell {
     pub kind: &'static str,
     /// `lanes` or `global-lock`.
     pub mode: Mode,
+    /// The precision the encoder computed in (`float32`, `float16`, `bfloat16`).
+    pub dtype: Dtype,
     /// The device.
     pub device: String,
     /// Threads.
@@ -166,60 +174,38 @@ fn run_model(args: ModelBenchArgs) -> Result<u8> {
     let modes = crate::common::unique(&args.modes);
     let dir = crate::common::model_dir(args.model.clone())?;
     let device = crate::common::open_device(&args.device, max_threads)?;
-    let encoder = Encoder::load(&dir, &device)
-        .with_context(|| format!("cannot load the model from {}", dir.display()))?;
-    let max_pos = encoder.config().max_position_embeddings;
-    if args.seq > max_pos {
-        bail!("--seq {} exceeds the model's {max_pos} positions", args.seq);
-    }
+    // Resolved before anything runs (float16 on the CPU fails here), then
+    // without repeats (`auto,float32` on the CPU is one dtype).
+    let dtypes = crate::common::unique(
+        &crate::common::unique(&args.dtype)
+            .into_iter()
+            .map(|d| d.resolve(&device))
+            .collect::<Result<Vec<_>>>()?,
+    );
     let budget = match args.iters {
         Some(n) => Budget::Iters(n),
         None => Budget::Time(Duration::from_millis(args.duration_ms.max(1))),
+    };
+    let grid = Grid {
+        threads: &threads,
+        batches: &batches,
+        modes: &modes,
+        seq: args.seq,
+        budget,
+        json: args.json,
     };
 
     if !args.json {
         println!("{}", table_header());
     }
     let mut cells = Vec::new();
-    for &batch in &batches {
-        let input = synthetic(
-            batch,
-            args.seq,
-            encoder.config().vocab_size,
-            0x6265_6e63 ^ batch as u64,
-        );
-        for &mode in &modes {
-            let mut single: Option<f64> = None;
-            for &n in &threads {
-                let m = measure(&encoder, &input, mode, n, budget)
-                    .with_context(|| format!("{mode} mode, {n} threads, batch {batch}"))?;
-                let seq_per_s = (m.calls * batch) as f64 / m.seconds.max(1e-9);
-                if n == 1 {
-                    single = Some(seq_per_s);
-                }
-                let cell = Cell {
-                    kind: "model",
-                    mode,
-                    device: device.name().to_string(),
-                    threads: n,
-                    batch,
-                    seq: args.seq,
-                    seq_per_s,
-                    p50_ms: percentile(&m.latencies, 0.50) * 1e3,
-                    p99_ms: percentile(&m.latencies, 0.99) * 1e3,
-                    efficiency: single.map(|s| seq_per_s / (n as f64 * s)),
-                    calls: m.calls,
-                    seconds: m.seconds,
-                    source: source(),
-                };
-                if args.json {
-                    println!("{}", serde_json::to_string(&cell)?);
-                } else {
-                    println!("{}", table_row(&cell));
-                }
-                cells.push(cell);
-            }
+    for dtype in dtypes {
+        let (encoder, dtype) = crate::dtype::load_encoder(&dir, &device, dtype)?;
+        let max_pos = encoder.config().max_position_embeddings;
+        if args.seq > max_pos {
+            bail!("--seq {} exceeds the model's {max_pos} positions", args.seq);
         }
+        grid.run(&encoder, dtype, &mut cells)?;
     }
     if let Some(path) = &args.plot {
         plot::throughput(path, &cells)
@@ -227,6 +213,66 @@ fn run_model(args: ModelBenchArgs) -> Result<u8> {
         eprintln!("lanes bench: plot written to {}", path.display());
     }
     Ok(0)
+}
+
+/// The threads × batch × mode grid one encoder (one dtype) runs.
+struct Grid<'a> {
+    threads: &'a [usize],
+    batches: &'a [usize],
+    modes: &'a [Mode],
+    seq: usize,
+    budget: Budget,
+    json: bool,
+}
+
+impl Grid<'_> {
+    /// Measures, prints and appends every cell of the grid for `encoder`.
+    fn run(&self, encoder: &Encoder, dtype: Dtype, cells: &mut Vec<Cell>) -> Result<()> {
+        let device = encoder.device();
+        for &batch in self.batches {
+            let input = synthetic(
+                batch,
+                self.seq,
+                encoder.config().vocab_size,
+                0x6265_6e63 ^ batch as u64,
+            );
+            for &mode in self.modes {
+                let mut single: Option<f64> = None;
+                for &n in self.threads {
+                    let m = measure(encoder, &input, mode, n, self.budget).with_context(|| {
+                        format!("{mode} mode, {dtype}, {n} threads, batch {batch}")
+                    })?;
+                    let seq_per_s = (m.calls * batch) as f64 / m.seconds.max(1e-9);
+                    if n == 1 {
+                        single = Some(seq_per_s);
+                    }
+                    let cell = Cell {
+                        kind: "model",
+                        mode,
+                        dtype,
+                        device: device.name().to_string(),
+                        threads: n,
+                        batch,
+                        seq: self.seq,
+                        seq_per_s,
+                        p50_ms: percentile(&m.latencies, 0.50) * 1e3,
+                        p99_ms: percentile(&m.latencies, 0.99) * 1e3,
+                        efficiency: single.map(|s| seq_per_s / (n as f64 * s)),
+                        calls: m.calls,
+                        seconds: m.seconds,
+                        source: source(),
+                    };
+                    if self.json {
+                        println!("{}", serde_json::to_string(&cell)?);
+                    } else {
+                        println!("{}", table_row(&cell));
+                    }
+                    cells.push(cell);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How long each cell runs.
@@ -380,15 +426,25 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 fn table_header() -> String {
     format!(
-        "{:<12} {:<8} {:>7} {:>5} {:>5} {:>11} {:>9} {:>9} {:>10}",
-        "mode", "device", "threads", "batch", "seq", "seq/s", "p50 ms", "p99 ms", "efficiency"
+        "{:<12} {:<9} {:<8} {:>7} {:>5} {:>5} {:>11} {:>9} {:>9} {:>10}",
+        "mode",
+        "dtype",
+        "device",
+        "threads",
+        "batch",
+        "seq",
+        "seq/s",
+        "p50 ms",
+        "p99 ms",
+        "efficiency"
     )
 }
 
 fn table_row(c: &Cell) -> String {
     format!(
-        "{:<12} {:<8} {:>7} {:>5} {:>5} {:>11.1} {:>9.3} {:>9.3} {:>10}",
+        "{:<12} {:<9} {:<8} {:>7} {:>5} {:>5} {:>11.1} {:>9.3} {:>9.3} {:>10}",
         c.mode.to_string(),
+        c.dtype.name(),
         c.device,
         c.threads,
         c.batch,

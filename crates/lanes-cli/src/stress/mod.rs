@@ -45,6 +45,7 @@ use clap::Args;
 use lanes::Device;
 use lanes_nn::{Encoder, Model};
 
+use crate::dtype::Dtype;
 // `requests` reaches the one generator as `super::Rng`.
 use crate::rng::Rng;
 
@@ -76,6 +77,10 @@ pub struct StressArgs {
     /// Longest sequence of a request in tokens (1..=256).
     #[arg(long, default_value_t = 256)]
     pub max_len: usize,
+    /// Precision: auto (float16 on CUDA, float32 on the CPU), float32, float16,
+    /// bfloat16 (half precisions on CUDA only). The references run in it too.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub dtype: Dtype,
     /// Fault injection during the run (not the reference pass): `oom:P` fails a
     /// fraction P of the caching allocator's allocations, deterministic per --seed.
     /// Requests that hit one must end with the injected error; the rest must match.
@@ -119,14 +124,15 @@ impl StressArgs {
     }
 }
 
-/// Loads the encoder onto `device` and, unless skipped, the host model for the anchor.
+/// Loads the encoder onto `device` computing in `dtype` (returned resolved) and,
+/// unless skipped, the host model for the anchor.
 pub fn load(
     dir: &std::path::Path,
     device: &Device,
+    dtype: Dtype,
     anchor: bool,
-) -> Result<(Encoder, Option<Model>)> {
-    let encoder = Encoder::load(dir, device)
-        .with_context(|| format!("cannot load the model from {}", dir.display()))?;
+) -> Result<(Encoder, Dtype, Option<Model>)> {
+    let (encoder, dtype) = crate::dtype::load_encoder(dir, device, dtype)?;
     let host = if anchor {
         Some(
             Model::load(dir)
@@ -135,7 +141,7 @@ pub fn load(
     } else {
         None
     };
-    Ok((encoder, host))
+    Ok((encoder, dtype, host))
 }
 
 /// Runs `lanes stress`; 0 only if the run passed.
@@ -146,7 +152,7 @@ pub fn run(args: StressArgs) -> Result<u8> {
     let shapes = args.shapes()?;
     let dir = crate::common::model_dir(args.model.clone())?;
     let device = crate::common::open_device_seeded(&args.device, args.threads, args.seed)?;
-    let (encoder, host) = load(&dir, &device, !args.no_anchor)?;
+    let (encoder, _dtype, host) = load(&dir, &device, args.dtype, !args.no_anchor)?;
     let suite = prepare(&encoder, host.as_ref(), shapes, args.seed)?;
     drop(host);
     let cfg = RunConfig {
