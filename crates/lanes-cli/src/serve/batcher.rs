@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use lanes::Lease;
-use lanes_nn::{Embedding, Encoded, Encoder};
+use lanes_nn::{Embedding, Encoder, Tokens};
 use tokio::sync::oneshot;
 
 use super::metrics::Metrics;
@@ -305,7 +305,7 @@ impl Worker {
                     .iter()
                     .map(|i| (i.ids.clone(), i.types.clone()))
                     .collect();
-                let enc = Encoded::from_sequences(&seqs)
+                let enc = Tokens::from_sequences(&seqs)
                     .map_err(|e| format!("cannot form a batch: {e}"))?;
                 let flat = self
                     .encoder
