@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::{Cell, Mode};
+use super::figures::{Cell, Mode};
 use crate::dtype::Dtype;
 
 const W: u32 = 1100;

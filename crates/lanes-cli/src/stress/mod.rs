@@ -31,11 +31,16 @@
 //! result by 1e-3 before it is compared; `--plant leak` makes thread 0 allocate
 //! 4 KiB and forget the buffer; `--plant lease-leak` makes it forget a lease. Each
 //! must make the run fail; the tests prove it.
+//!
+//! Modules, each using only those listed before it: `requests`, `compare`,
+//! `config`, `report`, `suite`, `worker`, `engine`.
 
 pub mod compare;
+pub mod config;
 pub mod engine;
 pub mod report;
 pub mod requests;
+pub mod suite;
 mod worker;
 
 use std::path::PathBuf;
@@ -46,12 +51,12 @@ use lanes::Device;
 use lanes_nn::{Encoder, Model};
 
 use crate::dtype::Dtype;
-// `requests` reaches the one generator as `super::Rng`.
-use crate::rng::Rng;
 
-pub use engine::{prepare, run_stress, Plant, RunConfig};
+pub use config::{Plant, RunConfig};
+pub use engine::run_stress;
 pub use report::StressReport;
 pub use requests::Shapes;
+pub use suite::prepare;
 
 /// Arguments of `lanes stress`.
 #[derive(Args, Debug, Clone)]
@@ -152,8 +157,8 @@ pub fn run(args: StressArgs) -> Result<u8> {
     let shapes = args.shapes()?;
     let dir = crate::common::model_dir(args.model.clone())?;
     let device = crate::common::open_device_seeded(&args.device, args.threads, args.seed)?;
-    let (encoder, _dtype, host) = load(&dir, &device, args.dtype, !args.no_anchor)?;
-    let suite = prepare(&encoder, host.as_ref(), shapes, args.seed)?;
+    let (encoder, dtype, host) = load(&dir, &device, args.dtype, !args.no_anchor)?;
+    let suite = prepare(&encoder, host.as_ref(), shapes, args.seed, dtype)?;
     drop(host);
     let cfg = RunConfig {
         threads: args.threads,

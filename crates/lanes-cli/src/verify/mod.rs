@@ -115,7 +115,7 @@ pub fn run(args: VerifyArgs) -> Result<u8> {
     let dir = crate::common::model_dir(args.model.clone())?;
     let device = crate::common::open_device_seeded(&args.device, max, args.seed)?;
     let (encoder, dtype, host) = stress::load(&dir, &device, args.dtype, !args.no_anchor)?;
-    let suite = stress::prepare(&encoder, host.as_ref(), shapes, args.seed)?;
+    let suite = stress::prepare(&encoder, host.as_ref(), shapes, args.seed, dtype)?;
     drop(host);
     let mut runs = Vec::new();
     for &n in &threads {
