@@ -203,6 +203,12 @@ fn blank_lines_are_skipped_and_counted_in_both_formats() {
         outputs.push(rows);
     }
     assert_same_rows(&outputs[0], &outputs[1]);
+    let (code, help, _) = run(&mut lanes(&["embed", "--help"]));
+    assert_eq!(code, 0);
+    assert!(
+        help.contains("Blank lines (empty, or only spaces, tabs and carriage returns) are skipped in both formats"),
+        "--help states the rule: {help}"
+    );
 }
 
 /// Texts of 1..=24 words, different lengths in every window.
