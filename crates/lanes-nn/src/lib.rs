@@ -30,10 +30,15 @@
 
 pub mod config;
 pub mod cpu;
+mod device_weights;
 pub mod encoder;
 pub mod error;
 pub mod exec;
+pub mod files;
+mod forward;
+pub mod graph;
 pub mod model;
+pub mod precision;
 pub mod reference;
 pub mod tensor;
 pub mod tokenizer;
@@ -43,7 +48,10 @@ pub mod weights;
 pub use config::BertConfig;
 pub use encoder::{Embedding, Encoder};
 pub use error::{NnError, Result};
-pub use model::{Model, ModelFiles, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
+pub use files::{ModelFiles, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
+pub use graph::GraphCounts;
+pub use model::Model;
+pub use precision::{EncoderOptions, Precision};
 pub use tensor::{DType, Shape, Tensor, TensorMut};
 pub use tokenizer::{Tokenizer, DEFAULT_MAX_LEN};
 pub use tokens::Tokens;

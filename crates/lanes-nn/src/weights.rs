@@ -16,7 +16,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::config::BertConfig;
 use crate::error::{NnError, Result};
-use crate::model::{ModelFiles, CONFIG_FILE};
+use crate::files::{ModelFiles, CONFIG_FILE};
 
 /// One named f32 tensor in host memory, row-major.
 #[derive(Debug, Clone, PartialEq)]

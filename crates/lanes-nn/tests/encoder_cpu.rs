@@ -159,3 +159,33 @@ fn sixteen_threads_sharing_one_model_match_one_thread() {
         "thread exit released every lease"
     );
 }
+
+#[test]
+fn cpu_encoder_is_f32_and_refuses_half_precisions() {
+    use lanes_nn::{EncoderOptions, NnError, Precision};
+    let Some(dir) = model_dir() else { return };
+    let device = cpu(1);
+    let enc = Encoder::load(&dir, &device).expect("auto on the CPU");
+    assert_eq!(enc.precision(), Precision::F32);
+    let f32_opts = EncoderOptions {
+        precision: Precision::F32,
+    };
+    let enc = Encoder::load_with(&dir, &device, f32_opts).expect("float32");
+    assert_eq!(enc.precision(), Precision::F32);
+    for p in [Precision::F16, Precision::BF16] {
+        let err = Encoder::load_with(&dir, &device, EncoderOptions { precision: p })
+            .err()
+            .expect("half precisions are refused on the CPU");
+        assert!(matches!(err, NnError::Unsupported(_)), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(p.name()) && msg.contains(device.name()),
+            "{msg}"
+        );
+    }
+    // The CPU lanes never capture graphs.
+    let lane = device.lease().expect("lane");
+    enc.embed_on(&lane, &["one", "two"]).expect("embed");
+    enc.embed_on(&lane, &["one", "two"]).expect("embed");
+    assert_eq!(enc.graph_counts(), lanes_nn::GraphCounts::default());
+}

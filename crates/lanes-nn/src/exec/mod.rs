@@ -32,6 +32,10 @@ pub struct EmbedTables<'a> {
     pub beta: Tensor<'a>,
 }
 
+/// Dtypes: every op computes in one activation dtype `T` (the output's, which must
+/// be one of the backend's `floats`); weight matrices and embedding tables are `T`
+/// too, biases and LayerNorm parameters always f32, the pooled output always f32.
+///
 /// A backend's implementation of the fused ops of a BERT forward over a packed
 /// batch ([`crate::Tokens`]): activations are `[tokens, dim]`, the sequences back
 /// to back, and `offsets` (`u32 [batch + 1]`, on the device) mark where each
@@ -127,8 +131,8 @@ pub struct EmbedDims {
     pub type_vocab: usize,
 }
 
-/// Checks the tensors of [`Exec::embed_ln`]; `floats` are the dtypes the backend
-/// takes for the tables and the output.
+/// Checks the tensors of [`Exec::embed_ln`]; `floats` are the activation dtypes
+/// the backend computes in (see [`Exec`] for which tensor takes which dtype).
 pub fn check_embed_ln(
     lane: &Lease,
     ids: &Tensor<'_>,
@@ -151,10 +155,14 @@ pub fn check_embed_ln(
     for x in [ids, types, offsets] {
         c.dtype(x.name(), x.dtype(), &[DType::U32])?;
     }
-    for x in [&t.word, &t.position, &t.token_type, &t.gamma, &t.beta] {
-        c.dtype(x.name(), x.dtype(), floats)?;
+    let act = out.dtype();
+    c.dtype(out.name(), act, floats)?;
+    for x in [&t.word, &t.position, &t.token_type] {
+        c.dtype(x.name(), x.dtype(), &[act])?;
     }
-    c.dtype(out.name(), out.dtype(), floats)?;
+    for x in [&t.gamma, &t.beta] {
+        c.dtype(x.name(), x.dtype(), &[DType::F32])?;
+    }
     if n_off == 0 {
         return Err(empty_offsets(&c, offsets));
     }
@@ -205,10 +213,11 @@ pub fn check_linear(
     let [n, _] = c.shape(w.name(), w.shape(), [None, Some(k)])?;
     c.shape(b.name(), b.shape(), [Some(n)])?;
     c.shape(out.name(), out.shape(), [Some(rows), Some(n)])?;
-    for t in [x, w, b] {
-        c.dtype(t.name(), t.dtype(), floats)?;
-    }
-    c.dtype(out.name(), out.dtype(), floats)?;
+    let act = out.dtype();
+    c.dtype(out.name(), act, floats)?;
+    c.dtype(x.name(), x.dtype(), &[act])?;
+    c.dtype(w.name(), w.dtype(), &[act])?;
+    c.dtype(b.name(), b.dtype(), &[DType::F32])?;
     c.on_lane(lane, &[x, w, b, &out.as_tensor()])?;
     Ok((rows, k, n))
 }
@@ -255,8 +264,8 @@ pub fn check_attention(
             actual: format!("width {hidden}"),
         });
     }
-    c.dtype(qkv.name(), qkv.dtype(), floats)?;
     c.dtype(out.name(), out.dtype(), floats)?;
+    c.dtype(qkv.name(), qkv.dtype(), &[out.dtype()])?;
     c.dtype(offsets.name(), offsets.dtype(), &[DType::U32])?;
     c.on_lane(lane, &[qkv, offsets, &out.as_tensor()])?;
     Ok(AttentionDims {
@@ -287,10 +296,14 @@ pub fn check_add_layer_norm(
     c.shape(gamma.name(), gamma.shape(), [Some(dim)])?;
     c.shape(beta.name(), beta.shape(), [Some(dim)])?;
     c.shape(out.name(), out.shape(), [Some(rows), Some(dim)])?;
-    for t in [x, residual, gamma, beta] {
-        c.dtype(t.name(), t.dtype(), floats)?;
+    let act = out.dtype();
+    c.dtype(out.name(), act, floats)?;
+    for t in [x, residual] {
+        c.dtype(t.name(), t.dtype(), &[act])?;
     }
-    c.dtype(out.name(), out.dtype(), floats)?;
+    for t in [gamma, beta] {
+        c.dtype(t.name(), t.dtype(), &[DType::F32])?;
+    }
     c.on_lane(lane, &[x, residual, gamma, beta, &out.as_tensor()])?;
     Ok((rows, dim))
 }

@@ -1,0 +1,233 @@
+//! CUDA graphs for the encoder: one captured forward per (batch, token bucket,
+//! precision) per lane, replayed.
+//!
+//! A forward of `batch` sequences and `n` tokens in all runs as the graph of its
+//! key `(encoder, batch, token_bucket(n), precision)`, captured on the lane the
+//! first time that key is seen there ([`lanes::Lease::graph`], a bounded per-lane
+//! cache owned by the device). The graph's fixed buffers are its inputs (ids and
+//! type ids for `bucket` tokens, offsets for `batch + 1`) and its output (the
+//! pooled f32 embeddings): a replay uploads the batch into them, launches the
+//! graph and downloads the output. Kernels read the sequence boundaries from the
+//! device `offsets` buffer and their grids are sized for the bucket, so one graph
+//! serves every batch of its key: the `bucket - n` rows past the last sequence are
+//! computed and ignored (attention and pooling never read them).
+//!
+//! Graphs are used only where they can be: a CUDA lane held exclusively
+//! (capture needs it), graphs on (`LANES_GRAPHS=off` turns them off), buckets of
+//! at most [`MAX_GRAPH_TOKENS`] (bigger batches are not launch-bound), and a
+//! lane that has run one forward eagerly (cuBLAS sets itself up on first use,
+//! which must not happen inside a capture). Otherwise, and when a capture fails,
+//! the forward runs eagerly; [`GraphCounts`] says how often each happened.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use lanes::{Buffer, DeviceKind, Lease};
+
+use crate::encoder::Encoder;
+use crate::error::{NnError, Result};
+use crate::forward::Inputs;
+use crate::tensor::{DType, Tensor, TensorMut};
+use crate::tokens::Tokens;
+
+/// The largest token bucket run as a graph.
+pub const MAX_GRAPH_TOKENS: usize = 8192;
+
+/// The smallest token bucket.
+const MIN_BUCKET: usize = 16;
+
+/// The token capacity of the graph for a batch of `n` tokens: `n` rounded up to
+/// a quarter-octave step (16, 20, 24, 28, 32, 40, 48, 56, 64, 80, ...), so a graph
+/// computes at most 25 % more rows than the batch holds.
+pub fn token_bucket(n: usize) -> usize {
+    if n <= MIN_BUCKET {
+        return MIN_BUCKET;
+    }
+    let step = n.next_power_of_two() / 8;
+    n.div_ceil(step) * step
+}
+
+/// How the encoder's forwards ran (totals over all lanes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GraphCounts {
+    /// Graphs captured.
+    pub captures: u64,
+    /// Forwards replayed from a graph (captures included).
+    pub replays: u64,
+    /// Captures that failed, after which the forward ran eagerly.
+    pub fallbacks: u64,
+}
+
+/// Per-encoder graph bookkeeping.
+#[derive(Debug, Default)]
+pub(crate) struct GraphStats {
+    /// Bit `i`: lane `i` has run a forward eagerly.
+    warm: AtomicU64,
+    captures: AtomicU64,
+    replays: AtomicU64,
+    fallbacks: AtomicU64,
+}
+
+impl GraphStats {
+    /// Lane `lane` ran a forward eagerly.
+    pub(crate) fn warmed(&self, lane: usize) {
+        if lane < 64 {
+            self.warm.fetch_or(1 << lane, Ordering::Relaxed);
+        }
+    }
+
+    fn is_warm(&self, lane: usize) -> bool {
+        lane < 64 && self.warm.load(Ordering::Relaxed) & (1 << lane) != 0
+    }
+
+    /// The counts so far.
+    pub(crate) fn counts(&self) -> GraphCounts {
+        GraphCounts {
+            captures: self.captures.load(Ordering::Relaxed),
+            replays: self.replays.load(Ordering::Relaxed),
+            fallbacks: self.fallbacks.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The cache key of a graph: 16 bits of encoder id, 4 of precision, 20 of batch
+/// and 24 of bucket; `None` when a field does not fit (then no graph is used).
+fn key(encoder: u64, batch: usize, bucket: usize, dtype: DType) -> Option<u64> {
+    let d = match dtype {
+        DType::F32 => 1u64,
+        DType::F16 => 2,
+        DType::BF16 => 3,
+        DType::U32 => return None,
+    };
+    if batch >= 1 << 20 || bucket >= 1 << 24 {
+        return None;
+    }
+    Some((encoder & 0xffff) << 48 | d << 44 | (batch as u64) << 24 | bucket as u64)
+}
+
+/// Runs `tokens` as a graph replay on `lane` when graphs apply (see the module
+/// docs); `Ok(None)` means: run it eagerly. `tokens` was checked by the encoder.
+pub(crate) fn forward(enc: &Encoder, lane: &Lease, tokens: &Tokens) -> Result<Option<Vec<f32>>> {
+    let (batch, n, h) = (
+        tokens.batch(),
+        tokens.total_tokens(),
+        enc.config().hidden_size,
+    );
+    if !lane.is_exclusive()
+        || lane.device().kind() == DeviceKind::Cpu
+        || !lanes::graphs_enabled()
+        || !enc.graphs.is_warm(lane.index())
+    {
+        return Ok(None);
+    }
+    let bucket = token_bucket(n);
+    let dtype = enc.precision().dtype().unwrap_or(DType::F32);
+    let Some(key) = key(enc.id(), batch, bucket, dtype).filter(|_| bucket <= MAX_GRAPH_TOKENS)
+    else {
+        return Ok(None);
+    };
+    let max_len = bucket.min(enc.config().max_position_embeddings);
+    let mut captured = false;
+    let graph = lane.graph(key, |l| {
+        captured = true;
+        capture(
+            enc,
+            l,
+            Shape {
+                batch,
+                bucket,
+                h,
+                max_len,
+            },
+        )
+        .map_err(|e| match e {
+            NnError::Runtime(r) => r,
+            other => lanes::Error::InvalidArgument(format!("capturing the forward: {other}")),
+        })
+    });
+    let graph = match graph {
+        Ok(Some(g)) => g,
+        Ok(None) => return Ok(None),
+        Err(_) => {
+            enc.graphs.fallbacks.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        }
+    };
+    if captured {
+        enc.graphs.captures.fetch_add(1, Ordering::Relaxed);
+    }
+    let [ids, types, offsets, pooled] = graph.buffers() else {
+        return Ok(None);
+    };
+    lane.upload(ids, bytemuck::cast_slice(tokens.ids()))?;
+    lane.upload(types, bytemuck::cast_slice(tokens.type_ids()))?;
+    lane.upload(offsets, bytemuck::cast_slice(tokens.offsets()))?;
+    graph.launch(lane)?;
+    let mut out = vec![0f32; batch * h];
+    lane.download(pooled, bytemuck::cast_slice_mut(&mut out))?;
+    enc.graphs.replays.fetch_add(1, Ordering::Relaxed);
+    Ok(Some(out))
+}
+
+/// The fixed shape of one graph.
+#[derive(Clone, Copy)]
+struct Shape {
+    batch: usize,
+    bucket: usize,
+    h: usize,
+    max_len: usize,
+}
+
+/// Inside a capture: allocates the graph's fixed buffers and enqueues the forward;
+/// returns `[ids, type ids, offsets, pooled]`.
+fn capture(enc: &Encoder, l: &Lease, s: Shape) -> Result<Vec<Buffer>> {
+    let ids = l.alloc(s.bucket * 4)?;
+    let types = l.alloc(s.bucket * 4)?;
+    let offsets = l.alloc((s.batch + 1) * 4)?;
+    let mut pooled = l.alloc(s.batch * s.h * 4)?;
+    let inputs = Inputs {
+        ids: Tensor::new("ids", &ids, DType::U32, &[s.bucket])?,
+        types: Tensor::new("type_ids", &types, DType::U32, &[s.bucket])?,
+        offsets: Tensor::new("offsets", &offsets, DType::U32, &[s.batch + 1])?,
+        max_len: s.max_len,
+    };
+    let pooled_t = TensorMut::new("pooled", &mut pooled, DType::F32, &[s.batch, s.h])?;
+    enc.enqueue(l, &inputs, pooled_t)?;
+    Ok(vec![ids, types, offsets, pooled])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_cover_with_at_most_a_quarter_to_spare() {
+        let mut last = 0;
+        for n in 1..=MAX_GRAPH_TOKENS {
+            let b = token_bucket(n);
+            assert!(b >= n && b >= last, "{n} -> {b}");
+            if n > MIN_BUCKET {
+                assert!((b - n) * 4 < b, "{n} -> {b}: more than 25 % padding");
+            }
+            last = b;
+        }
+        assert_eq!(token_bucket(1), 16);
+        assert_eq!(token_bucket(128), 128);
+        assert_eq!(token_bucket(129), 160);
+        assert_eq!(token_bucket(100), 112);
+        let distinct: std::collections::BTreeSet<usize> = (1..=4096).map(token_bucket).collect();
+        // 16, then four per octave from 32 to 4096.
+        assert_eq!(distinct.len(), 1 + 4 * 8, "buckets up to 4096");
+    }
+
+    #[test]
+    fn keys_separate_every_field() {
+        let k = |e, b, t, d| key(e, b, t, d).unwrap();
+        let base = k(1, 8, 128, DType::F16);
+        assert_ne!(base, k(2, 8, 128, DType::F16));
+        assert_ne!(base, k(1, 9, 128, DType::F16));
+        assert_ne!(base, k(1, 8, 160, DType::F16));
+        assert_ne!(base, k(1, 8, 128, DType::BF16));
+        assert_eq!(key(1, 1 << 20, 16, DType::F32), None);
+        assert_eq!(key(1, 1, 16, DType::U32), None);
+    }
+}
