@@ -14,7 +14,7 @@
 #   stress-inject.json, verify.txt + lanes-verify.jsonl (ledger) + verify-status.txt,
 #   summary.txt (each step's exit code). Exits non-zero if any step failed.
 # Knobs: DEVICE (cuda), DURATION_MS per bench cell (1500), THREADS (1,2,4,8,16),
-#   BATCH (1,8,32,128,512), DTYPE (auto; e.g. float32,float16,bfloat16), SEQ (128),
+#   BATCH (1,8,32,128,512), DTYPE (float32,float16,bfloat16), SEQ (128),
 #   VERIFY_THREADS (4,8,16,32), VERIFY_REQUESTS (16).
 set -uo pipefail
 
@@ -30,7 +30,7 @@ device=${DEVICE:-cuda}
 duration=${DURATION_MS:-1500}
 threads=${THREADS:-1,2,4,8,16}
 batch=${BATCH:-1,8,32,128,512}
-dtype=${DTYPE:-auto}
+dtype=${DTYPE:-float32,float16,bfloat16}
 seq=${SEQ:-128}
 verify_threads=${VERIFY_THREADS:-4,8,16,32}
 verify_requests=${VERIFY_REQUESTS:-16}

@@ -1,89 +1,62 @@
-//! `--dtype auto|float32|float16|bfloat16` of `embed`, `bench` and `stress`, and
-//! the one place the encoder is loaded with it.
+//! `--dtype auto|float32|float16|bfloat16` of `embed`, `bench`, `stress` and
+//! `verify`, and the one place the encoder is loaded with it.
 //!
-//! `auto` is float16 on a CUDA device and float32 on the CPU. The CPU backend
-//! runs float32 only: float16 or bfloat16 there is an error naming the flag.
+//! The flag's values map one to one onto [`lanes_nn::Precision`]; what they mean
+//! on a device (`auto` is float16 on CUDA and float32 on the CPU; the CPU computes
+//! in float32 only, so float16 or bfloat16 there is an error naming both) is
+//! lanes-nn's rule, [`lanes_nn::precision::check_supported`], not repeated here.
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::ValueEnum;
-use lanes::{Device, DeviceKind};
-use lanes_nn::Encoder;
-use serde::Serialize;
+use lanes::Device;
+use lanes_nn::{Encoder, EncoderOptions, Precision};
 
-/// The precision the encoder computes in (accumulation is always float32).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// The `--dtype` flag's values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
 pub enum Dtype {
     /// float16 on CUDA, float32 on the CPU.
     Auto,
     /// 32-bit floats everywhere.
     Float32,
-    /// 16-bit floats (CUDA only).
+    /// float16 weights and activations, float32 accumulation (CUDA only).
     Float16,
-    /// bfloat16 (CUDA only).
+    /// bfloat16 weights and activations, float32 accumulation (CUDA only).
     Bfloat16,
 }
 
-impl Dtype {
-    /// The name the flag and the reports use.
-    pub fn name(self) -> &'static str {
-        match self {
-            Dtype::Auto => "auto",
-            Dtype::Float32 => "float32",
-            Dtype::Float16 => "float16",
-            Dtype::Bfloat16 => "bfloat16",
-        }
-    }
-
-    /// What `self` means on `device`: `auto` resolved; a half precision on the
-    /// CPU is an error.
-    pub fn resolve(self, device: &Device) -> Result<Dtype> {
-        let cuda = matches!(device.kind(), DeviceKind::Cuda(_));
-        match (self, cuda) {
-            (Dtype::Auto, true) if adapter::HALF => Ok(Dtype::Float16),
-            (Dtype::Auto, _) => Ok(Dtype::Float32),
-            (Dtype::Float16 | Dtype::Bfloat16, false) => bail!(
-                "--dtype {} needs a CUDA device; {} runs float32 only (use --dtype float32 or auto)",
-                self.name(),
-                device.name()
-            ),
-            (d, _) => Ok(d),
+impl From<Dtype> for Precision {
+    fn from(d: Dtype) -> Precision {
+        match d {
+            Dtype::Auto => Precision::Auto,
+            Dtype::Float32 => Precision::F32,
+            Dtype::Float16 => Precision::F16,
+            Dtype::Bfloat16 => Precision::BF16,
         }
     }
 }
 
-impl std::fmt::Display for Dtype {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
+/// What `dtype` means on `device` (never [`Precision::Auto`]), or an error when
+/// the device cannot compute in it.
+pub fn resolve(dtype: Dtype, device: &Device) -> Result<Precision> {
+    Ok(lanes_nn::precision::check_supported(
+        dtype.into(),
+        device.kind(),
+        device.name(),
+    )?)
 }
 
-/// Loads the encoder from `dir` onto `device` computing in `dtype` (resolved
-/// with [`Dtype::resolve`]); returns it with the resolved dtype.
-pub fn load_encoder(dir: &Path, device: &Device, dtype: Dtype) -> Result<(Encoder, Dtype)> {
-    let dtype = dtype.resolve(device)?;
-    let encoder = adapter::load(dir, device, dtype)
-        .with_context(|| format!("cannot load the model from {}", dir.display()))?;
-    Ok((encoder, dtype))
-}
-
-/// The bridge to lanes-nn's encoder options.
-mod adapter {
-    use super::*;
-
-    /// Whether the encoder computes in half precisions (lanes-nn without
-    /// precision options: no, and `auto` on CUDA means float32 meanwhile).
-    pub(super) const HALF: bool = false;
-
-    /// Loads the encoder computing in `dtype` (resolved: never `Auto`).
-    pub(super) fn load(dir: &Path, device: &Device, dtype: Dtype) -> Result<Encoder> {
-        match dtype {
-            Dtype::Float32 => Ok(Encoder::load(dir, device)?),
-            other => bail!("--dtype {other}: this build's encoder computes in float32 only"),
-        }
-    }
+/// Loads the encoder from `dir` onto `device` computing in `dtype`; its
+/// [`Encoder::precision`] is the resolved precision.
+pub fn load_encoder(dir: &Path, device: &Device, dtype: Dtype) -> Result<Encoder> {
+    // Checked first, so an unsupported precision is named without a model load.
+    resolve(dtype, device)?;
+    let options = EncoderOptions {
+        precision: dtype.into(),
+    };
+    Encoder::load_with(dir, device, options)
+        .with_context(|| format!("cannot load the model from {}", dir.display()))
 }
 
 #[cfg(test)]
@@ -91,14 +64,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn auto_is_float32_on_the_cpu_and_half_precisions_are_refused_there() {
+    fn every_value_maps_to_its_precision_and_the_cpu_refuses_half() {
+        for d in Dtype::value_variants() {
+            let name = d.to_possible_value().unwrap().get_name().to_string();
+            assert_eq!(Precision::from(*d).name(), name, "flag and precision agree");
+        }
         let cpu = crate::common::open_device("cpu", 1).unwrap();
-        assert_eq!(Dtype::Auto.resolve(&cpu).unwrap(), Dtype::Float32);
-        assert_eq!(Dtype::Float32.resolve(&cpu).unwrap(), Dtype::Float32);
+        assert_eq!(resolve(Dtype::Auto, &cpu).unwrap(), Precision::F32);
+        assert_eq!(resolve(Dtype::Float32, &cpu).unwrap(), Precision::F32);
         for d in [Dtype::Float16, Dtype::Bfloat16] {
-            let err = d.resolve(&cpu).unwrap_err().to_string();
+            let err = format!("{:#}", resolve(d, &cpu).unwrap_err());
             assert!(
-                err.contains(&format!("--dtype {d} needs a CUDA device")),
+                err.contains(Precision::from(d).name()) && err.contains("float32 only"),
                 "{err}"
             );
         }

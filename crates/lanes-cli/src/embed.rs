@@ -113,7 +113,8 @@ pub fn run(args: EmbedArgs) -> Result<u8> {
     let mut reader = TextReader::new(input, args.format, source);
     let dir = common::model_dir(args.model.clone())?;
     let device = common::open_device(&args.device, args.threads)?;
-    let (encoder, dtype) = dtype::load_encoder(&dir, &device, args.dtype)?;
+    let encoder = dtype::load_encoder(&dir, &device, args.dtype)?;
+    let precision = encoder.precision();
     let mut sink = Sink::open(args.output.as_ref())?;
     let progress = progress_bar(size);
 
@@ -161,7 +162,7 @@ pub fn run(args: EmbedArgs) -> Result<u8> {
         n => format!("; {n} blank line{} skipped", if n == 1 { "" } else { "s" }),
     };
     eprintln!(
-        "lanes embed: {index} texts on {} in {dtype} with {} threads in {secs:.3} s ({:.1} texts/s){skipped}",
+        "lanes embed: {index} texts on {} in {precision} with {} threads in {secs:.3} s ({:.1} texts/s){skipped}",
         device.name(),
         args.threads,
         index as f64 / secs.max(1e-9)

@@ -162,7 +162,8 @@ fn half_precision_on_the_cpu_is_a_clear_error_and_auto_is_float32() {
         let (code, stderr) = embed(&model, &["--dtype", half], &input, &output);
         assert_eq!(code, 1, "{stderr}");
         assert!(
-            stderr.contains(&format!("--dtype {half} needs a CUDA device")),
+            stderr.contains(&format!("precision {half} on device cpu"))
+                && stderr.contains("float32 only"),
             "{stderr}"
         );
         assert!(!output.exists());

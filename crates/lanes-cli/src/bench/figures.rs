@@ -8,8 +8,6 @@ use anyhow::Result;
 use clap::ValueEnum;
 use serde::Serialize;
 
-use crate::dtype::Dtype;
-
 /// How the threads reach the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -37,7 +35,7 @@ pub struct Cell {
     /// `lanes` or `global-lock`.
     pub mode: Mode,
     /// The precision the encoder computed in (`float32`, `float16`, `bfloat16`).
-    pub dtype: Dtype,
+    pub dtype: &'static str,
     /// The device.
     pub device: String,
     /// Threads.
@@ -92,7 +90,7 @@ pub fn table_row(c: &Cell) -> String {
     format!(
         "{:<12} {:<9} {:<8} {:>7} {:>5} {:>5} {:>11.1} {:>9.3} {:>9.3} {:>10}",
         c.mode.to_string(),
-        c.dtype.name(),
+        c.dtype,
         c.device,
         c.threads,
         c.batch,

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use lanes_nn::{Encoder, Tokens};
+use lanes_nn::{Encoder, Precision, Tokens};
 
 use crate::dtype::Dtype;
 use crate::rng::Rng;
@@ -121,12 +121,13 @@ fn run_model(args: ModelBenchArgs) -> Result<u8> {
     let device = crate::common::open_device(&args.device, max_threads)?;
     // Resolved before anything runs (float16 on the CPU fails here), then
     // without repeats (`auto,float32` on the CPU is one dtype).
-    let dtypes = crate::common::unique(
-        &crate::common::unique(&args.dtype)
-            .into_iter()
-            .map(|d| d.resolve(&device))
-            .collect::<Result<Vec<_>>>()?,
-    );
+    let mut dtypes: Vec<(Dtype, Precision)> = Vec::new();
+    for &d in &args.dtype {
+        let p = crate::dtype::resolve(d, &device)?;
+        if !dtypes.iter().any(|&(_, q)| q == p) {
+            dtypes.push((d, p));
+        }
+    }
     let budget = match args.iters {
         Some(n) => Budget::Iters(n),
         None => Budget::Time(Duration::from_millis(args.duration_ms.max(1))),
@@ -144,13 +145,13 @@ fn run_model(args: ModelBenchArgs) -> Result<u8> {
         println!("{}", table_header());
     }
     let mut cells = Vec::new();
-    for dtype in dtypes {
-        let (encoder, dtype) = crate::dtype::load_encoder(&dir, &device, dtype)?;
+    for (dtype, _) in dtypes {
+        let encoder = crate::dtype::load_encoder(&dir, &device, dtype)?;
         let max_pos = encoder.config().max_position_embeddings;
         if args.seq > max_pos {
             bail!("--seq {} exceeds the model's {max_pos} positions", args.seq);
         }
-        grid.run(&encoder, dtype, &mut cells)?;
+        grid.run(&encoder, &mut cells)?;
     }
     if let Some(path) = &args.plot {
         plot::throughput(path, &cells)
@@ -172,8 +173,9 @@ struct Grid<'a> {
 
 impl Grid<'_> {
     /// Measures, prints and appends every cell of the grid for `encoder`.
-    fn run(&self, encoder: &Encoder, dtype: Dtype, cells: &mut Vec<Cell>) -> Result<()> {
+    fn run(&self, encoder: &Encoder, cells: &mut Vec<Cell>) -> Result<()> {
         let device = encoder.device();
+        let dtype = encoder.precision().name();
         for &batch in self.batches {
             let input = synthetic(
                 batch,

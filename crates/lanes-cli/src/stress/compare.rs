@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::dtype::Dtype;
+use lanes_nn::Precision;
 
 /// A result row matches its reference when both bounds hold.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -27,15 +27,15 @@ pub const ANCHOR_TOLERANCE: Tolerance = Tolerance {
     max_abs_diff: 1e-3,
 };
 
-/// The anchor's bounds for an encoder computing in `dtype` against the float32
+/// The anchor's bounds for an encoder computing in `precision` against the float32
 /// host reference: float32 as [`ANCHOR_TOLERANCE`]; float16 cosine ≥ 0.9999 and
 /// bfloat16 ≥ 0.999 (issue 11's bounds), each with the largest component
 /// difference two unit vectors that close can have, √(2 (1 − cosine)).
-pub fn anchor_tolerance(dtype: Dtype) -> Tolerance {
-    let min_cosine = match dtype {
-        Dtype::Auto | Dtype::Float32 => return ANCHOR_TOLERANCE,
-        Dtype::Float16 => 0.9999,
-        Dtype::Bfloat16 => 0.999,
+pub fn anchor_tolerance(precision: Precision) -> Tolerance {
+    let min_cosine = match precision {
+        Precision::Auto | Precision::F32 => return ANCHOR_TOLERANCE,
+        Precision::F16 => 0.9999,
+        Precision::BF16 => 0.999,
     };
     Tolerance {
         min_cosine,
@@ -171,11 +171,11 @@ mod tests {
 
     #[test]
     fn half_precisions_get_their_documented_anchor_bounds() {
-        assert_eq!(anchor_tolerance(Dtype::Float32).min_cosine, 0.9999);
-        assert_eq!(anchor_tolerance(Dtype::Float32).max_abs_diff, 1e-3);
-        assert_eq!(anchor_tolerance(Dtype::Float16).min_cosine, 0.9999);
-        assert_eq!(anchor_tolerance(Dtype::Bfloat16).min_cosine, 0.999);
-        let t = anchor_tolerance(Dtype::Float16);
+        assert_eq!(anchor_tolerance(Precision::F32).min_cosine, 0.9999);
+        assert_eq!(anchor_tolerance(Precision::F32).max_abs_diff, 1e-3);
+        assert_eq!(anchor_tolerance(Precision::F16).min_cosine, 0.9999);
+        assert_eq!(anchor_tolerance(Precision::BF16).min_cosine, 0.999);
+        let t = anchor_tolerance(Precision::F16);
         assert!(
             (t.max_abs_diff - 2e-4f64.sqrt()).abs() < 1e-12,
             "{}",

@@ -156,7 +156,7 @@ pub fn run_stress(encoder: &Encoder, suite: &Suite, cfg: &RunConfig) -> Result<S
     Ok(StressReport {
         passed: checks.iter().all(|c| c.passed),
         device: device.name().to_string(),
-        dtype: suite.dtype,
+        dtype: suite.precision.name(),
         threads: cfg.threads,
         requests: total,
         completed: t.completed,

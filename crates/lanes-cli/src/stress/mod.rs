@@ -129,15 +129,15 @@ impl StressArgs {
     }
 }
 
-/// Loads the encoder onto `device` computing in `dtype` (returned resolved) and,
-/// unless skipped, the host model for the anchor.
+/// Loads the encoder onto `device` computing in `dtype` and, unless skipped, the
+/// host model for the anchor.
 pub fn load(
     dir: &std::path::Path,
     device: &Device,
     dtype: Dtype,
     anchor: bool,
-) -> Result<(Encoder, Dtype, Option<Model>)> {
-    let (encoder, dtype) = crate::dtype::load_encoder(dir, device, dtype)?;
+) -> Result<(Encoder, Option<Model>)> {
+    let encoder = crate::dtype::load_encoder(dir, device, dtype)?;
     let host = if anchor {
         Some(
             Model::load(dir)
@@ -146,7 +146,7 @@ pub fn load(
     } else {
         None
     };
-    Ok((encoder, dtype, host))
+    Ok((encoder, host))
 }
 
 /// Runs `lanes stress`; 0 only if the run passed.
@@ -157,8 +157,8 @@ pub fn run(args: StressArgs) -> Result<u8> {
     let shapes = args.shapes()?;
     let dir = crate::common::model_dir(args.model.clone())?;
     let device = crate::common::open_device_seeded(&args.device, args.threads, args.seed)?;
-    let (encoder, dtype, host) = load(&dir, &device, args.dtype, !args.no_anchor)?;
-    let suite = prepare(&encoder, host.as_ref(), shapes, args.seed, dtype)?;
+    let (encoder, host) = load(&dir, &device, args.dtype, !args.no_anchor)?;
+    let suite = prepare(&encoder, host.as_ref(), shapes, args.seed)?;
     drop(host);
     let cfg = RunConfig {
         threads: args.threads,

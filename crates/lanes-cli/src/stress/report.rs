@@ -4,7 +4,6 @@ use serde::Serialize;
 
 use super::compare::fmt_opt;
 use super::config::Plant;
-use crate::dtype::Dtype;
 
 /// One check of a run, with its figures.
 #[derive(Clone, Debug, Serialize)]
@@ -64,8 +63,8 @@ pub struct StressReport {
     pub passed: bool,
     /// The device (`cpu`, `cuda:0`).
     pub device: String,
-    /// The precision the encoder computed in.
-    pub dtype: Dtype,
+    /// The precision the encoder computed in (`float32`, `float16`, `bfloat16`).
+    pub dtype: &'static str,
     /// Threads, each on its own lane.
     pub threads: usize,
     /// Requests run (threads × requests per thread).

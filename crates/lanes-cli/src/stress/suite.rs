@@ -6,12 +6,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use lanes::Lease;
-use lanes_nn::{Encoder, Model};
+use lanes_nn::{Encoder, Model, Precision};
 
 use super::compare::{anchor_tolerance, fmt_opt, Compare};
 use super::report::Check;
 use super::requests::{self, Input, Request, Shapes};
-use crate::dtype::Dtype;
 
 /// The anchor compares requests of at most this many padded tokens.
 const ANCHOR_MAX_TOKENS: usize = 512;
@@ -31,7 +30,7 @@ pub struct Suite {
     /// The seed the requests came from.
     pub seed: u64,
     /// The precision the encoder computes in (references included).
-    pub dtype: Dtype,
+    pub precision: Precision,
 }
 
 /// Runs one request on `lane`: `rows × hidden` values.
@@ -50,14 +49,14 @@ pub fn execute(encoder: &Encoder, lane: &Lease, req: &Request) -> lanes_nn::Resu
 /// of the encoder's device, one request after the other. With `host_model`, the
 /// small requests' references are also compared with the host reference forward
 /// (the anchor: a device that is consistently wrong would otherwise pass), within
-/// the tolerance of the encoder's `dtype` ([`anchor_tolerance`]).
+/// the tolerance of the encoder's precision ([`anchor_tolerance`]).
 pub fn prepare(
     encoder: &Encoder,
     host_model: Option<&Model>,
     shapes: Shapes,
     seed: u64,
-    dtype: Dtype,
 ) -> Result<Suite> {
+    let precision = encoder.precision();
     let vocab = encoder.config().vocab_size;
     let requests = requests::generate(encoder.tokenizer(), vocab, shapes, seed)?;
     let hidden = encoder.config().hidden_size;
@@ -81,7 +80,7 @@ pub fn prepare(
     }
     drop(lane);
     let anchor = match host_model {
-        Some(model) => Some(anchor(model, &requests, &references, hidden, dtype)?),
+        Some(model) => Some(anchor(model, &requests, &references, hidden, precision)?),
         None => None,
     };
     Ok(Suite {
@@ -91,7 +90,7 @@ pub fn prepare(
         anchor,
         reference_seconds: start.elapsed().as_secs_f64(),
         seed,
-        dtype,
+        precision,
     })
 }
 
@@ -100,9 +99,9 @@ fn anchor(
     requests: &[Request],
     references: &[Vec<f32>],
     hidden: usize,
-    dtype: Dtype,
+    precision: Precision,
 ) -> Result<Check> {
-    let tolerance = anchor_tolerance(dtype);
+    let tolerance = anchor_tolerance(precision);
     let mut cmp = Compare::default();
     let mut checked = Vec::new();
     for (req, reference) in requests.iter().zip(references) {
@@ -126,7 +125,7 @@ fn anchor(
         name: "anchor".into(),
         passed,
         detail: format!(
-            "device reference ({dtype}) vs host reference forward (float32) on {} requests: {} rows, min cosine {}, max |diff| {}",
+            "device reference ({precision}) vs host reference forward (float32) on {} requests: {} rows, min cosine {}, max |diff| {}",
             checked.len(),
             cmp.rows,
             fmt_opt(cmp.min_cosine),
@@ -135,7 +134,7 @@ fn anchor(
         figures: serde_json::json!({
             "requests": checked, "rows": cmp.rows, "bad_rows": cmp.bad_rows,
             "min_cosine": cmp.min_cosine, "max_abs_diff": cmp.max_abs_diff,
-            "tolerance": tolerance, "dtype": dtype,
+            "tolerance": tolerance, "dtype": precision.name(),
         }),
     })
 }

@@ -114,8 +114,8 @@ pub fn run(args: VerifyArgs) -> Result<u8> {
     let start = Instant::now();
     let dir = crate::common::model_dir(args.model.clone())?;
     let device = crate::common::open_device_seeded(&args.device, max, args.seed)?;
-    let (encoder, dtype, host) = stress::load(&dir, &device, args.dtype, !args.no_anchor)?;
-    let suite = stress::prepare(&encoder, host.as_ref(), shapes, args.seed, dtype)?;
+    let (encoder, host) = stress::load(&dir, &device, args.dtype, !args.no_anchor)?;
+    let suite = stress::prepare(&encoder, host.as_ref(), shapes, args.seed)?;
     drop(host);
     let mut runs = Vec::new();
     for &n in &threads {
@@ -152,7 +152,7 @@ pub fn run(args: VerifyArgs) -> Result<u8> {
         "features": p.features,
         "rustc": p.rustc,
         "device": device.name(),
-        "dtype": dtype,
+        "dtype": encoder.precision().name(),
         "seed": args.seed,
         "threads": threads,
         "requests_per_thread": args.requests,
