@@ -23,7 +23,7 @@ use crate::error::{NnError, Result};
 use crate::exec::{self, Exec};
 use crate::files::ModelFiles;
 use crate::forward::{self, Inputs};
-use crate::graph::{self, GraphStats};
+use crate::graph::{GraphCounts, Graphs, ModelShape};
 use crate::precision::{self, EncoderOptions, Precision};
 use crate::tensor::{DType, Tensor, TensorMut};
 use crate::tokenizer::Tokenizer;
@@ -39,10 +39,6 @@ pub struct Embedding {
     pub vector: Vec<f32>,
 }
 
-/// Distinguishes encoders in the per-lane graph caches, which the device owns and
-/// which outlive any one encoder.
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
 /// all-MiniLM-L6-v2 (any BERT encoder with mean pooling) on one device.
 pub struct Encoder {
     device: Device,
@@ -51,16 +47,14 @@ pub struct Encoder {
     exec: Box<dyn Exec>,
     weights: DeviceWeights,
     precision: Precision,
-    /// Unique per encoder (part of every graph key).
-    id: u64,
     /// Recorded on the upload lane after the last weight copy.
     ready: Event,
     /// Bit `i` is set once lane `i` has waited on `ready` and marked the weights as
     /// used by it. Set with `fetch_or` by the first forward on that lane; a race
     /// between two threads sharing a lane only repeats idempotent work.
     lanes_ready: AtomicU64,
-    /// Graph use per lane (warm lanes, captures, replays, fallbacks).
-    pub(crate) graphs: GraphStats,
+    /// This encoder's CUDA graphs (id, warm lanes, counts).
+    graphs: Graphs,
 }
 
 impl Encoder {
@@ -125,10 +119,9 @@ impl Encoder {
             exec,
             weights: device_weights,
             precision,
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             ready,
             lanes_ready,
-            graphs: GraphStats::default(),
+            graphs: Graphs::new(),
         })
     }
 
@@ -154,7 +147,7 @@ impl Encoder {
 
     /// How many forwards were captured into, replayed from, or fell back from CUDA
     /// graphs (see [`crate::graph`]).
-    pub fn graph_counts(&self) -> graph::GraphCounts {
+    pub fn graph_counts(&self) -> GraphCounts {
         self.graphs.counts()
     }
 
@@ -237,7 +230,14 @@ impl Encoder {
             return Ok(vec![0.0; batch * h]);
         }
         self.prepare_lane(lane)?;
-        if let Some(out) = graph::forward(self, lane, tokens)? {
+        let model = ModelShape {
+            hidden: h,
+            max_positions: self.config.max_position_embeddings,
+            dtype: self.weights.dtype,
+        };
+        let enqueue =
+            |l: &Lease, inputs: &Inputs<'_>, pooled: TensorMut<'_>| self.enqueue(l, inputs, pooled);
+        if let Some(out) = self.graphs.forward(lane, tokens, model, &enqueue)? {
             return Ok(out);
         }
         let out = self.forward_eager(lane, tokens)?;
@@ -277,12 +277,7 @@ impl Encoder {
     }
 
     /// Enqueues the ops of one forward on `lane` (no copies, no host wait).
-    pub(crate) fn enqueue(
-        &self,
-        lane: &Lease,
-        inputs: &Inputs<'_>,
-        pooled: TensorMut<'_>,
-    ) -> Result<()> {
+    fn enqueue(&self, lane: &Lease, inputs: &Inputs<'_>, pooled: TensorMut<'_>) -> Result<()> {
         forward::enqueue(
             &*self.exec,
             lane,
@@ -291,11 +286,6 @@ impl Encoder {
             inputs,
             pooled,
         )
-    }
-
-    /// The encoder's unique id (graph keys).
-    pub(crate) fn id(&self) -> u64 {
-        self.id
     }
 
     /// First use of a lane: wait for the weights' upload and mark them used by it.

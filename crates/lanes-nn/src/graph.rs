@@ -13,17 +13,18 @@
 //! computed and ignored (attention and pooling never read them).
 //!
 //! Graphs are used only where they can be: a CUDA lane held exclusively
-//! (capture needs it), graphs on (`LANES_GRAPHS=off` turns them off), buckets of
+//! (capture needs it), graphs on (`LANES_GRAPHS=off` or
+//! [`lanes::Device::set_graphs`] turn them off), buckets of
 //! at most [`MAX_GRAPH_TOKENS`] (bigger batches are not launch-bound), and a
-//! lane that has run one forward eagerly (cuBLAS sets itself up on first use,
-//! which must not happen inside a capture). Otherwise, and when a capture fails,
+//! lane that has run one forward eagerly (kernels and cuBLAS set themselves up
+//! on first use, which must not happen inside a capture; the lane's cuBLAS
+//! handle is also created before each capture). Otherwise, and when a capture fails,
 //! the forward runs eagerly; [`GraphCounts`] says how often each happened.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use lanes::{Buffer, DeviceKind, Lease};
 
-use crate::encoder::Encoder;
 use crate::error::{NnError, Result};
 use crate::forward::Inputs;
 use crate::tensor::{DType, Tensor, TensorMut};
@@ -57,9 +58,30 @@ pub struct GraphCounts {
     pub fallbacks: u64,
 }
 
-/// Per-encoder graph bookkeeping.
-#[derive(Debug, Default)]
-pub(crate) struct GraphStats {
+/// Distinguishes encoders in the per-lane graph caches, which the device owns and
+/// which outlive any one encoder.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Enqueues one forward's ops for the given inputs and pooled output (the
+/// encoder's [`crate::forward::enqueue`] with its weights bound).
+pub(crate) type Enqueue<'e> = dyn Fn(&Lease, &Inputs<'_>, TensorMut<'_>) -> Result<()> + 'e;
+
+/// What a graph's shape depends on besides the batch.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ModelShape {
+    /// Hidden size (the pooled output's width).
+    pub(crate) hidden: usize,
+    /// Position embeddings (bounds `max_len`).
+    pub(crate) max_positions: usize,
+    /// The activation dtype.
+    pub(crate) dtype: DType,
+}
+
+/// One encoder's graphs: its id in the lanes' caches and its counters.
+#[derive(Debug)]
+pub(crate) struct Graphs {
+    /// Unique per encoder (part of every key).
+    id: u64,
     /// Bit `i`: lane `i` has run a forward eagerly.
     warm: AtomicU64,
     captures: AtomicU64,
@@ -67,7 +89,18 @@ pub(crate) struct GraphStats {
     fallbacks: AtomicU64,
 }
 
-impl GraphStats {
+impl Graphs {
+    /// A fresh id and zero counts.
+    pub(crate) fn new() -> Graphs {
+        Graphs {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            warm: AtomicU64::new(0),
+            captures: AtomicU64::new(0),
+            replays: AtomicU64::new(0),
+            fallbacks: AtomicU64::new(0),
+        }
+    }
+
     /// Lane `lane` ran a forward eagerly.
     pub(crate) fn warmed(&self, lane: usize) {
         if lane < 64 {
@@ -87,6 +120,74 @@ impl GraphStats {
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
         }
     }
+
+    /// Runs `tokens` as a graph replay on `lane` when graphs apply (see the
+    /// module docs); `Ok(None)` means: run it eagerly. `tokens` was checked by
+    /// the encoder, `enqueue` enqueues its ops.
+    pub(crate) fn forward(
+        &self,
+        lane: &Lease,
+        tokens: &Tokens,
+        model: ModelShape,
+        enqueue: &Enqueue<'_>,
+    ) -> Result<Option<Vec<f32>>> {
+        let (batch, n, h) = (tokens.batch(), tokens.total_tokens(), model.hidden);
+        // (`Lease::graph` answers `None` itself when the device has graphs off.)
+        if !lane.is_exclusive()
+            || lane.device().kind() == DeviceKind::Cpu
+            || !self.is_warm(lane.index())
+        {
+            return Ok(None);
+        }
+        let bucket = token_bucket(n);
+        let Some(key) =
+            key(self.id, batch, bucket, model.dtype).filter(|_| bucket <= MAX_GRAPH_TOKENS)
+        else {
+            return Ok(None);
+        };
+        let max_len = bucket.min(model.max_positions);
+        set_up_blas(lane)?;
+        let mut captured = false;
+        let graph = lane.graph(key, |l| {
+            captured = true;
+            capture(
+                enqueue,
+                l,
+                Shape {
+                    batch,
+                    bucket,
+                    h,
+                    max_len,
+                },
+            )
+            .map_err(|e| match e {
+                NnError::Runtime(r) => r,
+                other => lanes::Error::InvalidArgument(format!("capturing the forward: {other}")),
+            })
+        });
+        let graph = match graph {
+            Ok(Some(g)) => g,
+            Ok(None) => return Ok(None),
+            Err(_) => {
+                self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                return Ok(None);
+            }
+        };
+        if captured {
+            self.captures.fetch_add(1, Ordering::Relaxed);
+        }
+        let [ids, types, offsets, pooled] = graph.buffers() else {
+            return Ok(None);
+        };
+        lane.upload(ids, bytemuck::cast_slice(tokens.ids()))?;
+        lane.upload(types, bytemuck::cast_slice(tokens.type_ids()))?;
+        lane.upload(offsets, bytemuck::cast_slice(tokens.offsets()))?;
+        graph.launch(lane)?;
+        let mut out = vec![0f32; batch * h];
+        lane.download(pooled, bytemuck::cast_slice_mut(&mut out))?;
+        self.replays.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(out))
+    }
 }
 
 /// The cache key of a graph: 16 bits of encoder id, 4 of precision, 20 of batch
@@ -104,68 +205,21 @@ fn key(encoder: u64, batch: usize, bucket: usize, dtype: DType) -> Option<u64> {
     Some((encoder & 0xffff) << 48 | d << 44 | (batch as u64) << 24 | bucket as u64)
 }
 
-/// Runs `tokens` as a graph replay on `lane` when graphs apply (see the module
-/// docs); `Ok(None)` means: run it eagerly. `tokens` was checked by the encoder.
-pub(crate) fn forward(enc: &Encoder, lane: &Lease, tokens: &Tokens) -> Result<Option<Vec<f32>>> {
-    let (batch, n, h) = (
-        tokens.batch(),
-        tokens.total_tokens(),
-        enc.config().hidden_size,
-    );
-    if !lane.is_exclusive()
-        || lane.device().kind() == DeviceKind::Cpu
-        || !lanes::graphs_enabled()
-        || !enc.graphs.is_warm(lane.index())
+/// Creates the lane's cuBLAS handle now if no eager forward did (one that only
+/// took the fused GEMM kernel never needed it): creating it inside a capture
+/// would fail.
+fn set_up_blas(lane: &Lease) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Some(cuda) = lane
+        .raw()
+        .as_any()
+        .downcast_ref::<lanes::backend::cuda::CudaLane>()
     {
-        return Ok(None);
+        cuda.blas()?;
     }
-    let bucket = token_bucket(n);
-    let dtype = enc.precision().dtype().unwrap_or(DType::F32);
-    let Some(key) = key(enc.id(), batch, bucket, dtype).filter(|_| bucket <= MAX_GRAPH_TOKENS)
-    else {
-        return Ok(None);
-    };
-    let max_len = bucket.min(enc.config().max_position_embeddings);
-    let mut captured = false;
-    let graph = lane.graph(key, |l| {
-        captured = true;
-        capture(
-            enc,
-            l,
-            Shape {
-                batch,
-                bucket,
-                h,
-                max_len,
-            },
-        )
-        .map_err(|e| match e {
-            NnError::Runtime(r) => r,
-            other => lanes::Error::InvalidArgument(format!("capturing the forward: {other}")),
-        })
-    });
-    let graph = match graph {
-        Ok(Some(g)) => g,
-        Ok(None) => return Ok(None),
-        Err(_) => {
-            enc.graphs.fallbacks.fetch_add(1, Ordering::Relaxed);
-            return Ok(None);
-        }
-    };
-    if captured {
-        enc.graphs.captures.fetch_add(1, Ordering::Relaxed);
-    }
-    let [ids, types, offsets, pooled] = graph.buffers() else {
-        return Ok(None);
-    };
-    lane.upload(ids, bytemuck::cast_slice(tokens.ids()))?;
-    lane.upload(types, bytemuck::cast_slice(tokens.type_ids()))?;
-    lane.upload(offsets, bytemuck::cast_slice(tokens.offsets()))?;
-    graph.launch(lane)?;
-    let mut out = vec![0f32; batch * h];
-    lane.download(pooled, bytemuck::cast_slice_mut(&mut out))?;
-    enc.graphs.replays.fetch_add(1, Ordering::Relaxed);
-    Ok(Some(out))
+    #[cfg(not(feature = "cuda"))]
+    let _ = lane;
+    Ok(())
 }
 
 /// The fixed shape of one graph.
@@ -179,7 +233,7 @@ struct Shape {
 
 /// Inside a capture: allocates the graph's fixed buffers and enqueues the forward;
 /// returns `[ids, type ids, offsets, pooled]`.
-fn capture(enc: &Encoder, l: &Lease, s: Shape) -> Result<Vec<Buffer>> {
+fn capture(enqueue: &Enqueue<'_>, l: &Lease, s: Shape) -> Result<Vec<Buffer>> {
     let ids = l.alloc(s.bucket * 4)?;
     let types = l.alloc(s.bucket * 4)?;
     let offsets = l.alloc((s.batch + 1) * 4)?;
@@ -191,7 +245,7 @@ fn capture(enc: &Encoder, l: &Lease, s: Shape) -> Result<Vec<Buffer>> {
         max_len: s.max_len,
     };
     let pooled_t = TensorMut::new("pooled", &mut pooled, DType::F32, &[s.batch, s.h])?;
-    enc.enqueue(l, &inputs, pooled_t)?;
+    enqueue(l, &inputs, pooled_t)?;
     Ok(vec![ids, types, offsets, pooled])
 }
 

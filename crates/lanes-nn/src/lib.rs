@@ -1,7 +1,7 @@
 //! `lanes-nn`: the model side of `lanes` for the all-MiniLM-L6-v2 sentence
 //! encoder (a 6-layer, 384-wide BERT).
 //!
-//! This crate knows nothing about devices or scheduling. It provides:
+//! It provides:
 //!
 //! - [`BertConfig`]: hyper-parameters from `config.json`, validated;
 //! - [`Tokenizer`]: `tokenizer.json` → packed [`Tokens`] batches,
@@ -16,8 +16,30 @@
 //!   checked against;
 //! - [`Model`]: all of the above loaded from one model folder.
 //!
+//! - [`Encoder`]: the model on a `lanes` device in a [`Precision`], packed
+//!   forwards through the backend's executor ([`exec`]), CUDA graphs per lane
+//!   ([`graph`]).
+//!
 //! Errors are one enum, [`NnError`]; bad files and bad inputs are reported,
 //! never panicked on.
+//!
+//! # Layers
+//!
+//! Each module uses only modules of lower layers (checked with
+//! `grep -o 'crate::[a-z_]*' src/<module>`; no two modules use each other):
+//!
+//! 1. `error`
+//! 2. `config`, `files`, `tokens`, `tensor`, `precision` (use `error`; `precision`
+//!    also `tensor`)
+//! 3. `tokenizer` (`tokens`), `weights` (`config`, `files`)
+//! 4. `cpu` (`weights`)
+//! 5. `reference` (`cpu`, `weights`, `tokens`, `config`)
+//! 6. `model` (`reference`, `tokenizer`, `weights`, `files`, `config`)
+//! 7. `exec` (`tensor`, `cpu`)
+//! 8. `device_weights` (`exec`, `tensor`, `weights`, `config`)
+//! 9. `forward` (`device_weights`, `exec`, `tensor`, `config`)
+//! 10. `graph` (`forward`, `tensor`, `tokens`)
+//! 11. `encoder` (all of the above but `model`, `reference` and `cpu`)
 //!
 //! ```no_run
 //! # fn main() -> Result<(), lanes_nn::NnError> {

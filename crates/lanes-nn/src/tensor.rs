@@ -1,4 +1,4 @@
-//! Typed views of device memory: what [`Exec`](crate::exec::Exec) ops take.
+//! Typed views of device memory: what the executors' (`exec::Exec`) ops take.
 //!
 //! A [`Tensor`] borrows a [`lanes::Buffer`] and says what it holds: a [`DType`] and
 //! a shape (rank 1 to 4). Construction checks that `elements × dtype size` fits in

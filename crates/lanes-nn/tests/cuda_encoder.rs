@@ -9,13 +9,11 @@
 //!    thread.
 //!
 //! Every test opens CUDA device 0 and, where that fails (no driver, no GPU: CI),
-//! prints `SKIPPED (no CUDA): <error>` to stderr and passes. The model folder is
-//! `$LANES_MODEL` (else `<workspace>/models/all-MiniLM-L6-v2`); the fixture file is
-//! `$LANES_FIXTURE` (else `<workspace>/../shared/fixtures/minilm_reference.jsonl`).
-//! Without them the model tests print `SKIPPED (no model)` / `SKIPPED (no fixture)`.
+//! prints `SKIPPED (no CUDA): <error>` to stderr and passes, unless
+//! `LANES_REQUIRE_CUDA=1` (the GPU suite), which makes it fail. The model and the
+//! fixture are found as `tests/common` says (`$LANES_MODEL`, `$LANES_FIXTURE`).
 #![cfg(feature = "cuda")]
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lanes::{Buffer, Device, DeviceConfig, Lease};
@@ -23,93 +21,12 @@ use lanes_nn::exec::cuda::{CudaExec, Gemm};
 use lanes_nn::exec::{EmbedTables, Exec};
 use lanes_nn::{cpu, reference, DType, Encoder, Model, Tensor, TensorMut, Tokens};
 
+mod common;
+
+use common::{cosine, cuda, fixtures, max_abs_diff, model_dir, Rng};
+
 // ---------------------------------------------------------------------------
 // Setup
-
-fn cuda() -> Option<Device> {
-    match Device::cuda(0, DeviceConfig::default()) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("SKIPPED (no CUDA): {e}");
-            None
-        }
-    }
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn model_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("LANES_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("models/all-MiniLM-L6-v2"));
-    if ["model.safetensors", "tokenizer.json", "config.json"]
-        .iter()
-        .all(|f| dir.join(f).is_file())
-    {
-        Some(dir)
-    } else {
-        eprintln!(
-            "SKIPPED (no model): {} lacks model.safetensors, tokenizer.json or config.json",
-            dir.display()
-        );
-        None
-    }
-}
-
-#[derive(serde::Deserialize)]
-struct Fixture {
-    text: String,
-    n_tokens: usize,
-    input_ids: Vec<u32>,
-    embedding: Vec<f32>,
-}
-
-fn fixtures() -> Option<Vec<Fixture>> {
-    let path = std::env::var_os("LANES_FIXTURE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("../shared/fixtures/minilm_reference.jsonl"));
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        eprintln!("SKIPPED (no fixture): cannot read {}", path.display());
-        return None;
-    };
-    let lines: Vec<Fixture> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("fixture line is valid JSON"))
-        .collect();
-    assert_eq!(
-        lines.len(),
-        25,
-        "fixture {} should hold 25 texts",
-        path.display()
-    );
-    Some(lines)
-}
-
-/// A small deterministic generator (SplitMix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [lo, hi).
-    fn f32(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
-    }
-    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n).map(|_| self.f32(lo, hi)).collect()
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 fn up<T: bytemuck::Pod>(lane: &Lease, data: &[T]) -> Buffer {
     let buf = lane
@@ -152,22 +69,6 @@ fn o<'a>(name: &'static str, buf: &'a mut Buffer, shape: &[usize]) -> TensorMut<
 
 fn max_abs(v: &[f32]) -> f32 {
     v.iter().fold(0.0, |m, x| m.max(x.abs()))
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| f64::from(x) * f64::from(y))
-        .sum();
-    let na: f64 = a.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
 }
 
 /// Offsets of `batch` packed sequences of 1..=max_len tokens, the first one full.
@@ -478,9 +379,8 @@ impl Stats {
 #[test]
 fn encoder_matches_fixture_and_reference() {
     let Some(dev) = cuda() else { return };
-    let (Some(dir), Some(fx)) = (model_dir(), fixtures()) else {
-        return;
-    };
+    let Some(dir) = model_dir() else { return };
+    let fx = fixtures();
     let model = Model::load(&dir).expect("load the model on the host");
     let enc = Encoder::load(&dir, &dev).expect("load the model on the GPU");
     let lane = dev.lease().unwrap();
@@ -548,9 +448,8 @@ fn encoder_matches_fixture_and_reference() {
 #[test]
 fn sixteen_threads_share_one_encoder() {
     let Some(dev) = cuda() else { return };
-    let (Some(dir), Some(fx)) = (model_dir(), fixtures()) else {
-        return;
-    };
+    let Some(dir) = model_dir() else { return };
+    let fx = fixtures();
     let enc = Arc::new(Encoder::load(&dir, &dev).expect("load the model on the GPU"));
     let texts: Arc<Vec<String>> = Arc::new(fx.iter().map(|f| f.text.clone()).collect());
 
@@ -867,4 +766,146 @@ fn op_timing_report() {
             .unwrap()
         });
     }
+}
+
+// ---------------------------------------------------------------------------
+// 4. Precisions and CUDA graphs
+
+/// The fixture texts as mixed batches of 1, 2, 7 and 25 texts (several token
+/// buckets, and batches of one shape with different token counts).
+fn precision_batches(texts: &[&str]) -> Vec<Vec<usize>> {
+    let n = texts.len();
+    let mut batches: Vec<Vec<usize>> = (0..n).map(|i| vec![i]).collect();
+    batches.extend((0..n).collect::<Vec<_>>().chunks(2).map(|c| c.to_vec()));
+    batches.extend(
+        (0..n)
+            .rev()
+            .collect::<Vec<_>>()
+            .chunks(7)
+            .map(|c| c.to_vec()),
+    );
+    batches.push((0..n).collect());
+    batches
+}
+
+fn embed_all(enc: &Encoder, lane: &Lease, texts: &[&str], batches: &[Vec<usize>]) -> Vec<Vec<f32>> {
+    batches
+        .iter()
+        .map(|idx| {
+            let batch: Vec<&str> = idx.iter().map(|&i| texts[i]).collect();
+            let tokens = enc.tokenizer().encode_batch(&batch).unwrap();
+            enc.forward(lane, &tokens).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn half_precisions_stay_close_to_f32_and_graphs_replay_what_eager_computes() {
+    use lanes_nn::{EncoderOptions, Precision};
+    let Some(dev) = cuda() else { return };
+    let Some(dir) = model_dir() else { return };
+    let texts: Vec<&str> = fixtures().iter().map(|f| f.text.as_str()).collect();
+    let batches = precision_batches(&texts);
+    let auto = Encoder::load(&dir, &dev).unwrap();
+    assert_eq!(auto.precision(), Precision::F16, "auto is float16 on CUDA");
+    drop(auto);
+    let mut f32_eager = Vec::new();
+    // (precision, min cosine against the f32 path, max |diff| graph vs eager)
+    for (p, min_cos, tol) in [
+        (Precision::F32, 0.99999, 1e-5f32),
+        (Precision::F16, 0.9999, 2e-3),
+        (Precision::BF16, 0.999, 1e-2),
+    ] {
+        let enc = Encoder::load_with(&dir, &dev, EncoderOptions { precision: p }).unwrap();
+        assert_eq!(enc.precision(), p);
+        let lane = dev.lease().unwrap();
+        dev.set_graphs(false);
+        let eager = embed_all(&enc, &lane, &texts, &batches);
+        assert_eq!(enc.graph_counts().replays, 0, "{p}: graphs off");
+        dev.set_graphs(true);
+        // Twice: the first pass captures, the second replays.
+        for pass in 0..2 {
+            let graphed = embed_all(&enc, &lane, &texts, &batches);
+            for (b, (g, e)) in graphed.iter().zip(&eager).enumerate() {
+                let (c, d) = (cosine(g, e), max_abs_diff(g, e));
+                assert!(
+                    c >= 0.99999 && d <= tol,
+                    "{p} pass {pass} batch {:?}: graph vs eager cosine {c:.8}, max |diff| {d:.3e}",
+                    batches[b]
+                );
+            }
+        }
+        let counts = enc.graph_counts();
+        eprintln!("{p}: {counts:?}");
+        assert_eq!(counts.fallbacks, 0, "{p}: no capture failed");
+        assert!(counts.captures >= 1, "{p}: {counts:?}");
+        assert_eq!(
+            counts.replays,
+            2 * batches.len() as u64,
+            "{p}: every forward replayed"
+        );
+        if p == Precision::F32 {
+            f32_eager = eager;
+            continue;
+        }
+        let h = enc.config().hidden_size;
+        let mut worst = 1.0f64;
+        for (got, want) in eager.iter().zip(&f32_eager) {
+            for (g, w) in got.chunks(h).zip(want.chunks(h)) {
+                worst = worst.min(cosine(g, w));
+            }
+        }
+        eprintln!("{p} vs float32 on the fixture texts: min cosine {worst:.6}");
+        assert!(
+            worst >= min_cos,
+            "{p} vs float32: min cosine {worst:.6} < {min_cos}"
+        );
+    }
+}
+
+#[test]
+fn eight_threads_replay_graphs_on_their_lanes() {
+    let Some(dev) = cuda() else { return };
+    let Some(dir) = model_dir() else { return };
+    let enc = Arc::new(Encoder::load(&dir, &dev).unwrap());
+    let texts: Arc<Vec<String>> = Arc::new(fixtures().iter().map(|f| f.text.clone()).collect());
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let batches = Arc::new(precision_batches(&refs));
+    dev.set_graphs(false);
+    let expected = Arc::new(embed_all(&enc, &dev.lease().unwrap(), &refs, &batches));
+    dev.set_graphs(true);
+    let handles: Vec<_> = (0..8u64)
+        .map(|t| {
+            let (dev, enc, texts, batches, expected) = (
+                dev.clone(),
+                enc.clone(),
+                texts.clone(),
+                batches.clone(),
+                expected.clone(),
+            );
+            std::thread::spawn(move || {
+                let lane = dev.lease().unwrap();
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                let mut rng = Rng(t);
+                let mut worst = 0f32;
+                for _ in 0..4 * batches.len() {
+                    let b = rng.below(batches.len());
+                    let got = embed_all(&enc, &lane, &refs, &batches[b..b + 1]);
+                    worst = worst.max(max_abs_diff(&got[0], &expected[b]));
+                }
+                worst
+            })
+        })
+        .collect();
+    let worst = handles
+        .into_iter()
+        .map(|h| h.join().expect("worker panicked"))
+        .fold(0.0, f32::max);
+    let counts = enc.graph_counts();
+    eprintln!("8 threads with graphs: {counts:?}, max |diff| vs one eager thread {worst:.3e}");
+    assert!(counts.replays > 0 && counts.fallbacks == 0, "{counts:?}");
+    assert!(
+        worst <= 2e-3,
+        "threads' graph replays disagree: {worst:.3e}"
+    );
 }

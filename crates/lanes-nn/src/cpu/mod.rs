@@ -1,6 +1,6 @@
 //! Single-threaded CPU kernels on plain slices.
 //!
-//! These are the building blocks of the [`reference`](crate::reference)
+//! These are the building blocks of the `reference`
 //! forward pass and of CPU lane jobs. Each one runs on the calling thread
 //! only (matrix products use `gemm` with `Parallelism::None`), allocates at
 //! most a small scratch buffer, and follows torch's BERT numerics.

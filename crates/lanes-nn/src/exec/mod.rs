@@ -1,6 +1,6 @@
 //! The fused operations of a BERT forward, one implementation per backend.
 //!
-//! The forward pass ([`crate::encoder`]) is written once against [`Exec`]; the host
+//! The forward pass (`forward`, run by `encoder`) is written once against [`Exec`]; the host
 //! backend runs each op as a job on the lane's worker thread ([`host::HostExec`]),
 //! the CUDA backend as NVRTC kernels and cuBLAS calls on the lane's stream. Ops take
 //! typed, size-checked views of device buffers ([`Tensor`], [`TensorMut`]); the

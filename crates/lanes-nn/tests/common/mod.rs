@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: finding the model and the
-//! sentence-transformers fixture, temporary folders, vector comparisons.
+//! sentence-transformers fixture, opening CUDA (or skipping), temporary folders,
+//! vector comparisons, a deterministic generator.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -121,4 +122,54 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// Euclidean norm, accumulated in f64.
 pub fn norm(a: &[f32]) -> f64 {
     a.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt()
+}
+
+/// `true` when `LANES_REQUIRE_CUDA=1` (the GPU suite): CUDA tests must run.
+pub fn cuda_required() -> bool {
+    std::env::var("LANES_REQUIRE_CUDA").is_ok_and(|v| v.trim() == "1")
+}
+
+/// CUDA device 0, or `None` after printing `SKIPPED (no CUDA): <error>` where it
+/// cannot be opened (no driver, no GPU: CI). Under `LANES_REQUIRE_CUDA=1` a
+/// missing device fails the test instead.
+pub fn cuda() -> Option<lanes::Device> {
+    match lanes::Device::cuda(0, lanes::DeviceConfig::default()) {
+        Ok(d) => Some(d),
+        Err(e) if cuda_required() => {
+            panic!("LANES_REQUIRE_CUDA=1 but cuda:0 cannot be opened: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED (no CUDA): {e}");
+            None
+        }
+    }
+}
+
+/// A small deterministic generator (SplitMix64).
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[lo, hi)`.
+    pub fn f32(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+
+    /// `n` values uniform in `[lo, hi)`.
+    pub fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f32(lo, hi)).collect()
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
 }
