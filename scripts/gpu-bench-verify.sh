@@ -10,11 +10,12 @@
 #
 # Writes everything under $OUT (default ./gpu-bench-verify-out):
 #   version.txt, nvidia-smi.txt, bench.jsonl + bench.txt + bench.png (lanes vs global-lock,
-#   threads 1,2,4,8,16 x batch 1,8,32, 128 tokens), bench-alloc.jsonl, stress.json,
+#   threads 1,2,4,8,16 x batch 1,8,32,128,512 x dtype, 128 tokens), bench-alloc.jsonl, stress.json,
 #   stress-inject.json, verify.txt + lanes-verify.jsonl (ledger) + verify-status.txt,
 #   summary.txt (each step's exit code). Exits non-zero if any step failed.
 # Knobs: DEVICE (cuda), DURATION_MS per bench cell (1500), THREADS (1,2,4,8,16),
-#   BATCH (1,8,32), SEQ (128), VERIFY_THREADS (4,8,16,32), VERIFY_REQUESTS (16).
+#   BATCH (1,8,32,128,512), DTYPE (float32,float16,bfloat16), SEQ (128),
+#   VERIFY_THREADS (4,8,16,32), VERIFY_REQUESTS (16).
 set -uo pipefail
 
 if [ $# -lt 2 ]; then
@@ -28,7 +29,8 @@ out=${OUT:-$PWD/gpu-bench-verify-out}
 device=${DEVICE:-cuda}
 duration=${DURATION_MS:-1500}
 threads=${THREADS:-1,2,4,8,16}
-batch=${BATCH:-1,8,32}
+batch=${BATCH:-1,8,32,128,512}
+dtype=${DTYPE:-float32,float16,bfloat16}
 seq=${SEQ:-128}
 verify_threads=${VERIFY_THREADS:-4,8,16,32}
 verify_requests=${VERIFY_REQUESTS:-16}
@@ -59,24 +61,25 @@ step version "$bin" version --verbose > "$out/version.txt"
 if command -v nvidia-smi >/dev/null; then nvidia-smi > "$out/nvidia-smi.txt" 2>&1; fi
 
 step bench "$bin" bench --device "$device" --model "$model" --threads "$threads" --batch "$batch" \
-  --seq "$seq" --modes lanes,global-lock --duration-ms "$duration" --json --plot "$out/bench.png" \
+  --seq "$seq" --dtype "$dtype" --modes lanes,global-lock --duration-ms "$duration" --json \
+  --plot "$out/bench.png" \
   > "$out/bench.jsonl"
 # The same cells as a table, for people (from the JSON lines; no second run).
 if command -v python3 >/dev/null; then
   python3 - "$out/bench.jsonl" > "$out/bench.txt" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print(f"{'mode':<12} {'threads':>7} {'batch':>5} {'seq':>4} {'seq/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'eff':>5}")
+print(f"{'mode':<12} {'dtype':<9} {'threads':>7} {'batch':>5} {'seq':>4} {'seq/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'eff':>5}")
 for r in rows:
     eff = "-" if r["efficiency"] is None else f"{r['efficiency']:.2f}"
-    print(f"{r['mode']:<12} {r['threads']:>7} {r['batch']:>5} {r['seq']:>4} {r['seq_per_s']:>11.1f} "
-          f"{r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {eff:>5}")
-by = {(r["mode"], r["threads"], r["batch"]): r["seq_per_s"] for r in rows}
+    print(f"{r['mode']:<12} {r.get('dtype', 'float32'):<9} {r['threads']:>7} {r['batch']:>5} {r['seq']:>4} "
+          f"{r['seq_per_s']:>11.1f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {eff:>5}")
+by = {(r["mode"], r.get("dtype", "float32"), r["threads"], r["batch"]): r["seq_per_s"] for r in rows}
 print()
-for (mode, t, b), v in sorted(by.items()):
-    g = by.get(("global-lock", t, b))
+for (mode, d, t, b), v in sorted(by.items()):
+    g = by.get(("global-lock", d, t, b))
     if mode == "lanes" and g:
-        print(f"lanes / global-lock at {t} threads, batch {b}: {v / g:.2f}x")
+        print(f"lanes / global-lock, {d}, {t} threads, batch {b}: {v / g:.2f}x")
 PY
 fi
 

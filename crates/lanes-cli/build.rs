@@ -14,7 +14,6 @@ fn main() {
     for p in ["crates", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
-    println!("cargo:rerun-if-changed=.git/HEAD");
 
     let (hash, files) = hash_sources(&root).unwrap_or_else(|e| (format!("unhashable: {e}"), 0));
     let git = |args: &[&str]| {
@@ -26,6 +25,24 @@ fn main() {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
+    // Rerun when the commit moves: HEAD (in a worktree, its own git dir) and the
+    // branch's ref (in the common dir). Only files that exist are named: cargo
+    // reruns a build script on every build while a named file is missing, and
+    // its fresh build time would then rebuild the binary every time.
+    let git_dir = git(&["rev-parse", "--absolute-git-dir"]);
+    let common_dir = git(&["rev-parse", "--path-format=absolute", "--git-common-dir"]);
+    let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+    let mut watched = Vec::new();
+    if let Some(d) = &git_dir {
+        watched.push(Path::new(d).join("HEAD"));
+    }
+    if let (Some(c), Some(b)) = (&common_dir, &branch) {
+        watched.push(Path::new(c).join(b));
+        watched.push(Path::new(c).join("packed-refs"));
+    }
+    for p in watched.iter().filter(|p| p.is_file()) {
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
     let commit = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
     let dirty = match git(&["status", "--porcelain", "--untracked-files=no"]) {
         Some(s) if s.is_empty() => "clean",

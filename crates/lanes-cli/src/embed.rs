@@ -28,6 +28,7 @@ use serde::Serialize;
 
 use crate::atomic_file::AtomicFile;
 use crate::common;
+use crate::dtype::{self, Dtype};
 
 /// Most texts read, embedded and written at a time (`--window` overrides it).
 pub const WINDOW_TEXTS: usize = 4096;
@@ -64,6 +65,10 @@ pub struct EmbedArgs {
     /// Texts per forward pass.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// Precision: auto (float16 on CUDA, float32 on the CPU), float32, float16,
+    /// bfloat16 (half precisions on CUDA only).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub dtype: Dtype,
     /// Input format. Blank lines are skipped in both (counted on stderr).
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
@@ -108,8 +113,8 @@ pub fn run(args: EmbedArgs) -> Result<u8> {
     let mut reader = TextReader::new(input, args.format, source);
     let dir = common::model_dir(args.model.clone())?;
     let device = common::open_device(&args.device, args.threads)?;
-    let encoder = Encoder::load(&dir, &device)
-        .with_context(|| format!("cannot load the model from {}", dir.display()))?;
+    let encoder = dtype::load_encoder(&dir, &device, args.dtype)?;
+    let precision = encoder.precision();
     let mut sink = Sink::open(args.output.as_ref())?;
     let progress = progress_bar(size);
 
@@ -157,7 +162,7 @@ pub fn run(args: EmbedArgs) -> Result<u8> {
         n => format!("; {n} blank line{} skipped", if n == 1 { "" } else { "s" }),
     };
     eprintln!(
-        "lanes embed: {index} texts on {} with {} threads in {secs:.3} s ({:.1} texts/s){skipped}",
+        "lanes embed: {index} texts on {} in {precision} with {} threads in {secs:.3} s ({:.1} texts/s){skipped}",
         device.name(),
         args.threads,
         index as f64 / secs.max(1e-9)

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod atomic_file;
 mod bench;
 mod common;
+mod dtype;
 mod embed;
 mod rng;
 mod serve;

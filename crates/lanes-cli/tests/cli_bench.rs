@@ -43,6 +43,7 @@ fn a_tiny_bench_reports_both_modes_with_every_field() {
     assert_eq!(modes, ["lanes", "global-lock"]);
     for c in &cells {
         assert_eq!(c["device"], "cpu");
+        assert_eq!(c["dtype"], "float32", "auto is float32 on the CPU");
         assert_eq!(c["threads"], 1);
         assert_eq!(c["batch"], 1);
         assert_eq!(c["seq"], 8);
@@ -53,6 +54,117 @@ fn a_tiny_bench_reports_both_modes_with_every_field() {
     }
     let bytes = std::fs::read(&png).expect("the plot was written");
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+}
+
+#[test]
+fn repeated_list_values_run_once_in_first_appearance_order() {
+    let Some(model) = model_dir() else { return };
+    let (code, out, err) = run(lanes(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--threads",
+        "2,1,2",
+        "--batch",
+        "2,1,2",
+        "--modes",
+        "lanes,lanes",
+        "--seq",
+        "4",
+        "--iters",
+        "1",
+        "--json",
+    ])
+    .arg("--model")
+    .arg(model));
+    assert_eq!(code, 0, "stderr: {err}");
+    let cells: Vec<(u64, u64, String)> = json_lines(&out)
+        .iter()
+        .map(|c| {
+            (
+                c["batch"].as_u64().unwrap(),
+                c["threads"].as_u64().unwrap(),
+                c["mode"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let lanes_mode = || "lanes".to_string();
+    assert_eq!(
+        cells,
+        [
+            (2, 2, lanes_mode()),
+            (2, 1, lanes_mode()),
+            (1, 2, lanes_mode()),
+            (1, 1, lanes_mode())
+        ]
+    );
+    let (code, out, err) = run(&mut lanes(&[
+        "bench",
+        "alloc",
+        "--device",
+        "cpu",
+        "--threads",
+        "1,1",
+        "--bytes",
+        "4096,512,4096",
+        "--paths",
+        "backend,backend",
+        "--duration-ms",
+        "5",
+        "--json",
+    ]));
+    assert_eq!(code, 0, "stderr: {err}");
+    let sizes: Vec<u64> = json_lines(&out)
+        .iter()
+        .map(|c| c["bytes"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [4096, 512]);
+}
+
+#[test]
+fn the_dtype_axis_resolves_repeats_away_and_refuses_half_precision_on_the_cpu() {
+    let Some(model) = model_dir() else { return };
+    let base = [
+        "bench",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--batch",
+        "1",
+        "--seq",
+        "4",
+        "--iters",
+        "1",
+        "--modes",
+        "lanes",
+        "--json",
+    ];
+    // auto is float32 on the CPU: one grid, not two.
+    let (code, out, err) = run(lanes(&base)
+        .args(["--dtype", "auto,float32"])
+        .arg("--model")
+        .arg(&model));
+    assert_eq!(code, 0, "stderr: {err}");
+    let dtypes: Vec<String> = json_lines(&out)
+        .iter()
+        .map(|c| c["dtype"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(dtypes, ["float32"]);
+    for half in ["float16", "bfloat16", "float32,float16"] {
+        let (code, out, err) = run(lanes(&base)
+            .args(["--dtype", half])
+            .arg("--model")
+            .arg(&model));
+        assert_eq!(code, 1, "{half}: {err}");
+        assert!(err.contains("float32 only"), "{half}: {err}");
+        assert!(
+            out.trim().is_empty(),
+            "{half}: nothing measured before the error: {out}"
+        );
+    }
+    let (code, _, err) = run(&mut lanes(&["bench", "--dtype", "float8"]));
+    assert_eq!(code, 2, "{err}");
 }
 
 #[test]
@@ -99,6 +211,9 @@ fn bench_flags_are_checked() {
     let (code, _, err) = run(&mut lanes(&["bench", "--threads", "0", "--device", "cpu"]));
     assert_ne!(code, 0);
     assert!(err.contains("at least 1"), "{err}");
+    let (code, _, err) = run(&mut lanes(&["bench", "--threads", "65", "--device", "cpu"]));
+    assert_ne!(code, 0);
+    assert!(err.contains("--threads 65 exceeds"), "{err}");
     let (code, _, err) = run(&mut lanes(&["bench", "--modes", "fast"]));
     assert_eq!(code, 2, "{err}");
     let (code, _, err) = run(&mut lanes(&["bench", "--iters", "3", "--duration-ms", "5"]));

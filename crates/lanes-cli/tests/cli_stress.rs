@@ -46,6 +46,7 @@ fn a_clean_run_passes_with_every_figure_reported() {
     };
     assert_eq!(code, 0, "stderr: {err}\n{v:#}");
     assert_eq!(v["passed"], true);
+    assert_eq!(v["dtype"], "float32", "auto is float32 on the CPU");
     for field in [
         "requests",
         "errors",
@@ -204,4 +205,95 @@ fn bad_flags_are_errors_not_panics() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--max-batch must be 1..=32"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+    let (code, _, err) = run(lanes(&["stress", "--device", "cpu", "--dtype", "float16"])
+        .arg("--model")
+        .arg(model_dir().unwrap()));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("precision float16 on device cpu"), "{err}");
+    let (code, _, err) = run(lanes(&["stress", "--device", "cpu", "--threads", "65"])
+        .arg("--model")
+        .arg(model_dir().unwrap()));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("65 lanes asked for"), "{err}");
+}
+
+/// The modules of `stress/` and `bench/` form no import circle: a submodule uses
+/// its siblings (acyclically) but never an item of its parent `mod.rs`, which
+/// uses them all.
+#[test]
+fn stress_and_bench_modules_form_no_import_circle() {
+    for dir in ["src/stress", "src/bench"] {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        let mut modules: Vec<(String, String)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+            .map(|p| {
+                let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read_to_string(&p).unwrap())
+            })
+            .filter(|(name, _)| name != "mod")
+            .collect();
+        modules.sort();
+        let names: Vec<&str> = modules.iter().map(|(n, _)| n.as_str()).collect();
+        // Edges: module -> the sibling modules it names as `super::NAME`.
+        let mut edges: Vec<Vec<usize>> = vec![Vec::new(); modules.len()];
+        for (i, (name, text)) in modules.iter().enumerate() {
+            let code: String = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            for (at, _) in code.match_indices("super::") {
+                let rest = &code[at + "super::".len()..];
+                let ident: String = rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '{')
+                    .collect();
+                if ident == "*" || rest.starts_with('*') {
+                    continue; // `use super::*` in a test module
+                }
+                let targets: Vec<String> = if ident.starts_with('{') {
+                    let end = rest.find('}').unwrap_or(rest.len());
+                    rest[1..end]
+                        .split(',')
+                        .map(|s| s.trim().split("::").next().unwrap_or("").to_string())
+                        .collect()
+                } else {
+                    vec![ident]
+                };
+                for t in targets.iter().filter(|t| !t.is_empty()) {
+                    match names.iter().position(|n| n == t) {
+                        Some(j) => edges[i].push(j),
+                        None => panic!(
+                            "{}/{name}.rs uses `super::{t}`, an item of mod.rs, which uses {name}: a circle",
+                            dir.display()
+                        ),
+                    }
+                }
+            }
+        }
+        // Depth-first search for a cycle among the siblings.
+        fn visit(i: usize, edges: &[Vec<usize>], state: &mut [u8], path: &mut Vec<usize>) -> bool {
+            state[i] = 1;
+            path.push(i);
+            for &j in &edges[i] {
+                if state[j] == 1 || (state[j] == 0 && visit(j, edges, state, path)) {
+                    path.push(j);
+                    return true;
+                }
+            }
+            path.pop();
+            state[i] = 2;
+            false
+        }
+        let mut state = vec![0u8; modules.len()];
+        for i in 0..modules.len() {
+            let mut path = Vec::new();
+            if state[i] == 0 && visit(i, &edges, &mut state, &mut path) {
+                let cycle: Vec<&str> = path.iter().map(|&k| names[k]).collect();
+                panic!("import circle in {}: {}", dir.display(), cycle.join(" -> "));
+            }
+        }
+    }
 }

@@ -173,7 +173,7 @@ pub fn measure(
             })
             .collect()
     });
-    let (pairs, seconds) = super::total_over_span(results)?;
+    let (pairs, seconds) = super::figures::total_over_span(results)?;
     let seconds = seconds.max(1e-9);
     Ok(AllocCell {
         kind: "alloc",
@@ -185,6 +185,6 @@ pub fn measure(
         ns_per_pair: seconds * 1e9 * threads as f64 / pairs.max(1) as f64,
         pairs_per_s: pairs as f64 / seconds,
         seconds,
-        source: super::source(),
+        source: super::figures::source(),
     })
 }

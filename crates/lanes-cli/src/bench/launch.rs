@@ -216,7 +216,7 @@ fn cell(
         ops_per_s: ops as f64 / seconds,
         overhead_ns: None,
         seconds,
-        source: super::source(),
+        source: super::figures::source(),
     }
 }
 
@@ -270,7 +270,7 @@ fn measure_lanes(
             })
             .collect()
     });
-    let (ops, seconds) = super::total_over_span(results)?;
+    let (ops, seconds) = super::figures::total_over_span(results)?;
     Ok(cell(device, case, threads, ops, seconds))
 }
 

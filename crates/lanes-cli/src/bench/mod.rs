@@ -16,8 +16,12 @@
 //! `lanes bench alloc` measures the caching allocator's alloc+free pair beside the
 //! raw backend allocation ([`alloc`]); `lanes bench launch` the cost of a kernel
 //! launch, with and without a lease cycle ([`launch`]).
+//!
+//! Modules, each using only those listed before it: `figures`, `plot`, `alloc`,
+//! `launch`, then this one.
 
 pub mod alloc;
+pub mod figures;
 pub mod launch;
 pub mod plot;
 
@@ -26,11 +30,13 @@ use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand, ValueEnum};
-use lanes_nn::{Encoder, Tokens};
-use serde::Serialize;
+use clap::{Args, Subcommand};
+use lanes_nn::{Encoder, Precision, Tokens};
 
+use crate::dtype::Dtype;
 use crate::rng::Rng;
+use figures::{percentile, table_header, table_row, total_over_span};
+pub use figures::{source, Cell, Mode};
 
 /// Arguments of `lanes bench`.
 #[derive(Args, Debug)]
@@ -52,25 +58,6 @@ pub enum BenchCommand {
     Launch(launch::LaunchArgs),
 }
 
-/// How the threads reach the device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// A lane per thread.
-    Lanes,
-    /// One lane shared by all threads under a mutex (the before-state).
-    GlobalLock,
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Mode::Lanes => "lanes",
-            Mode::GlobalLock => "global-lock",
-        })
-    }
-}
-
 /// Arguments of the model benchmark.
 #[derive(Args, Debug)]
 pub struct ModelBenchArgs {
@@ -80,11 +67,11 @@ pub struct ModelBenchArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Thread counts, comma-separated.
+    /// Thread counts, comma-separated (repeats run once, in first-appearance order).
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
     pub threads: Vec<usize>,
-    /// Batch sizes, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    /// Batch sizes, comma-separated (repeats run once, in first-appearance order).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,128,512")]
     pub batch: Vec<usize>,
     /// Tokens per sequence (exactly).
     #[arg(long, default_value_t = 128)]
@@ -98,50 +85,17 @@ pub struct ModelBenchArgs {
     /// Modes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "lanes,global-lock")]
     pub modes: Vec<Mode>,
+    /// Precisions, comma-separated: auto (float16 on CUDA, float32 on the CPU),
+    /// float32, float16, bfloat16 (half precisions on CUDA only). Each loads
+    /// the model once and runs the whole grid.
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "auto")]
+    pub dtype: Vec<Dtype>,
     /// JSON lines instead of the table.
     #[arg(long)]
     pub json: bool,
     /// Draw throughput vs threads per mode and batch into this PNG.
     #[arg(long, value_name = "FILE.png")]
     pub plot: Option<PathBuf>,
-}
-
-/// One threads × batch cell of one mode.
-#[derive(Clone, Debug, Serialize)]
-pub struct Cell {
-    /// Always `model` (`alloc` for `lanes bench alloc`).
-    pub kind: &'static str,
-    /// `lanes` or `global-lock`.
-    pub mode: Mode,
-    /// The device.
-    pub device: String,
-    /// Threads.
-    pub threads: usize,
-    /// Sequences per forward call.
-    pub batch: usize,
-    /// Tokens per sequence.
-    pub seq: usize,
-    /// Sequences per second, all threads together.
-    pub seq_per_s: f64,
-    /// Median latency of a forward call.
-    pub p50_ms: f64,
-    /// 99th-percentile latency of a forward call.
-    pub p99_ms: f64,
-    /// seq/s(N) / (N × seq/s(1)) in the same mode and batch (`null` without a 1-thread cell).
-    pub efficiency: Option<f64>,
-    /// Forward calls measured.
-    pub calls: usize,
-    /// Measured wall time.
-    pub seconds: f64,
-    /// The first 12 hex digits of the source hash this binary was built from.
-    pub source: &'static str,
-}
-
-/// The first 12 hex digits of this binary's source hash (every JSON line carries
-/// it, so a figure can always be traced to the sources that produced it).
-pub fn source() -> &'static str {
-    let h = env!("LANES_SOURCE_HASH");
-    h.get(..12).unwrap_or(h)
 }
 
 /// Runs `lanes bench` (or `lanes bench alloc`).
@@ -165,60 +119,39 @@ fn run_model(args: ModelBenchArgs) -> Result<u8> {
     let modes = crate::common::unique(&args.modes);
     let dir = crate::common::model_dir(args.model.clone())?;
     let device = crate::common::open_device(&args.device, max_threads)?;
-    let encoder = Encoder::load(&dir, &device)
-        .with_context(|| format!("cannot load the model from {}", dir.display()))?;
-    let max_pos = encoder.config().max_position_embeddings;
-    if args.seq > max_pos {
-        bail!("--seq {} exceeds the model's {max_pos} positions", args.seq);
+    // Resolved before anything runs (float16 on the CPU fails here), then
+    // without repeats (`auto,float32` on the CPU is one dtype).
+    let mut dtypes: Vec<(Dtype, Precision)> = Vec::new();
+    for &d in &args.dtype {
+        let p = crate::dtype::resolve(d, &device)?;
+        if !dtypes.iter().any(|&(_, q)| q == p) {
+            dtypes.push((d, p));
+        }
     }
     let budget = match args.iters {
         Some(n) => Budget::Iters(n),
         None => Budget::Time(Duration::from_millis(args.duration_ms.max(1))),
+    };
+    let grid = Grid {
+        threads: &threads,
+        batches: &batches,
+        modes: &modes,
+        seq: args.seq,
+        budget,
+        json: args.json,
     };
 
     if !args.json {
         println!("{}", table_header());
     }
     let mut cells = Vec::new();
-    for &batch in &batches {
-        let input = synthetic(
-            batch,
-            args.seq,
-            encoder.config().vocab_size,
-            0x6265_6e63 ^ batch as u64,
-        );
-        for &mode in &modes {
-            let mut single: Option<f64> = None;
-            for &n in &threads {
-                let m = measure(&encoder, &input, mode, n, budget)
-                    .with_context(|| format!("{mode} mode, {n} threads, batch {batch}"))?;
-                let seq_per_s = (m.calls * batch) as f64 / m.seconds.max(1e-9);
-                if n == 1 {
-                    single = Some(seq_per_s);
-                }
-                let cell = Cell {
-                    kind: "model",
-                    mode,
-                    device: device.name().to_string(),
-                    threads: n,
-                    batch,
-                    seq: args.seq,
-                    seq_per_s,
-                    p50_ms: percentile(&m.latencies, 0.50) * 1e3,
-                    p99_ms: percentile(&m.latencies, 0.99) * 1e3,
-                    efficiency: single.map(|s| seq_per_s / (n as f64 * s)),
-                    calls: m.calls,
-                    seconds: m.seconds,
-                    source: source(),
-                };
-                if args.json {
-                    println!("{}", serde_json::to_string(&cell)?);
-                } else {
-                    println!("{}", table_row(&cell));
-                }
-                cells.push(cell);
-            }
+    for (dtype, _) in dtypes {
+        let encoder = crate::dtype::load_encoder(&dir, &device, dtype)?;
+        let max_pos = encoder.config().max_position_embeddings;
+        if args.seq > max_pos {
+            bail!("--seq {} exceeds the model's {max_pos} positions", args.seq);
         }
+        grid.run(&encoder, &mut cells)?;
     }
     if let Some(path) = &args.plot {
         plot::throughput(path, &cells)
@@ -226,6 +159,67 @@ fn run_model(args: ModelBenchArgs) -> Result<u8> {
         eprintln!("lanes bench: plot written to {}", path.display());
     }
     Ok(0)
+}
+
+/// The threads × batch × mode grid one encoder (one dtype) runs.
+struct Grid<'a> {
+    threads: &'a [usize],
+    batches: &'a [usize],
+    modes: &'a [Mode],
+    seq: usize,
+    budget: Budget,
+    json: bool,
+}
+
+impl Grid<'_> {
+    /// Measures, prints and appends every cell of the grid for `encoder`.
+    fn run(&self, encoder: &Encoder, cells: &mut Vec<Cell>) -> Result<()> {
+        let device = encoder.device();
+        let dtype = encoder.precision().name();
+        for &batch in self.batches {
+            let input = synthetic(
+                batch,
+                self.seq,
+                encoder.config().vocab_size,
+                0x6265_6e63 ^ batch as u64,
+            );
+            for &mode in self.modes {
+                let mut single: Option<f64> = None;
+                for &n in self.threads {
+                    let m = measure(encoder, &input, mode, n, self.budget).with_context(|| {
+                        format!("{mode} mode, {dtype}, {n} threads, batch {batch}")
+                    })?;
+                    let seq_per_s = (m.calls * batch) as f64 / m.seconds.max(1e-9);
+                    if n == 1 {
+                        single = Some(seq_per_s);
+                    }
+                    let cell = Cell {
+                        kind: "model",
+                        mode,
+                        dtype,
+                        device: device.name().to_string(),
+                        threads: n,
+                        batch,
+                        seq: self.seq,
+                        seq_per_s,
+                        p50_ms: percentile(&m.latencies, 0.50) * 1e3,
+                        p99_ms: percentile(&m.latencies, 0.99) * 1e3,
+                        efficiency: single.map(|s| seq_per_s / (n as f64 * s)),
+                        calls: m.calls,
+                        seconds: m.seconds,
+                        source: source(),
+                    };
+                    if self.json {
+                        println!("{}", serde_json::to_string(&cell)?);
+                    } else {
+                        println!("{}", table_row(&cell));
+                    }
+                    cells.push(cell);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How long each cell runs.
@@ -349,68 +343,9 @@ fn measure(
     })
 }
 
-/// Sums the counts of per-thread runs `(count, start, end)` and measures the wall
-/// time from the first start to the last end, in seconds (0 for no runs). The first
-/// failed run's error is returned.
-pub(crate) fn total_over_span(
-    runs: impl IntoIterator<Item = Result<(u64, Instant, Instant)>>,
-) -> Result<(u64, f64)> {
-    let mut total = 0;
-    let mut span: Option<(Instant, Instant)> = None;
-    for r in runs {
-        let (n, s, e) = r?;
-        total += n;
-        span = Some(span.map_or((s, e), |(f, l)| (f.min(s), l.max(e))));
-    }
-    Ok((
-        total,
-        span.map_or(0.0, |(f, l)| l.duration_since(f).as_secs_f64()),
-    ))
-}
-
-/// Nearest-rank percentile of sorted values (0 for none).
-pub fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn table_header() -> String {
-    format!(
-        "{:<12} {:<8} {:>7} {:>5} {:>5} {:>11} {:>9} {:>9} {:>10}",
-        "mode", "device", "threads", "batch", "seq", "seq/s", "p50 ms", "p99 ms", "efficiency"
-    )
-}
-
-fn table_row(c: &Cell) -> String {
-    format!(
-        "{:<12} {:<8} {:>7} {:>5} {:>5} {:>11.1} {:>9.3} {:>9.3} {:>10}",
-        c.mode.to_string(),
-        c.device,
-        c.threads,
-        c.batch,
-        c.seq,
-        c.seq_per_s,
-        c.p50_ms,
-        c.p99_ms,
-        c.efficiency.map_or("-".to_string(), |e| format!("{e:.2}"))
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentiles_use_the_nearest_rank() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 0.5), 50.0);
-        assert_eq!(percentile(&v, 0.99), 99.0);
-        assert_eq!(percentile(&[3.0], 0.99), 3.0);
-        assert_eq!(percentile(&[], 0.5), 0.0);
-    }
 
     #[test]
     fn synthetic_inputs_have_exact_lengths() {

@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::{Cell, Mode};
+use super::figures::{Cell, Mode};
 
 const W: u32 = 1100;
 const H: u32 = 680;
@@ -88,16 +88,17 @@ pub fn throughput(path: &Path, cells: &[Cell]) -> Result<()> {
         .draw_series(LineSeries::new([(x0, 0.0), (x0, y1)], axis))
         .map_err(err)?;
 
-    // One line per (mode, batch).
-    let mut batches: Vec<usize> = cells.iter().map(|c| c.batch).collect();
-    batches.sort_unstable();
-    batches.dedup();
+    // One line per (mode, batch, dtype); a color per (batch, dtype).
+    let mut series: Vec<(usize, &str)> = cells.iter().map(|c| (c.batch, c.dtype)).collect();
+    series.sort_unstable();
+    series.dedup();
+    let several_dtypes = series.iter().any(|s| s.1 != series[0].1);
     let mut legend = Vec::new();
     for mode in [Mode::Lanes, Mode::GlobalLock] {
-        for (bi, &batch) in batches.iter().enumerate() {
+        for (bi, &(batch, dtype)) in series.iter().enumerate() {
             let mut pts: Vec<(f64, f64)> = cells
                 .iter()
-                .filter(|c| c.mode == mode && c.batch == batch)
+                .filter(|c| c.mode == mode && c.batch == batch && c.dtype == dtype)
                 .map(|c| ((c.threads as f64).log2(), c.seq_per_s))
                 .collect();
             if pts.is_empty() {
@@ -122,7 +123,12 @@ pub fn throughput(path: &Path, cells: &[Cell]) -> Result<()> {
                     Circle::new(p, 5, style)
                 }))
                 .map_err(err)?;
-            legend.push((format!("{mode} batch {batch}"), color, stroke, filled));
+            let name = if several_dtypes {
+                format!("{mode} batch {batch} {dtype}")
+            } else {
+                format!("{mode} batch {batch}")
+            };
+            legend.push((name, color, stroke, filled));
         }
     }
 
@@ -263,6 +269,7 @@ mod tests {
         let cell = |mode, threads, batch, v| Cell {
             kind: "model",
             mode,
+            dtype: "float32",
             device: "cpu".into(),
             threads,
             batch,

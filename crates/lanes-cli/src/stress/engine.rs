@@ -1,173 +1,19 @@
-//! The checking logic of `lanes stress`, as library functions that `verify` and
-//! the tests call directly: [`prepare`] builds the suite and its single-threaded
-//! references, [`run_stress`] runs it on many threads and checks every result and
-//! every counter that must return to its baseline.
+//! The run of `lanes stress`, as a library function that `verify` and the tests
+//! call directly: [`run_stress`] runs a [`Suite`] on many threads and checks every
+//! result and every counter that must return to its baseline.
 
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use lanes::{Allocator, Device, DeviceStats, Lease};
-use lanes_nn::{Encoder, Model};
-use serde::Serialize;
+use lanes::{Allocator, Device, DeviceStats};
+use lanes_nn::Encoder;
 
-use super::compare::{fmt_opt, max_opt, min_opt, Compare, ANCHOR_TOLERANCE, RESULT_TOLERANCE};
+use super::compare::{fmt_opt, max_opt, min_opt, RESULT_TOLERANCE};
+use super::config::RunConfig;
 use super::report::{baseline_check, Check, StressReport};
-use super::requests::{self, Input, Request, Shapes};
+use super::suite::Suite;
 use super::worker::{note_error, panicked, worker, Tally};
-
-/// The anchor compares requests of at most this many padded tokens.
-const ANCHOR_MAX_TOKENS: usize = 512;
-
-/// A failure planted on purpose, to prove the checks catch it (test hook:
-/// `lanes stress --plant KIND`, hidden from `--help`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Plant {
-    /// Thread 0 perturbs its first result by 1e-3 before it is compared.
-    Mismatch,
-    /// Thread 0 allocates 4 KiB on its lane and forgets the buffer.
-    Leak,
-    /// Thread 0 forgets a clone of its last lease (the lane stays leased).
-    LeaseLeak,
-}
-
-/// The suite and its references.
-pub struct Suite {
-    /// The distinct requests.
-    pub requests: Vec<Request>,
-    /// Each request's single-threaded result, `rows × hidden`.
-    pub references: Vec<Vec<f32>>,
-    /// Embedding width.
-    pub hidden: usize,
-    /// The device reference against the host reference forward, if checked.
-    pub anchor: Option<Check>,
-    /// Time of the reference pass.
-    pub reference_seconds: f64,
-    /// The seed the requests came from.
-    pub seed: u64,
-}
-
-/// Runs one request on `lane`: `rows × hidden` values.
-pub fn execute(encoder: &Encoder, lane: &Lease, req: &Request) -> lanes_nn::Result<Vec<f32>> {
-    match &req.input {
-        Input::Tokens(enc) => encoder.forward(lane, enc),
-        Input::Texts(texts) => {
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let embs = encoder.embed_on(lane, &refs)?;
-            Ok(embs.into_iter().flat_map(|e| e.vector).collect())
-        }
-    }
-}
-
-/// Builds the suite for `seed` and computes every request's reference on one lane
-/// of the encoder's device, one request after the other. With `host_model`, the
-/// small requests' references are also compared with the host reference forward
-/// (the anchor: a device that is consistently wrong would otherwise pass).
-pub fn prepare(
-    encoder: &Encoder,
-    host_model: Option<&Model>,
-    shapes: Shapes,
-    seed: u64,
-) -> Result<Suite> {
-    let vocab = encoder.config().vocab_size;
-    let requests = requests::generate(encoder.tokenizer(), vocab, shapes, seed)?;
-    let hidden = encoder.config().hidden_size;
-    let start = Instant::now();
-    let lane = encoder
-        .device()
-        .lease()
-        .context("cannot lease a lane for the reference pass")?;
-    let mut references = Vec::with_capacity(requests.len());
-    for req in &requests {
-        let out = execute(encoder, &lane, req)
-            .with_context(|| format!("reference pass, {}", req.describe()))?;
-        anyhow::ensure!(
-            out.len() == req.rows() * hidden,
-            "reference pass, {}: {} values, expected {} rows × {hidden}",
-            req.describe(),
-            out.len(),
-            req.rows()
-        );
-        references.push(out);
-    }
-    drop(lane);
-    let anchor = match host_model {
-        Some(model) => Some(anchor(model, &requests, &references, hidden)?),
-        None => None,
-    };
-    Ok(Suite {
-        requests,
-        references,
-        hidden,
-        anchor,
-        reference_seconds: start.elapsed().as_secs_f64(),
-        seed,
-    })
-}
-
-fn anchor(
-    model: &Model,
-    requests: &[Request],
-    references: &[Vec<f32>],
-    hidden: usize,
-) -> Result<Check> {
-    let mut cmp = Compare::default();
-    let mut checked = Vec::new();
-    for (req, reference) in requests.iter().zip(references) {
-        if req.padded_tokens() > ANCHOR_MAX_TOKENS {
-            continue;
-        }
-        let enc = match &req.input {
-            Input::Tokens(enc) => enc.clone(),
-            Input::Texts(texts) => {
-                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                model.tokenizer.encode_batch(&refs)?
-            }
-        };
-        let host = lanes_nn::reference::forward(&model.weights, &model.config, &enc)
-            .with_context(|| format!("host reference forward, {}", req.describe()))?;
-        cmp.rows(&host, reference, hidden, ANCHOR_TOLERANCE);
-        checked.push(req.index);
-    }
-    let passed = cmp.bad_rows == 0 && !checked.is_empty();
-    Ok(Check {
-        name: "anchor".into(),
-        passed,
-        detail: format!(
-            "device reference vs host reference forward on {} requests: {} rows, min cosine {}, max |diff| {}",
-            checked.len(),
-            cmp.rows,
-            fmt_opt(cmp.min_cosine),
-            fmt_opt(cmp.max_abs_diff)
-        ),
-        figures: serde_json::json!({
-            "requests": checked, "rows": cmp.rows, "bad_rows": cmp.bad_rows,
-            "min_cosine": cmp.min_cosine, "max_abs_diff": cmp.max_abs_diff,
-            "tolerance": ANCHOR_TOLERANCE,
-        }),
-    })
-}
-
-/// How a run is driven.
-#[derive(Clone, Debug)]
-pub struct RunConfig {
-    /// Threads, each on its own lane.
-    pub threads: usize,
-    /// Requests per thread.
-    pub requests: usize,
-    /// Picks which suite request each (thread, step) runs.
-    pub seed: u64,
-    /// A thread gives its lane back and leases one again every this many requests.
-    pub relay_every: usize,
-    /// `--inject oom:P`: the fraction of the allocator's allocations that fail
-    /// during the run (deterministic per the device's allocator seed).
-    pub inject: Option<f64>,
-    /// A planted failure (test hook).
-    pub plant: Option<Plant>,
-    /// Draw a progress bar (only on a terminal).
-    pub progress: bool,
-}
 
 /// Runs `cfg.threads` threads × `cfg.requests` requests of `suite` on the encoder's
 /// device, each thread on its own lane, compares every result with its reference
@@ -310,6 +156,7 @@ pub fn run_stress(encoder: &Encoder, suite: &Suite, cfg: &RunConfig) -> Result<S
     Ok(StressReport {
         passed: checks.iter().all(|c| c.passed),
         device: device.name().to_string(),
+        dtype: suite.precision.name(),
         threads: cfg.threads,
         requests: total,
         completed: t.completed,

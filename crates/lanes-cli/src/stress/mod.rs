@@ -31,11 +31,16 @@
 //! result by 1e-3 before it is compared; `--plant leak` makes thread 0 allocate
 //! 4 KiB and forget the buffer; `--plant lease-leak` makes it forget a lease. Each
 //! must make the run fail; the tests prove it.
+//!
+//! Modules, each using only those listed before it: `requests`, `compare`,
+//! `config`, `report`, `suite`, `worker`, `engine`.
 
 pub mod compare;
+pub mod config;
 pub mod engine;
 pub mod report;
 pub mod requests;
+pub mod suite;
 mod worker;
 
 use std::path::PathBuf;
@@ -45,12 +50,13 @@ use clap::Args;
 use lanes::Device;
 use lanes_nn::{Encoder, Model};
 
-// `requests` reaches the one generator as `super::Rng`.
-use crate::rng::Rng;
+use crate::dtype::Dtype;
 
-pub use engine::{prepare, run_stress, Plant, RunConfig};
+pub use config::{Plant, RunConfig};
+pub use engine::run_stress;
 pub use report::StressReport;
 pub use requests::Shapes;
+pub use suite::prepare;
 
 /// Arguments of `lanes stress`.
 #[derive(Args, Debug, Clone)]
@@ -76,6 +82,10 @@ pub struct StressArgs {
     /// Longest sequence of a request in tokens (1..=256).
     #[arg(long, default_value_t = 256)]
     pub max_len: usize,
+    /// Precision: auto (float16 on CUDA, float32 on the CPU), float32, float16,
+    /// bfloat16 (half precisions on CUDA only). The references run in it too.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub dtype: Dtype,
     /// Fault injection during the run (not the reference pass): `oom:P` fails a
     /// fraction P of the caching allocator's allocations, deterministic per --seed.
     /// Requests that hit one must end with the injected error; the rest must match.
@@ -119,14 +129,15 @@ impl StressArgs {
     }
 }
 
-/// Loads the encoder onto `device` and, unless skipped, the host model for the anchor.
+/// Loads the encoder onto `device` computing in `dtype` and, unless skipped, the
+/// host model for the anchor.
 pub fn load(
     dir: &std::path::Path,
     device: &Device,
+    dtype: Dtype,
     anchor: bool,
 ) -> Result<(Encoder, Option<Model>)> {
-    let encoder = Encoder::load(dir, device)
-        .with_context(|| format!("cannot load the model from {}", dir.display()))?;
+    let encoder = crate::dtype::load_encoder(dir, device, dtype)?;
     let host = if anchor {
         Some(
             Model::load(dir)
@@ -146,7 +157,7 @@ pub fn run(args: StressArgs) -> Result<u8> {
     let shapes = args.shapes()?;
     let dir = crate::common::model_dir(args.model.clone())?;
     let device = crate::common::open_device_seeded(&args.device, args.threads, args.seed)?;
-    let (encoder, host) = load(&dir, &device, !args.no_anchor)?;
+    let (encoder, host) = load(&dir, &device, args.dtype, !args.no_anchor)?;
     let suite = prepare(&encoder, host.as_ref(), shapes, args.seed)?;
     drop(host);
     let cfg = RunConfig {

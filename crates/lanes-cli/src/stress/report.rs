@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::compare::fmt_opt;
-use super::engine::Plant;
+use super::config::Plant;
 
 /// One check of a run, with its figures.
 #[derive(Clone, Debug, Serialize)]
@@ -63,6 +63,8 @@ pub struct StressReport {
     pub passed: bool,
     /// The device (`cpu`, `cuda:0`).
     pub device: String,
+    /// The precision the encoder computed in (`float32`, `float16`, `bfloat16`).
+    pub dtype: &'static str,
     /// Threads, each on its own lane.
     pub threads: usize,
     /// Requests run (threads × requests per thread).
@@ -126,10 +128,11 @@ impl StressReport {
             .map(|c| c.name.as_str())
             .collect();
         let mut s = format!(
-            "lanes stress: {verdict}: {} requests on {} with {} threads in {:.2} s: {} errors{}, {} mismatches \
+            "lanes stress: {verdict}: {} requests on {} in {} with {} threads in {:.2} s: {} errors{}, {} mismatches \
              (min cosine {}, max |diff| {}), leaked {} B, {} leases / {} events outstanding",
             self.requests,
             self.device,
+            self.dtype,
             self.threads,
             self.seconds,
             self.errors,

@@ -11,7 +11,7 @@
 use anyhow::{Context, Result};
 use lanes_nn::{Tokenizer, Tokens};
 
-use super::Rng;
+use crate::rng::Rng;
 
 /// `[CLS]`, `[SEP]` and the first ordinary word-piece id of the BERT uncased vocabulary.
 const CLS: u32 = 101;

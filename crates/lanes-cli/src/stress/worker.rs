@@ -6,8 +6,9 @@ use lanes::Lease;
 use lanes_nn::{Encoder, NnError};
 
 use super::compare::{Compare, RESULT_TOLERANCE};
-use super::engine::{execute, Plant, RunConfig, Suite};
+use super::config::{Plant, RunConfig};
 use super::report::Mismatch;
+use super::suite::{execute, Suite};
 
 /// What one thread saw.
 #[derive(Default)]

@@ -65,6 +65,10 @@ pub struct VerifyArgs {
     /// Longest sequence of a request in tokens (1..=256).
     #[arg(long, default_value_t = 256)]
     pub max_len: usize,
+    /// Precision: auto (float16 on CUDA, float32 on the CPU), float32, float16,
+    /// bfloat16 (half precisions on CUDA only).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub dtype: crate::dtype::Dtype,
     /// Seed of the suite and the schedule.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -110,7 +114,7 @@ pub fn run(args: VerifyArgs) -> Result<u8> {
     let start = Instant::now();
     let dir = crate::common::model_dir(args.model.clone())?;
     let device = crate::common::open_device_seeded(&args.device, max, args.seed)?;
-    let (encoder, host) = stress::load(&dir, &device, !args.no_anchor)?;
+    let (encoder, host) = stress::load(&dir, &device, args.dtype, !args.no_anchor)?;
     let suite = stress::prepare(&encoder, host.as_ref(), shapes, args.seed)?;
     drop(host);
     let mut runs = Vec::new();
@@ -148,6 +152,7 @@ pub fn run(args: VerifyArgs) -> Result<u8> {
         "features": p.features,
         "rustc": p.rustc,
         "device": device.name(),
+        "dtype": encoder.precision().name(),
         "seed": args.seed,
         "threads": threads,
         "requests_per_thread": args.requests,

@@ -105,3 +105,85 @@ pub fn copy_sources(root: &Path, dest: &Path) {
         }
     }
 }
+
+/// Cosine similarity of two vectors (f64 sums; 1 for two zero vectors).
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(x), f64::from(y));
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    if na == 0.0 && nb == 0.0 {
+        return 1.0;
+    }
+    dot / (na.sqrt() * nb.sqrt())
+}
+
+/// Largest absolute difference of two vectors' components (NaN wins).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, |m, d| if d.is_nan() || d > m { d } else { m })
+}
+
+/// A JSON array of numbers as `f32`s.
+pub fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_f64().unwrap_or_else(|| panic!("not a number: {x}")) as f32)
+        .collect()
+}
+
+/// The fixture texts with their sentence-transformers embeddings
+/// (`crates/lanes-nn/tests/fixtures/minilm_reference.jsonl`).
+pub fn fixture() -> Vec<serde_json::Value> {
+    let path = workspace_root().join("crates/lanes-nn/tests/fixtures/minilm_reference.jsonl");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("fixture line"))
+        .collect()
+}
+
+/// Runs `cmd` and samples its peak resident set (`VmHWM` of /proc/PID/status)
+/// until it exits; returns the exit code, stderr and the peak in bytes (Linux only).
+pub fn run_peak_rss(cmd: &mut Command) -> (i32, String, u64) {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the lanes binary runs");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0u64;
+    let status = loop {
+        // VmHWM only grows; the last value read before the exit is the peak
+        // (up to the last few milliseconds).
+        if let Ok(s) = std::fs::read_to_string(&status_file) {
+            if let Some(kb) = s
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                peak = peak.max(kb * 1024);
+            }
+        }
+        if let Some(status) = child.try_wait().expect("wait for lanes") {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let err = reader.join().unwrap_or_default();
+    (status.code().unwrap_or(-1), err, peak)
+}
