@@ -180,6 +180,30 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Like [`Engine::shutdown`], but waits at most `limit` for the workers;
+    /// returns how many were still running (left detached: a forward pass
+    /// cannot be interrupted).
+    pub fn shutdown_within(&self, limit: Duration) -> usize {
+        self.queue.close();
+        let deadline = Instant::now() + limit;
+        let mut handles =
+            std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
+        loop {
+            let (done, running): (Vec<_>, Vec<_>) =
+                handles.into_iter().partition(JoinHandle::is_finished);
+            for h in done {
+                let _ = h.join();
+            }
+            handles = running;
+            if handles.is_empty() || Instant::now() >= deadline {
+                return handles.len();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown();
