@@ -170,7 +170,7 @@ fn agent() -> ureq::Agent {
 
 /// Sends `request` (with `body`, if any), reads the whole answer (so the
 /// connection is reused) and returns its status; `Err` for transport errors.
-fn exchange(request: ureq::Request, body: Option<&str>) -> Result<u16, ureq::Transport> {
+fn exchange(request: ureq::Request, body: Option<&str>) -> Result<u16, String> {
     let result = match body {
         Some(b) => request
             .set("Content-Type", "application/json")
@@ -180,7 +180,7 @@ fn exchange(request: ureq::Request, body: Option<&str>) -> Result<u16, ureq::Tra
     let response = match result {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
-        Err(ureq::Error::Transport(t)) => return Err(t),
+        Err(ureq::Error::Transport(t)) => return Err(t.to_string()),
     };
     let status = response.status();
     let _ = std::io::copy(
