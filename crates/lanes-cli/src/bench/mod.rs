@@ -27,10 +27,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use lanes_nn::{Encoded, Encoder};
+use lanes_nn::{Encoder, Tokens};
 use serde::Serialize;
 
-use crate::stress::Rng;
+use crate::rng::Rng;
 
 /// Arguments of `lanes bench`.
 #[derive(Args, Debug)]
@@ -154,29 +154,15 @@ pub fn run(args: BenchArgs) -> Result<u8> {
 }
 
 fn run_model(args: ModelBenchArgs) -> Result<u8> {
-    let mut threads = args.threads.clone();
-    threads.sort_unstable();
-    threads.dedup();
-    let mut batches = args.batch.clone();
-    batches.dedup();
-    if threads.is_empty() || threads[0] == 0 || batches.is_empty() || batches.contains(&0) {
-        bail!("--threads and --batch need values of at least 1");
-    }
-    let max_threads = *threads.last().unwrap_or(&1);
-    if max_threads > lanes::MAX_LANES {
-        bail!(
-            "--threads {max_threads} exceeds the {} lanes a device can have",
-            lanes::MAX_LANES
-        );
-    }
+    let (threads, max_threads) = crate::common::thread_counts(&args.threads, "--threads")?;
+    let batches = crate::common::sizes(&args.batch, "--batch")?;
     if args.seq == 0 {
         bail!("--seq must be at least 1");
     }
     if args.iters == Some(0) {
         bail!("--iters must be at least 1");
     }
-    let mut modes = args.modes.clone();
-    modes.dedup();
+    let modes = crate::common::unique(&args.modes);
     let dir = crate::common::model_dir(args.model.clone())?;
     let device = crate::common::open_device(&args.device, max_threads)?;
     let encoder = Encoder::load(&dir, &device)
@@ -258,7 +244,7 @@ struct Measured {
 }
 
 /// `batch` sequences of exactly `seq` tokens: `[CLS]`, random word pieces, `[SEP]`.
-pub fn synthetic(batch: usize, seq: usize, vocab: usize, seed: u64) -> Encoded {
+pub fn synthetic(batch: usize, seq: usize, vocab: usize, seed: u64) -> Tokens {
     let mut rng = Rng::new(seed);
     let span = (vocab as u64).saturating_sub(1000).max(1);
     let seqs: Vec<(Vec<u32>, Vec<u32>)> = (0..batch)
@@ -273,12 +259,12 @@ pub fn synthetic(batch: usize, seq: usize, vocab: usize, seed: u64) -> Encoded {
             (ids, vec![0; seq])
         })
         .collect();
-    Encoded::from_sequences(&seqs).expect("equal id and type-id lengths by construction")
+    Tokens::from_sequences(&seqs).expect("equal id and type-id lengths by construction")
 }
 
 fn measure(
     encoder: &Encoder,
-    input: &Encoded,
+    input: &Tokens,
     mode: Mode,
     threads: usize,
     budget: Budget,
@@ -429,8 +415,8 @@ mod tests {
     #[test]
     fn synthetic_inputs_have_exact_lengths() {
         let e = synthetic(3, 8, 30522, 1);
-        assert_eq!((e.batch, e.seq), (3, 8));
-        assert_eq!(e.lengths, vec![8, 8, 8]);
+        assert_eq!((e.batch(), e.max_len()), (3, 8));
+        assert_eq!(e.lengths().collect::<Vec<_>>(), vec![8, 8, 8]);
         assert_eq!(e.row_ids(0).unwrap()[0], 101);
         assert_eq!(e.row_ids(0).unwrap()[7], 102);
         let one = synthetic(1, 1, 30522, 1);
