@@ -128,6 +128,9 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Bodies over the limit up to this size are read (and dropped) before the 413.
+const DRAIN_MAX: u64 = 64 << 20;
+
 /// Reads the whole body within `limit` bytes and `timeout`: 413 past the
 /// limit (before reading, when Content-Length says so), 408 when the client
 /// is too slow.
@@ -149,7 +152,21 @@ pub async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if let Some(n) = declared.filter(|&n| n > limit as u64) {
+        // Read a moderately large body before refusing it, so the client is
+        // not cut off mid-write (a broken pipe instead of the 413); a huge
+        // one is refused at once and its connection closed.
+        if n <= DRAIN_MAX {
+            let drain = async {
+                let mut body = body;
+                while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+                    if frame.is_err() {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(timeout, drain).await;
+        }
         return Err(too_large());
     }
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {

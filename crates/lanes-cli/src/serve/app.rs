@@ -10,8 +10,8 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use lanes_serve::Engine;
 
-use super::access::HttpMetrics;
 use super::api::{ApiError, Flavor};
+use super::metrics::HttpMetrics;
 
 /// The loaded model and its engine.
 pub struct Ready {

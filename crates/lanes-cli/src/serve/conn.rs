@@ -24,7 +24,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 use tower::ServiceExt;
 
-use super::access::{ClientAddr, HttpMetrics};
+use super::access::ClientAddr;
+use super::metrics::HttpMetrics;
 
 /// Connection limits.
 #[derive(Clone, Copy, Debug)]

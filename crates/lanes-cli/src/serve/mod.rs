@@ -1,10 +1,11 @@
 //! `lanes serve`: an HTTP embedding server over the `lanes-serve` engine.
 //!
 //! Layout (each module uses only those listed before it): [`api`] (request
-//! parsing, error bodies), [`access`] (API key, HTTP metrics, access log),
-//! [`app`] (shared state), [`embed`] and [`info`] (handlers), [`routes`] (the
-//! router), [`conn`] (connections: cap, timeouts, graceful close), this file
-//! (flags and lifecycle); [`loadgen`] is the hidden `lanes loadgen`.
+//! parsing, error bodies), [`metrics`] (HTTP series), [`app`] (shared
+//! state), [`access`] (API key, metrics, access log), [`embed`] and [`info`]
+//! (handlers), [`routes`] (the router), [`conn`] (connections: cap,
+//! timeouts, graceful close), this file (flags and lifecycle); [`loadgen`] is
+//! the hidden `lanes loadgen`.
 //!
 //! Lifecycle: bind the port (a taken port fails at once, naming the address),
 //! print `listening on http://ADDR` on stdout, serve `/health` = 503
@@ -35,11 +36,12 @@ mod conn;
 mod embed;
 mod info;
 pub mod loadgen;
+mod metrics;
 mod routes;
 
-use access::HttpMetrics;
 use app::{App, Limits, Ready};
 use conn::{ConnLimits, Open};
+use metrics::HttpMetrics;
 
 /// Access-log format.
 #[derive(Clone, Copy, Debug, ValueEnum)]
