@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::IntGauge;
 
-use super::api::{ApiError, Flavor};
+use super::api::{read_body, ApiError, Flavor};
 use super::app::App;
 use super::metrics::route_label;
 
@@ -74,6 +74,18 @@ pub async fn access(State(app): State<Arc<App>>, req: Request, next: Next) -> Re
             } else {
                 Flavor::Tei
             };
+            // Read the (bounded) body first, so the client is not cut off
+            // mid-write and sees the 401.
+            let l = &app.limits;
+            let (parts, body) = req.into_parts();
+            let _ = read_body(
+                &parts.headers,
+                body,
+                l.max_body_bytes,
+                l.body_timeout,
+                flavor,
+            )
+            .await;
             let mut r = ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 flavor,
