@@ -306,7 +306,7 @@ fn info_models_tokenize_and_decode_describe_this_model() {
         return;
     };
     let info = server.get("/info");
-    assert_eq!(info.status, 200, "{}", info.body);
+    assert_eq!(info.status, 200, "{}", info.brief());
     let info = info.json();
     assert!(
         info["model_id"]
@@ -318,7 +318,7 @@ fn info_models_tokenize_and_decode_describe_this_model() {
     assert_eq!(info["max_client_batch_size"], 2048, "{info}");
 
     let models = server.get("/v1/models");
-    assert_eq!(models.status, 200, "{}", models.body);
+    assert_eq!(models.status, 200, "{}", models.brief());
     let models = models.json();
     assert_eq!(models["object"], "list", "{models}");
     assert!(
@@ -334,10 +334,10 @@ fn info_models_tokenize_and_decode_describe_this_model() {
         "The quick brown fox jumps over the lazy dog.",
     ];
     let r = server.post("/tokenize", &json!({ "inputs": texts }));
-    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.status, 200, "{}", r.brief());
     let lists = r.json();
     let lists = lists.as_array().expect("one token list per input");
-    assert_eq!(lists.len(), texts.len(), "{}", r.body);
+    assert_eq!(lists.len(), texts.len(), "{}", r.brief());
     for (text, list) in texts.iter().zip(lists) {
         // TEI answers token objects ({id, text, special, start, stop}).
         let ids: Vec<u32> = list
@@ -348,12 +348,12 @@ fn info_models_tokenize_and_decode_describe_this_model() {
             .collect();
         assert_eq!(ids, tok.encode(text).unwrap().0, "/tokenize {text:?}");
         let d = server.post("/decode", &json!({ "ids": ids }));
-        assert_eq!(d.status, 200, "{}", d.body);
+        assert_eq!(d.status, 200, "{}", d.brief());
         let decoded = d.json();
         let decoded = decoded
             .as_str()
             .or_else(|| decoded[0].as_str())
-            .unwrap_or_else(|| panic!("/decode answered {}", d.body));
+            .unwrap_or_else(|| panic!("/decode answered {}", d.brief()));
         // Uncased WordPiece: the lower-cased text, punctuation split off.
         let words = |s: &str| -> String {
             s.to_lowercase()
@@ -448,13 +448,8 @@ fn prompt_name_and_default_prompt_prefix_the_text() {
         SAME,
     );
     let bad = server.post("/embed", &json!({"inputs": texts, "prompt_name": "nope"}));
-    assert!(
-        matches!(bad.status, 400 | 422),
-        "{} {}",
-        bad.status,
-        bad.body
-    );
-    assert!(bad.body.contains("nope"), "{}", bad.body);
+    assert!(matches!(bad.status, 400 | 422), "{}", bad.brief());
+    assert!(bad.body.contains("nope"), "{}", bad.brief());
 }
 
 #[test]
@@ -487,9 +482,9 @@ fn json_access_log_records_each_request() {
         return;
     };
     let r = server.post("/v1/embeddings", &json!({"input": "logged"}));
-    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.status, 200, "{}", r.brief());
     let bad = server.post("/v1/embeddings", &json!({"input": []}));
-    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(bad.status, 400, "{}", bad.brief());
     // The log line may follow the response by a moment.
     let start = std::time::Instant::now();
     loop {
@@ -509,4 +504,78 @@ fn json_access_log_records_each_request() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+#[test]
+fn bad_inputs_are_400_naming_the_problem() {
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "/v1/embeddings",
+            json!({"input": [[101, 999999, 102]]}),
+            "999999",
+        ),
+        ("/v1/embeddings", json!({"input": [[101, -1, 102]]}), "-1"),
+        ("/v1/embeddings", json!({"input": []}), "input"),
+        (
+            "/v1/embeddings",
+            json!({"input": "x", "dimensions": 0}),
+            "dimensions",
+        ),
+        (
+            "/v1/embeddings",
+            json!({"input": "x", "dimensions": 385}),
+            "dimensions",
+        ),
+        (
+            "/embed",
+            json!({"inputs": "x", "truncation_direction": "middle"}),
+            "truncation_direction",
+        ),
+        (
+            "/embed",
+            json!({"inputs": "x", "prompt_name": "nope"}),
+            "nope",
+        ),
+    ];
+    for (path, body, needle) in cases {
+        let r = server.post(path, &body);
+        assert!(
+            matches!(r.status, 400 | 422),
+            "{path} {body}: {}",
+            r.brief()
+        );
+        assert!(r.body.contains(needle), "{path} {body}: {}", r.brief());
+    }
+    server.assert_serves("after bad inputs");
+}
+
+#[test]
+fn max_client_batch_size_defaults_to_2048() {
+    let Some(server) = Server::start(&["--max-queue-tokens", "1000000"]) else {
+        return;
+    };
+    let at = vec!["a"; 2048];
+    let r = server.post("/v1/embeddings", &json!({ "input": at }));
+    assert_eq!(r.status, 200, "{}", r.brief());
+    assert_eq!(r.json()["data"].as_array().map(Vec::len), Some(2048));
+    let over = vec!["a"; 2049];
+    let r = server.post("/v1/embeddings", &json!({ "input": over }));
+    assert_eq!(r.status, 413, "{}", r.brief());
+    assert!(
+        r.body.contains("2048"),
+        "the 413 names the limit: {}",
+        r.brief()
+    );
+    drop(server);
+
+    let Some(small) = Server::start(&["--max-client-batch-size", "4"]) else {
+        return;
+    };
+    let r = small.post("/embed", &json!({"inputs": ["a", "b", "c", "d", "e"]}));
+    assert_eq!(r.status, 413, "{}", r.brief());
+    let r = small.post("/embed", &json!({"inputs": ["a", "b", "c", "d"]}));
+    assert_eq!(r.status, 200, "{}", r.brief());
 }

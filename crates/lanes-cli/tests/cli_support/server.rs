@@ -41,6 +41,17 @@ impl Resp {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Status and the body's first 300 characters, for assertion messages.
+    pub fn brief(&self) -> String {
+        let cut: String = self.body.chars().take(300).collect();
+        let more = if cut.len() < self.body.len() {
+            " ..."
+        } else {
+            ""
+        };
+        format!("{} {cut}{more}", self.status)
+    }
+
     /// The body as JSON (panics with the body if it is not).
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body)
@@ -476,6 +487,15 @@ impl Server {
     /// `GET path`.
     pub fn get(&self, path: &str) -> Resp {
         self.request("GET", path, &[], b"")
+    }
+
+    /// Asserts a small embedding request is answered 200 (`what`: when).
+    pub fn assert_serves(&self, what: &str) {
+        let r = self.post(
+            "/v1/embeddings",
+            &serde_json::json!({"input": ["still serving"]}),
+        );
+        assert_eq!(r.status, 200, "{what}: {}", r.brief());
     }
 
     /// The value of one Prometheus sample (the first line `series VALUE`);
