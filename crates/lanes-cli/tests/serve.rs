@@ -169,12 +169,35 @@ impl Server {
         let agent = ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(120))
             .build();
-        Some(Server {
+        let server = Server {
             child,
             base: base.to_string(),
             stderr,
             agent,
-        })
+        };
+        server.wait_ready();
+        Some(server)
+    }
+
+    /// Polls GET /health until 200 (the port is bound before the model loads).
+    fn wait_ready(&self) {
+        let start = Instant::now();
+        loop {
+            let status = match self.agent.get(&format!("{}/health", self.base)).call() {
+                Ok(r) => r.status(),
+                Err(ureq::Error::Status(code, _)) => code,
+                Err(e) => panic!("GET /health failed: {e}"),
+            };
+            if status == 200 {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "the server never became ready; stderr:\n{}",
+                self.stderr.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn send(&self, req: ureq::Request, body: Option<&[u8]>) -> Resp {
@@ -214,15 +237,18 @@ impl Server {
         self.send(self.agent.get(&format!("{}{path}", self.base)), None)
     }
 
-    /// One Prometheus sample's value (first line starting with `series `).
+    /// One Prometheus sample's value: `series` is `name` or `name{a="x",b="y"}`,
+    /// its labels in any order; 0 when absent.
     fn metric(&self, series: &str) -> f64 {
         let text = self.get("/metrics").body;
+        let want = sample_key(series);
         text.lines()
+            .filter(|l| !l.starts_with('#'))
             .find_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|rest| rest.strip_prefix(' '))
+                let (key, value) = l.rsplit_once(' ')?;
+                (sample_key(key) == want).then(|| value.trim().parse().expect("a number"))
             })
-            .map_or(0.0, |v| v.trim().parse().expect("a number"))
+            .unwrap_or(0.0)
     }
 
     /// Embeddings of `texts` in one OpenAI request.
@@ -269,9 +295,27 @@ impl Drop for Server {
     }
 }
 
+/// A sample's name and sorted labels.
+fn sample_key(series: &str) -> (String, Vec<String>) {
+    match series.split_once('{') {
+        None => (series.to_string(), Vec::new()),
+        Some((name, rest)) => {
+            let mut labels: Vec<String> = rest
+                .trim_end_matches('}')
+                .split(',')
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect();
+            labels.sort();
+            (name.to_string(), labels)
+        }
+    }
+}
+
 #[test]
 fn embeddings_match_lanes_embed_and_the_reference() {
-    let Some(server) = Server::start(&[]) else {
+    // One fixture text is over 256 tokens: truncate as `lanes embed` does.
+    let Some(server) = Server::start(&["--auto-truncate"]) else {
         return;
     };
     let fixtures = fixtures();
@@ -515,21 +559,21 @@ fn bad_inputs_are_refused_with_a_message_naming_the_field() {
             r#"{"input": 5}"#,
             400,
             "input",
-            "`input` must be a string or an array of strings",
+            "`input` must be a string, an array of strings",
         ),
         (
             "/v1/embeddings",
             r#"{"input": null}"#,
             400,
             "input",
-            "`input` must be a string or an array of strings",
+            "`input` must be a string, an array of strings",
         ),
         (
             "/v1/embeddings",
             r#"{"input": {"text": "a"}}"#,
             400,
             "input",
-            "`input` must be a string or an array of strings",
+            "`input` must be a string, an array of strings",
         ),
         (
             "/v1/embeddings",
@@ -540,10 +584,10 @@ fn bad_inputs_are_refused_with_a_message_naming_the_field() {
         ),
         (
             "/v1/embeddings",
-            r#"{"input": [[101, 102]]}"#,
+            r#"{"input": [[101, "x"]]}"#,
             400,
             "input",
-            "`input[0]` must be a string",
+            "`input[0][1]` must be an integer token id",
         ),
         (
             "/v1/embeddings",
@@ -568,10 +612,17 @@ fn bad_inputs_are_refused_with_a_message_naming_the_field() {
         ),
         (
             "/v1/embeddings",
-            r#"{"input": "a", "dimensions": 10}"#,
+            r#"{"input": "a", "dimensions": 0}"#,
             400,
             "dimensions",
-            "`dimensions` must be 384",
+            "`dimensions` must be between 1 and 384",
+        ),
+        (
+            "/v1/embeddings",
+            r#"{"input": "a", "dimensions": 385}"#,
+            400,
+            "dimensions",
+            "`dimensions` must be between 1 and 384",
         ),
         (
             "/v1/embeddings",
@@ -586,7 +637,7 @@ fn bad_inputs_are_refused_with_a_message_naming_the_field() {
             r#"{"inputs": 5}"#,
             400,
             "",
-            "`inputs` must be a string or an array of strings",
+            "`inputs` must be a string, an array of strings",
         ),
         (
             "/embed",
@@ -744,7 +795,9 @@ fn an_inference_error_or_panic_fails_only_its_request() {
 
 #[test]
 fn overload_answers_429_with_retry_after_and_recovers() {
-    let Some(server) = Server::start(&["--workers", "1", "--queue", "1", "--no-batching"]) else {
+    let Some(server) =
+        Server::start(&["--workers", "1", "--max-queue-tokens", "1", "--no-batching"])
+    else {
         return;
     };
     // Long texts keep the single worker busy while the burst arrives.

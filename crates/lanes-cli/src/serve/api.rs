@@ -1,11 +1,15 @@
-//! Request parsing and error bodies for the embedding routes: every refusal is
-//! a status and a JSON message naming the field, in the shape of the API asked
-//! (OpenAI or text-embeddings-inference).
+//! Request parsing and error bodies: every refusal is a status and a JSON
+//! message naming the field, in the shape of the API asked (OpenAI or
+//! text-embeddings-inference). Bodies are read here, within the size limit and
+//! the body timeout.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::http::{header, HeaderValue, StatusCode};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use lanes_serve::{Direction, Input, ServeError};
 use serde_json::{Map, Value};
 
 /// Which API's error shape to answer in.
@@ -38,10 +42,53 @@ impl ApiError {
         }
     }
 
+    /// A 400 about `param`.
     pub fn bad(flavor: Flavor, param: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             param: Some(param),
             ..ApiError::new(StatusCode::BAD_REQUEST, flavor, message)
+        }
+    }
+
+    /// With a `Retry-After` header.
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
+    /// The response for an engine error about the inputs in `field`.
+    pub fn from_engine(e: ServeError, field: &'static str, flavor: Flavor) -> ApiError {
+        let at = |status, msg: String| ApiError {
+            param: Some(field),
+            ..ApiError::new(status, flavor, msg)
+        };
+        match e {
+            ServeError::Empty => ApiError::bad(flavor, field, format!("`{field}` must not be an empty array")),
+            ServeError::Tokenize { index, message } => {
+                ApiError::bad(flavor, field, format!("cannot tokenize `{field}[{index}]`: {message}"))
+            }
+            ServeError::TokenOutOfRange { index, position, id, vocab } => ApiError::bad(
+                flavor,
+                field,
+                format!("`{field}[{index}][{position}]` is token id {id}, outside this model's vocabulary (ids 0..{vocab}); input {index} holds it"),
+            ),
+            ServeError::TooLong { index, tokens, max } => at(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("input {index} (`{field}[{index}]`) has {tokens} tokens, more than this model's maximum of {max}; send `truncate: true` or start the server with --auto-truncate"),
+            ),
+            ServeError::Dimensions { asked, hidden } => ApiError::bad(
+                flavor,
+                "dimensions",
+                format!("`dimensions` must be between 1 and {hidden} (this model's width), not {asked}"),
+            ),
+            e @ ServeError::Overloaded { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, flavor, e.to_string()).retry_after(1)
+            }
+            e @ ServeError::ShuttingDown => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, flavor, e.to_string()),
+            e @ ServeError::DeadlineExceeded(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, flavor, e.to_string()),
+            e @ (ServeError::Inference(_) | ServeError::Start(_)) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, flavor, e.to_string())
+            }
         }
     }
 }
@@ -51,8 +98,10 @@ impl IntoResponse for ApiError {
         let body = match self.flavor {
             Flavor::OpenAi => {
                 let kind = match self.status.as_u16() {
+                    401 => "authentication_error",
                     429 => "rate_limit_error",
                     503 => "service_unavailable",
+                    504 => "timeout",
                     s if s >= 500 => "server_error",
                     _ => "invalid_request_error",
                 };
@@ -60,6 +109,7 @@ impl IntoResponse for ApiError {
             }
             Flavor::Tei => {
                 let kind = match self.status.as_u16() {
+                    401 => "Unauthorized",
                     429 => "Overloaded",
                     503 => "Unhealthy",
                     s if s >= 500 => "Backend",
@@ -78,29 +128,60 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The body as a JSON object, or a 400/413 naming what is wrong.
-pub fn json_object(
-    body: Result<Bytes, BytesRejection>,
-    flavor: Flavor,
+/// Reads the whole body within `limit` bytes and `timeout`: 413 past the
+/// limit (before reading, when Content-Length says so), 408 when the client
+/// is too slow.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
     limit: usize,
-) -> Result<Map<String, Value>, ApiError> {
-    let bytes = body.map_err(|rejection| {
-        let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                status,
-                flavor,
-                format!("request body is larger than the limit of {limit} bytes"),
-            )
-        } else {
-            ApiError::new(
-                status,
-                flavor,
-                format!("cannot read the request body: {}", rejection.body_text()),
-            )
+    timeout: Duration,
+    flavor: Flavor,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            flavor,
+            format!("request body is larger than the limit of {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            flavor,
+            format!(
+                "the request body did not arrive within {} s",
+                timeout.as_secs()
+            ),
+        )),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let e = e.into_inner();
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(too_large())
+            } else {
+                Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    flavor,
+                    format!("cannot read the request body: {e}"),
+                ))
+            }
         }
-    })?;
-    match serde_json::from_slice::<Value>(&bytes) {
+    }
+}
+
+/// The body as a JSON object, or a 400 naming what is wrong.
+pub fn json_object(bytes: &[u8], flavor: Flavor) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(ApiError::bad(
             flavor,
@@ -115,68 +196,169 @@ pub fn json_object(
     }
 }
 
-/// `field` as a list of texts: a string, or a non-empty array of strings of at
-/// most `max` items.
-pub fn texts(
+const INPUT_SHAPES: &str =
+    "a string, an array of strings, an array of token ids, or an array of arrays of token ids";
+
+/// `field` as the request's inputs: a string, an array of strings, an array
+/// of token ids (one input) or an array of arrays of token ids; non-empty and
+/// at most `max` inputs (413 past that).
+pub fn inputs(
     map: &mut Map<String, Value>,
     field: &'static str,
     max: usize,
     flavor: Flavor,
-) -> Result<Vec<String>, ApiError> {
-    let texts = match map.remove(field) {
-        None => {
-            return Err(ApiError::bad(
-                flavor,
-                field,
-                format!("missing field `{field}`: a string or an array of strings"),
-            ))
-        }
-        Some(Value::String(s)) => vec![s],
-        Some(Value::Array(items)) => {
-            let mut texts = Vec::with_capacity(items.len());
-            for (i, item) in items.into_iter().enumerate() {
-                match item {
-                    Value::String(s) => texts.push(s),
-                    other => {
-                        return Err(ApiError::bad(
-                            flavor,
-                            field,
-                            format!("`{field}[{i}]` must be a string, not {} (`{field}` must be a string or an array of strings)", kind(&other)),
-                        ))
+) -> Result<Input, ApiError> {
+    let bad = |msg: String| ApiError::bad(flavor, field, msg);
+    let input = match map.remove(field) {
+        None => return Err(bad(format!("missing field `{field}`: {INPUT_SHAPES}"))),
+        Some(Value::String(s)) => Input::Texts(vec![s]),
+        Some(Value::Array(items)) => match items.first() {
+            None => return Err(bad(format!("`{field}` must not be an empty array"))),
+            Some(Value::String(_)) => {
+                let mut texts = Vec::with_capacity(items.len());
+                for (i, item) in items.into_iter().enumerate() {
+                    match item {
+                        Value::String(s) => texts.push(s),
+                        other => {
+                            return Err(bad(format!(
+                                "`{field}[{i}]` must be a string like the others, not {} (`{field}` must be {INPUT_SHAPES})",
+                                kind(&other)
+                            )))
+                        }
                     }
                 }
+                Input::Texts(texts)
             }
-            texts
-        }
+            Some(Value::Number(_)) => Input::Ids(vec![ids(&items, field, None, flavor)?]),
+            Some(Value::Array(_)) => {
+                let mut lists = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Value::Array(list) => lists.push(ids(list, field, Some(i), flavor)?),
+                        other => {
+                            return Err(bad(format!(
+                                "`{field}[{i}]` must be an array of token ids like the others, not {}",
+                                kind(other)
+                            )))
+                        }
+                    }
+                }
+                Input::Ids(lists)
+            }
+            Some(other) => {
+                return Err(bad(format!(
+                    "`{field}[0]` must be a string, a token id or an array of token ids, not {} (`{field}` must be {INPUT_SHAPES})",
+                    kind(other)
+                )))
+            }
+        },
         Some(other) => {
-            return Err(ApiError::bad(
-                flavor,
-                field,
-                format!(
-                    "`{field}` must be a string or an array of strings, not {}",
-                    kind(&other)
-                ),
-            ))
+            return Err(bad(format!(
+                "`{field}` must be {INPUT_SHAPES}, not {}",
+                kind(&other)
+            )))
         }
     };
-    if texts.is_empty() {
-        return Err(ApiError::bad(
-            flavor,
-            field,
-            format!("`{field}` must not be an empty array"),
-        ));
-    }
-    if texts.len() > max {
+    if input.len() > max {
         let msg = format!(
-            "`{field}` has {} items; this server accepts at most {max} per request",
-            texts.len()
+            "`{field}` has {} items; this server accepts at most {max} per request (--max-client-batch-size)",
+            input.len()
         );
         return Err(ApiError {
             param: Some(field),
             ..ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, flavor, msg)
         });
     }
-    Ok(texts)
+    Ok(input)
+}
+
+/// An array of token ids (integers); `outer` is the input's index in a list of lists.
+fn ids(
+    items: &[Value],
+    field: &'static str,
+    outer: Option<usize>,
+    flavor: Flavor,
+) -> Result<Vec<i64>, ApiError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(j, v)| {
+            v.as_i64().ok_or_else(|| {
+                let at = match outer {
+                    Some(i) => format!("`{field}[{i}][{j}]`"),
+                    None => format!("`{field}[{j}]`"),
+                };
+                ApiError::bad(
+                    flavor,
+                    field,
+                    format!("{at} must be an integer token id, not {v}"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// An optional boolean field.
+pub fn opt_bool(
+    map: &Map<String, Value>,
+    field: &'static str,
+    flavor: Flavor,
+) -> Result<Option<bool>, ApiError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(ApiError::bad(
+            flavor,
+            field,
+            format!("`{field}` must be a boolean, not {}", kind(other)),
+        )),
+    }
+}
+
+/// An optional string field.
+pub fn opt_str<'a>(
+    map: &'a Map<String, Value>,
+    field: &'static str,
+    flavor: Flavor,
+) -> Result<Option<&'a str>, ApiError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(ApiError::bad(
+            flavor,
+            field,
+            format!("`{field}` must be a string, not {}", kind(other)),
+        )),
+    }
+}
+
+/// `truncation_direction`: "Left" or "Right" (any case).
+pub fn direction(map: &Map<String, Value>, flavor: Flavor) -> Result<Direction, ApiError> {
+    match opt_str(map, "truncation_direction", flavor)? {
+        None => Ok(Direction::Right),
+        Some(s) if s.eq_ignore_ascii_case("right") => Ok(Direction::Right),
+        Some(s) if s.eq_ignore_ascii_case("left") => Ok(Direction::Left),
+        Some(s) => Err(ApiError::bad(
+            flavor,
+            "truncation_direction",
+            format!("`truncation_direction` must be \"Left\" or \"Right\", not {s:?}"),
+        )),
+    }
+}
+
+/// `dimensions`: a positive integer (checked against the width by the engine).
+pub fn dimensions(map: &Map<String, Value>, flavor: Flavor) -> Result<Option<usize>, ApiError> {
+    match map.get("dimensions") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) => Ok(Some(usize::try_from(n).unwrap_or(usize::MAX))),
+            None => Err(ApiError::bad(
+                flavor,
+                "dimensions",
+                format!("`dimensions` must be a positive integer, not {v}"),
+            )),
+        },
+    }
 }
 
 pub fn kind(v: &Value) -> &'static str {
@@ -192,25 +374,8 @@ pub fn kind(v: &Value) -> &'static str {
 
 /// Little-endian f32 bytes in standard base64 (what OpenAI's `base64` format is).
 pub fn base64_f32(v: &[f32]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> shift) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[cfg(test)]
@@ -223,40 +388,38 @@ mod tests {
         assert_eq!(base64_f32(&[1.0]), "AACAPw==");
         assert_eq!(base64_f32(&[1.0, 0.0]), "AACAPwAAAAA=");
         assert_eq!(base64_f32(&[]), "");
-        // 3 floats = 12 bytes: no padding.
-        assert_eq!(base64_f32(&[0.0, 0.0, 0.0]).len(), 16);
     }
 
     #[test]
-    fn texts_name_the_field() {
+    fn inputs_take_every_openai_shape_and_name_the_field() {
         let parse = |s: &str| {
             let mut m: Map<String, Value> = serde_json::from_str(s).unwrap();
-            texts(&mut m, "input", 2, Flavor::OpenAi)
+            inputs(&mut m, "input", 2, Flavor::OpenAi)
         };
-        assert_eq!(parse(r#"{"input": "a"}"#).unwrap(), vec!["a"]);
-        assert_eq!(parse(r#"{"input": ["a", ""]}"#).unwrap(), vec!["a", ""]);
-        let e = parse(r#"{"input": 3}"#).unwrap_err();
-        assert_eq!(e.status, StatusCode::BAD_REQUEST);
-        assert!(
-            e.message
-                .contains("`input` must be a string or an array of strings"),
-            "{}",
-            e.message
+        assert_eq!(
+            parse(r#"{"input": "a"}"#).unwrap(),
+            Input::Texts(vec!["a".into()])
         );
-        let e = parse(r#"{"input": ["a", 3]}"#).unwrap_err();
-        assert!(
-            e.message.contains("`input[1]` must be a string"),
-            "{}",
-            e.message
+        assert_eq!(
+            parse(r#"{"input": ["a", ""]}"#).unwrap(),
+            Input::Texts(vec!["a".into(), "".into()])
         );
-        assert!(parse(r#"{"input": []}"#)
-            .unwrap_err()
-            .message
-            .contains("must not be an empty array"));
-        assert!(parse(r#"{"inputs": "a"}"#)
-            .unwrap_err()
-            .message
-            .contains("missing field `input`"));
+        assert_eq!(
+            parse(r#"{"input": [1, 2]}"#).unwrap(),
+            Input::Ids(vec![vec![1, 2]])
+        );
+        assert_eq!(
+            parse(r#"{"input": [[1], [2, 3]]}"#).unwrap(),
+            Input::Ids(vec![vec![1], vec![2, 3]])
+        );
+        let msg = |s: &str| parse(s).unwrap_err().message;
+        assert!(msg(r#"{"input": 3}"#).contains("`input` must be a string"));
+        assert!(msg(r#"{"input": ["a", 3]}"#).contains("`input[1]` must be a string"));
+        assert!(
+            msg(r#"{"input": [[1], [2.5]]}"#).contains("`input[1][0]` must be an integer token id")
+        );
+        assert!(msg(r#"{"input": []}"#).contains("must not be an empty array"));
+        assert!(msg(r#"{"inputs": "a"}"#).contains("missing field `input`"));
         assert_eq!(
             parse(r#"{"input": ["a", "b", "c"]}"#).unwrap_err().status,
             StatusCode::PAYLOAD_TOO_LARGE
