@@ -237,9 +237,17 @@ fn idle_flood_past_max_connections_still_lets_a_request_through() {
 
 #[test]
 fn a_tiny_request_is_answered_within_a_second_next_to_a_heavy_one() {
-    let Some(server) =
-        Server::start(&["--max-batch-tokens", "256", "--max-queue-tokens", "1000000"])
-    else {
+    // Small passes (256 tokens, the least that holds one 256-token input) on
+    // one worker per core: a fair queue lets the tiny request into the next
+    // free pass, so its wait is about one pass.
+    let Some(server) = Server::start(&[
+        "--max-batch-tokens",
+        "256",
+        "--workers",
+        "2",
+        "--max-queue-tokens",
+        "1000000",
+    ]) else {
         return;
     };
     let heavy = send_raw(&server, &sentences(2000));
@@ -347,19 +355,20 @@ fn a_request_past_its_deadline_is_answered_and_dropped() {
 #[test]
 fn admission_counts_tokens_and_answers_429_with_retry_after() {
     let a: Vec<String> = std::iter::once("__lanes_fault:sleep_ms=3000__".to_string())
-        .chain(sentences(20))
+        .chain(sentences(40))
         .collect();
-    let b: Vec<String> = sentences(40)[20..].to_vec();
+    let b: Vec<String> = sentences(80)[40..].to_vec();
     let (ta, tb) = (tokens(&a), tokens(&b));
-    // Room for either request alone, not for both.
+    // Room for either request alone, not for both, even with the first
+    // request's first pass (256 tokens) out of the queue.
     let cap = ta.max(tb) + 10;
-    assert!(ta + tb > cap + 64, "a {ta}, b {tb} tokens");
+    assert!(ta + tb > cap + 256, "a {ta}, b {tb} tokens");
     let Some(server) = Server::start(&[
         "--workers",
         "1",
         "--inject-faults",
         "--max-batch-tokens",
-        "64",
+        "256",
         "--max-queue-tokens",
         &cap.to_string(),
     ]) else {
@@ -450,8 +459,13 @@ fn api_key_is_required_except_on_health() {
     let Some(server) = Server::start(&["--api-key", "sekrit-123"]) else {
         return;
     };
-    let body = json!({"input": "hello"}).to_string();
     let ask = |path: &str, auth: Option<&str>| {
+        let body = if path == "/embed" {
+            json!({"inputs": "hello"})
+        } else {
+            json!({"input": "hello"})
+        }
+        .to_string();
         let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
         // Through exchange() directly: Server::request would add the key.
         server::exchange(

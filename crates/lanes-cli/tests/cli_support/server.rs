@@ -342,7 +342,7 @@ impl Server {
     /// `/health` answers 200. `None` when the model is missing and
     /// `LANES_SKIP_MODEL_TESTS=1`.
     pub fn start(extra: &[&str]) -> Option<Server> {
-        let server = Server::spawn(extra)?;
+        let mut server = Server::spawn(extra)?;
         server.wait_ready(START_LIMIT);
         Some(server)
     }
@@ -417,10 +417,18 @@ impl Server {
         })
     }
 
-    /// Polls `/health` until it answers 200.
-    pub fn wait_ready(&self, limit: Duration) {
+    /// Polls `/health` until it answers 200; panics (with stderr) if the
+    /// server exits first.
+    pub fn wait_ready(&mut self, limit: Duration) {
         let start = Instant::now();
         loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "lanes serve exited ({status}) before it was ready; stderr:\n{}",
+                    self.stderr()
+                );
+            }
             if let Ok(r) = self.try_request("GET", "/health", &[], b"", Duration::from_secs(5)) {
                 if r.status == 200 {
                     return;
