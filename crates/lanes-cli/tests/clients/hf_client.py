@@ -23,19 +23,23 @@ def main():
     client = InferenceClient(base_url=spec["base"], api_key=spec.get("api_key"), timeout=300)
     texts = spec["texts"]
     out = {}
-    out["batch"] = rows(client.feature_extraction(texts))
-    out["single"] = [rows(client.feature_extraction(t))[0] for t in texts[:3]]
-    out["raw"] = rows(client.feature_extraction(texts, normalize=False))
-    out["prompt"] = rows(client.feature_extraction(texts, prompt_name=spec["prompt_name"]))
-    out["long_right"] = rows(client.feature_extraction(spec["long"], truncate=True, truncation_direction="right"))[0]
-    out["long_left"] = rows(client.feature_extraction(spec["long"], truncate=True, truncation_direction="left"))[0]
-    try:
-        client.feature_extraction(spec["long"], truncate=False)
-        out["long_refused_status"] = 200
-    except Exception as e:  # HfHubHTTPError carries the response
-        resp = getattr(e, "response", None)
-        out["long_refused_status"] = getattr(resp, "status_code", None)
-        out["long_refused_error"] = str(e)[:500]
+
+    def call(name, fn):
+        """out[name] = fn(), or out[name + "_error"] = {status, message}."""
+        try:
+            out[name] = fn()
+        except Exception as e:  # HfHubHTTPError carries the response
+            resp = getattr(e, "response", None)
+            out[name + "_error"] = {"status": getattr(resp, "status_code", None), "message": str(e)[:500]}
+
+    long = spec["long"]
+    call("batch", lambda: rows(client.feature_extraction(texts)))
+    call("single", lambda: [rows(client.feature_extraction(t))[0] for t in texts[:3]])
+    call("prompt", lambda: rows(client.feature_extraction(texts, prompt_name=spec["prompt_name"])))
+    call("long_right", lambda: rows(client.feature_extraction(long, truncate=True, truncation_direction="right"))[0])
+    call("long_left", lambda: rows(client.feature_extraction(long, truncate=True, truncation_direction="left"))[0])
+    call("long_refused", lambda: rows(client.feature_extraction(long, truncate=False)))
+    call("raw", lambda: rows(client.feature_extraction(texts, normalize=False)))
     json.dump(out, sys.stdout)
 
 
