@@ -5,9 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod atomic_file;
 mod bench;
 mod common;
 mod embed;
+mod rng;
 mod serve;
 mod stress;
 mod verify;

@@ -9,7 +9,7 @@
 
 use std::cell::RefCell;
 
-use crate::lane::Lease;
+use crate::lease::Lease;
 use crate::sync::thread_local;
 
 thread_local! {

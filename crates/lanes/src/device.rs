@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
-use crate::alloc::{AllocConfig, AllocStats, Allocator, BufferOwner, PendingUse};
+use crate::alloc::{AllocConfig, AllocStats, Allocator};
 use crate::backend::host::HostBackend;
 use crate::backend::{Backend, DeviceKind};
 use crate::binding::{self, LaneGuard};
-use crate::callback::Callbacks;
-use crate::error::Wait;
-use crate::event::EventPool;
-use crate::lane::{LanePool, Lease, Policy};
+use crate::error::{Wait, NO_LIBCUDA};
+use crate::lease::Lease;
+use crate::pool::Policy;
+use crate::shared::DeviceShared;
 use crate::sync::Arc;
 use crate::{Error, Result};
 
@@ -68,91 +68,6 @@ pub struct ShutdownReport {
     pub leases_outstanding: usize,
 }
 
-/// Each device gets a distinct id for thread binding.
-static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-/// State shared by the device handle, every lease, buffer and thread binding.
-/// It lives until the last of them is dropped.
-pub(crate) struct DeviceShared {
-    id: u64,
-    name: String,
-    backend: Arc<dyn Backend>,
-    pool: LanePool,
-    events: Arc<EventPool>,
-    callbacks: Arc<Callbacks>,
-    allocator: Allocator,
-}
-
-impl DeviceShared {
-    pub(crate) fn name(&self) -> &str {
-        &self.name
-    }
-    pub(crate) fn backend(&self) -> &Arc<dyn Backend> {
-        &self.backend
-    }
-    pub(crate) fn pool(&self) -> &LanePool {
-        &self.pool
-    }
-    pub(crate) fn events(&self) -> &Arc<EventPool> {
-        &self.events
-    }
-    pub(crate) fn callbacks(&self) -> &Arc<Callbacks> {
-        &self.callbacks
-    }
-}
-
-impl BufferOwner for DeviceShared {
-    fn allocator(&self) -> &Allocator {
-        &self.allocator
-    }
-
-    fn pending_on(&self, lane: usize) -> Result<Box<dyn PendingUse>> {
-        let raw = self.pool.raw(lane).ok_or_else(|| Error::NoSuchLane {
-            device: self.name.clone(),
-            lane,
-            lanes: self.pool.len(),
-        })?;
-        let ev = self.events.get(lane)?;
-        raw.record(ev.raw())?;
-        Ok(Box::new(ev))
-    }
-}
-
-/// The [`BufferOwner`] of the buffers that one lease allocates: a strong reference
-/// to the device, created once per lease (in `Lease::acquire`), delegating to the
-/// device's own `BufferOwner`.
-///
-/// Each buffer holds a clone of its lease's `Arc<LaneOwner>`, not of the device's
-/// `Arc<DeviceShared>`, so an alloc and a free on a lane touch that lease's
-/// reference count only, never a count that every lane writes. The buffer keeps
-/// the device alive after its lease is dropped, but not the lease (the lane goes
-/// back to the pool when the lease does).
-///
-/// Aligned to 128 bytes so that its `Arc` allocation (reference counts included)
-/// has cache lines of its own, even when one thread acquires the leases of
-/// several lanes back to back.
-#[repr(align(128))]
-pub(crate) struct LaneOwner {
-    device: Arc<DeviceShared>,
-}
-
-impl LaneOwner {
-    pub(crate) fn new(device: Arc<DeviceShared>) -> Self {
-        LaneOwner { device }
-    }
-}
-
-impl BufferOwner for LaneOwner {
-    #[inline]
-    fn allocator(&self) -> &Allocator {
-        self.device.allocator()
-    }
-
-    fn pending_on(&self, lane: usize) -> Result<Box<dyn PendingUse>> {
-        self.device.pending_on(lane)
-    }
-}
-
 /// A handle to one device. Cheap to clone; every clone, lease and buffer shares the
 /// same pools. Dropping it while other threads still hold leases is legal: the
 /// shared state lives until the last holder lets go.
@@ -176,19 +91,9 @@ pub struct Device {
 impl Device {
     /// A device on `backend`.
     pub fn new(backend: Arc<dyn Backend>, config: DeviceConfig) -> Result<Device> {
-        let pool = LanePool::new(config.lanes, config.policy)?;
-        let name = backend.kind().to_string();
-        let allocator = Allocator::new(backend.clone(), config.lanes, config.alloc);
+        let shared = DeviceShared::new(backend, config.lanes, config.policy, config.alloc)?;
         Ok(Device {
-            shared: Arc::new(DeviceShared {
-                id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                name,
-                events: Arc::new(EventPool::new(backend.clone())),
-                backend,
-                pool,
-                callbacks: Arc::new(Callbacks::default()),
-                allocator,
-            }),
+            shared: Arc::new(shared),
         })
     }
 
@@ -215,12 +120,12 @@ impl Device {
     }
 
     /// CUDA device 0 if a driver and a GPU are there, else the CPU, with a one-line
-    /// notice on stderr saying why.
+    /// notice on stderr saying why (see [`cpu_fallback_notice`]).
     pub fn best(config: DeviceConfig) -> Result<Device> {
         match Device::cuda(0, config.clone()) {
             Ok(dev) => Ok(dev),
             Err(e) => {
-                eprintln!("lanes: using the CPU backend ({e})");
+                eprintln!("{}", cpu_fallback_notice(&e));
                 Device::cpu(config)
             }
         }
@@ -379,5 +284,60 @@ impl std::fmt::Debug for Device {
             .field("lanes", &self.shared.pool.len())
             .field("policy", &self.shared.pool.policy())
             .finish()
+    }
+}
+
+/// The way back from a lane to its device (here, not in `lease.rs`, so that leases
+/// need not know the device handle).
+impl Lease {
+    /// The device this lane belongs to.
+    pub fn device(&self) -> Device {
+        Device {
+            shared: self.inner.device.clone(),
+        }
+    }
+}
+
+/// The one-line notice [`Device::best`] prints when it falls back to the CPU.
+///
+/// A machine with no driver library at all (a CPU-only machine) is told so plainly,
+/// with nothing to fix; any other failure (a stub library, no GPU, a driver too old)
+/// is named with its cause.
+pub fn cpu_fallback_notice(why: &Error) -> String {
+    match why {
+        Error::NoCudaDriver(m) if m == NO_LIBCUDA => {
+            "lanes: no CUDA driver (libcuda.so.1) found; using the CPU".to_string()
+        }
+        e => format!("lanes: CUDA unavailable ({e}); using the CPU"),
+    }
+}
+
+#[cfg(all(test, not(any(lanes_loom, lanes_shuttle))))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cpu_only_machine_is_not_told_to_fix_its_loader_path() {
+        let n = cpu_fallback_notice(&Error::NoCudaDriver(NO_LIBCUDA.into()));
+        assert_eq!(
+            n,
+            "lanes: no CUDA driver (libcuda.so.1) found; using the CPU"
+        );
+        let stub = Error::NoCudaDriver("the libcuda.so found is the CUDA toolkit's stub".into());
+        let n = cpu_fallback_notice(&stub);
+        assert!(n.contains("stub") && n.contains("using the CPU"), "{n}");
+    }
+
+    #[test]
+    fn best_falls_back_to_a_working_cpu_device_where_cuda_is_absent() {
+        let dev = Device::best(DeviceConfig {
+            lanes: 2,
+            ..Default::default()
+        })
+        .expect("best");
+        match Device::cuda(0, DeviceConfig::default()) {
+            Ok(_) => assert!(matches!(dev.kind(), DeviceKind::Cuda(0))),
+            Err(_) => assert_eq!(dev.kind(), DeviceKind::Cpu),
+        }
     }
 }

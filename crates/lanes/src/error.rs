@@ -129,5 +129,10 @@ pub enum Error {
     Injected(String),
 }
 
+/// The [`Error::NoCudaDriver`] message when the driver library itself is absent
+/// (a CPU-only machine): nothing for the user to fix.
+pub(crate) const NO_LIBCUDA: &str =
+    "libcuda.so.1 could not be loaded (no NVIDIA driver on this machine)";
+
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -29,6 +29,28 @@
 //! # Ok::<(), lanes::Error>(())
 //! ```
 
+//! ## Module layering
+//!
+//! Each module uses only modules below it (no two modules use each other); `lib.rs`
+//! and each `mod.rs` only declare modules and re-export:
+//!
+//! 1. `sync` (the synchronization primitives, std or a model checker's), `error`;
+//! 2. `backend` (the raw device traits), `backend::host`, `backend::cuda`
+//!    (inside it, bottom up: `driver` → `event`, `module_cache`, `blas` → `lane` →
+//!    `backend` → `graph`);
+//! 3. `alloc` (inside it, bottom up: `size` → `index` → `stats` → `block` →
+//!    `allocator` → `graph_pool` → `buffer`), `event`, `callback`;
+//! 4. `pool` (the lane pool and its policies);
+//! 5. `shared` (the state a device shares with its leases and buffers);
+//! 6. `lease` (a lane's lease and the work enqueued through it);
+//! 7. `graph` (captured work replayed on a lane) and `graph_cache` (graphs by key,
+//!    per lane);
+//! 8. `binding` (each thread's current lane);
+//! 9. `device` (the handle users hold).
+//!
+//! The test-only `loom_scenarios` and `alloc::scenarios` hold the loom and shuttle
+//! models of these protocols.
+
 #![warn(missing_docs)]
 
 pub mod alloc;
@@ -38,16 +60,19 @@ mod callback;
 mod device;
 mod error;
 mod event;
-mod lane;
+mod lease;
+mod pool;
+mod shared;
 mod sync;
 
 #[cfg(all(test, any(lanes_loom, lanes_shuttle)))]
-mod models;
+mod loom_scenarios;
 
 pub use alloc::{AllocConfig, AllocStats, Allocator, Buffer};
 pub use backend::{Backend, DeviceKind, DevicePtr, MemInfo, RawEvent, RawLane};
 pub use binding::LaneGuard;
-pub use device::{Device, DeviceConfig, DeviceStats, ShutdownReport};
+pub use device::{cpu_fallback_notice, Device, DeviceConfig, DeviceStats, ShutdownReport};
 pub use error::{Error, Result, Wait};
 pub use event::Event;
-pub use lane::{Lease, Policy, MAX_LANES};
+pub use lease::Lease;
+pub use pool::{Policy, MAX_LANES};

@@ -2,7 +2,8 @@
 //!
 //! Every test first opens `cuda:0`; where that fails (no driver, no GPU) it prints
 //! `SKIPPED (no CUDA): <error>` straight to stderr (not through the test harness's
-//! capture, so the line is always visible) and returns. `backend_new_never_panics`
+//! capture, so the line is always visible) and returns, or, with
+//! `LANES_REQUIRE_CUDA=1` (set by the GPU suite), fails. `backend_new_never_panics`
 //! runs everywhere.
 #![cfg(feature = "cuda")]
 
@@ -20,11 +21,19 @@ fn say(msg: &str) {
     let _ = writeln!(std::io::stderr(), "{msg}");
 }
 
+/// A CUDA case that cannot run: fails under `LANES_REQUIRE_CUDA=1`, else says why.
+fn skip(test: &str, why: &dyn std::fmt::Display) {
+    if std::env::var("LANES_REQUIRE_CUDA").is_ok_and(|v| v.trim() == "1") {
+        panic!("LANES_REQUIRE_CUDA=1 but {test} could not use cuda:0: {why}");
+    }
+    say(&format!("SKIPPED (no CUDA): {test}: {why}"));
+}
+
 fn backend(test: &str) -> Option<CudaBackend> {
     match CudaBackend::new(0) {
         Ok(b) => Some(b),
         Err(e) => {
-            say(&format!("SKIPPED (no CUDA): {test}: {e}"));
+            skip(test, &e);
             None
         }
     }
@@ -62,26 +71,16 @@ fn cuda(l: &dyn RawLane) -> &CudaLane {
     l.as_any().downcast_ref::<CudaLane>().expect("a CUDA lane")
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn bytes_f32(v: &[u8]) -> Vec<f32> {
-    v.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
 fn upload_f32(l: &dyn RawLane, dst: DevicePtr, v: &[f32]) {
     // SAFETY: every caller allocated `dst` for at least `v.len()` floats.
-    unsafe { l.copy_htod(&f32_bytes(v), dst) }.expect("copy_htod");
+    unsafe { l.copy_htod(bytemuck::cast_slice(v), dst) }.expect("copy_htod");
 }
 
 fn download_f32(l: &dyn RawLane, src: DevicePtr, n: usize) -> Vec<f32> {
-    let mut out = vec![0u8; n * 4];
+    let mut out = vec![0f32; n];
     // SAFETY: every caller allocated `src` for at least `n` floats.
-    unsafe { l.copy_dtoh(src, &mut out) }.expect("copy_dtoh");
-    bytes_f32(&out)
+    unsafe { l.copy_dtoh(src, bytemuck::cast_slice_mut(&mut out)) }.expect("copy_dtoh");
+    out
 }
 
 /// Clock cycles for roughly `ms` milliseconds of spinning on this GPU.
@@ -122,12 +121,9 @@ fn backend_new_never_panics() {
             let msg = e.to_string();
             assert!(msg.contains("4096") && msg.contains("device"), "{msg}");
         }
-        Err(Error::NoCudaDriver(m)) => say(&format!(
-            "SKIPPED (no CUDA): backend_new_never_panics got NoCudaDriver: {m}"
-        )),
-        Err(e @ Error::Cuda { .. }) => say(&format!(
-            "SKIPPED (no CUDA): backend_new_never_panics got: {e}"
-        )),
+        Err(e @ (Error::NoCudaDriver(_) | Error::Cuda { .. })) => {
+            skip("backend_new_never_panics", &e)
+        }
         Err(e) => panic!("unexpected error kind: {e}"),
     }
 }
@@ -668,7 +664,7 @@ fn device_end_to_end() {
     ) {
         Ok(d) => d,
         Err(e) => {
-            say(&format!("SKIPPED (no CUDA): device_end_to_end: {e}"));
+            skip("device_end_to_end", &e);
             return;
         }
     };
@@ -701,9 +697,7 @@ fn callback_may_drop_the_last_device_handle() {
     ) {
         Ok(d) => d,
         Err(e) => {
-            say(&format!(
-                "SKIPPED (no CUDA): callback_may_drop_the_last_device_handle: {e}"
-            ));
+            skip("callback_may_drop_the_last_device_handle", &e);
             return;
         }
     };

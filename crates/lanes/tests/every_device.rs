@@ -1,6 +1,7 @@
 //! One test body, every device: the runtime and allocator protocols run on the CPU
 //! backend everywhere and on CUDA device 0 where a driver and a GPU exist. Without
-//! one, each CUDA case prints `SKIPPED cuda:0: <why>` (it never passes silently).
+//! one, each CUDA case prints `SKIPPED cuda:0: <why>` (it never passes silently);
+//! with `LANES_REQUIRE_CUDA=1` (the GPU suite) it fails instead.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,9 +14,17 @@ fn devices(test: &str, config: DeviceConfig) -> Vec<Device> {
     let mut out = vec![Device::cpu(config.clone()).expect("cpu device")];
     match Device::cuda(0, config) {
         Ok(dev) => out.push(dev),
+        Err(e) if cuda_required() => {
+            panic!("LANES_REQUIRE_CUDA=1 but cuda:0 failed for {test}: {e}")
+        }
         Err(e) => eprintln!("SKIPPED cuda:0 for {test}: {e}"),
     }
     out
+}
+
+/// `LANES_REQUIRE_CUDA=1`: a CUDA case that cannot open its device fails.
+fn cuda_required() -> bool {
+    std::env::var("LANES_REQUIRE_CUDA").is_ok_and(|v| v.trim() == "1")
 }
 
 fn config(lanes: usize, wait: Wait) -> DeviceConfig {

@@ -11,7 +11,7 @@
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
@@ -75,19 +75,9 @@ pub struct AllocCell {
 
 /// Runs `lanes bench alloc`.
 pub fn run(args: AllocArgs) -> Result<u8> {
-    let mut threads = args.threads.clone();
-    threads.sort_unstable();
-    threads.dedup();
-    if threads.is_empty() || threads[0] == 0 || args.bytes.is_empty() || args.bytes.contains(&0) {
-        bail!("--threads and --bytes need values of at least 1");
-    }
-    let max = *threads.last().unwrap_or(&1);
-    if max > lanes::MAX_LANES {
-        bail!(
-            "--threads {max} exceeds the {} lanes a device can have",
-            lanes::MAX_LANES
-        );
-    }
+    let (threads, max) = crate::common::thread_counts(&args.threads, "--threads")?;
+    let sizes = crate::common::sizes(&args.bytes, "--bytes")?;
+    let paths = crate::common::unique(&args.paths);
     let device = crate::common::open_device(&args.device, max)?;
     let duration = Duration::from_millis(args.duration_ms.max(1));
     if !args.json {
@@ -96,8 +86,8 @@ pub fn run(args: AllocArgs) -> Result<u8> {
             "path", "device", "threads", "bytes", "ns/pair", "pairs/s", "pairs"
         );
     }
-    for &bytes in &args.bytes {
-        for &path in &args.paths {
+    for &bytes in &sizes {
+        for &path in &paths {
             for &n in &threads {
                 let cell = measure(&device, path, n, bytes, duration)
                     .with_context(|| format!("{path:?} path, {n} threads, {bytes} bytes"))?;

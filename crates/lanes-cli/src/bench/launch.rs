@@ -154,19 +154,7 @@ impl Bound<'_> {
 
 /// Runs `lanes bench launch`.
 pub fn run(args: LaunchArgs) -> Result<u8> {
-    let mut threads = args.threads.clone();
-    threads.sort_unstable();
-    threads.dedup();
-    if threads.is_empty() || threads[0] == 0 {
-        bail!("--threads needs values of at least 1");
-    }
-    let max = *threads.last().unwrap_or(&1);
-    if max > lanes::MAX_LANES {
-        bail!(
-            "--threads {max} exceeds the {} lanes a device can have",
-            lanes::MAX_LANES
-        );
-    }
+    let (threads, max) = crate::common::thread_counts(&args.threads, "--threads")?;
     let device = crate::common::open_device(&args.device, max)?;
     let launcher = Launcher::new(&device)?;
     let duration = Duration::from_millis(args.duration_ms.max(1));

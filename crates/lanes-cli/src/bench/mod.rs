@@ -30,7 +30,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use lanes_nn::{Encoded, Encoder};
 use serde::Serialize;
 
-use crate::stress::Rng;
+use crate::rng::Rng;
 
 /// Arguments of `lanes bench`.
 #[derive(Args, Debug)]
@@ -154,29 +154,15 @@ pub fn run(args: BenchArgs) -> Result<u8> {
 }
 
 fn run_model(args: ModelBenchArgs) -> Result<u8> {
-    let mut threads = args.threads.clone();
-    threads.sort_unstable();
-    threads.dedup();
-    let mut batches = args.batch.clone();
-    batches.dedup();
-    if threads.is_empty() || threads[0] == 0 || batches.is_empty() || batches.contains(&0) {
-        bail!("--threads and --batch need values of at least 1");
-    }
-    let max_threads = *threads.last().unwrap_or(&1);
-    if max_threads > lanes::MAX_LANES {
-        bail!(
-            "--threads {max_threads} exceeds the {} lanes a device can have",
-            lanes::MAX_LANES
-        );
-    }
+    let (threads, max_threads) = crate::common::thread_counts(&args.threads, "--threads")?;
+    let batches = crate::common::sizes(&args.batch, "--batch")?;
     if args.seq == 0 {
         bail!("--seq must be at least 1");
     }
     if args.iters == Some(0) {
         bail!("--iters must be at least 1");
     }
-    let mut modes = args.modes.clone();
-    modes.dedup();
+    let modes = crate::common::unique(&args.modes);
     let dir = crate::common::model_dir(args.model.clone())?;
     let device = crate::common::open_device(&args.device, max_threads)?;
     let encoder = Encoder::load(&dir, &device)

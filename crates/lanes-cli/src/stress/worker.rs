@@ -33,7 +33,7 @@ pub fn is_injected_failure(e: &NnError) -> bool {
 
 /// Which suite request thread `t` runs at step `j`.
 fn pick(seed: u64, thread: usize, step: usize, distinct: usize) -> usize {
-    let h = super::splitmix64(
+    let h = crate::rng::splitmix64(
         seed ^ (thread as u64).wrapping_mul(0x1000_0000_01b3) ^ ((step as u64) << 32),
     );
     (h % distinct as u64) as usize

@@ -101,18 +101,15 @@ pub fn run(args: VerifyArgs) -> Result<u8> {
         );
         return Ok(EXIT_STALE);
     }
-    let mut threads = args.threads.clone();
-    threads.sort_unstable();
-    threads.dedup();
-    if threads.is_empty() || threads[0] == 0 || args.requests == 0 {
-        bail!("--threads and --requests need values of at least 1");
+    let (threads, max) = crate::common::thread_counts(&args.threads, "--threads")?;
+    if args.requests == 0 {
+        bail!("--requests must be at least 1");
     }
     let shapes = Shapes::checked(args.distinct, args.max_batch, args.max_len)?;
 
     let start = Instant::now();
     let dir = crate::common::model_dir(args.model.clone())?;
-    let max = *threads.last().unwrap_or(&1);
-    let device = stress::open_device(&args.device, max, args.seed)?;
+    let device = crate::common::open_device_seeded(&args.device, max, args.seed)?;
     let (encoder, host) = stress::load(&dir, &device, !args.no_anchor)?;
     let suite = stress::prepare(&encoder, host.as_ref(), shapes, args.seed)?;
     drop(host);

@@ -2,7 +2,8 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use super::{Allocator, Block, BlockId, PendingUse};
+use super::allocator::{Allocator, Block, BlockId};
+use super::block::PendingUse;
 use crate::backend::DevicePtr;
 use crate::sync::{Arc, AtomicU64, Ordering};
 use crate::{Error, Result};

@@ -13,7 +13,7 @@
 //! (These replace a B-tree on the hot path, where one B-tree insert or remove cost
 //! about as much as the rest of an alloc+free pair.)
 
-use super::block::{ROUND, SMALL_REQUEST, SMALL_SEGMENT};
+use super::size::{ROUND, SMALL_REQUEST, SMALL_SEGMENT};
 
 /// A free block as the indexes see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -48,7 +48,7 @@ pub struct AllocStats {
     pub backend_frees: u64,
     /// Requests that failed with [`crate::Error::OutOfMemory`].
     pub oom_events: u64,
-    /// Requests failed on purpose by [`super::AllocConfig::inject_oom`].
+    /// Requests failed on purpose by `AllocConfig::inject_oom`.
     pub injected_failures: u64,
     /// Errors swallowed while freeing (a buffer's drop could not get a marker for a
     /// lane that used it; the block then stays parked for good).
@@ -92,7 +92,7 @@ pub struct SegmentInfo {
     pub blocks: Vec<BlockInfo>,
 }
 
-/// Per-lane counters. They live in the lane's cache ([`super::block::LaneCache`])
+/// Per-lane counters. They live in the lane's cache (the lane cache)
 /// and are written only by the thread holding that lane's mutex: `alloc` and
 /// `free` of a block of the lane (any thread may do that, but always under the
 /// lock), and parked-block releases. `Allocator::stats` reads them under the same

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use cudarc::driver::sys;
 use cudarc::driver::CudaContext;
 
-use super::{bind, driver_err, guarded};
+use super::driver::{bind, driver_err, guarded};
 use crate::backend::RawEvent;
 use crate::Result;
 

@@ -12,8 +12,8 @@ use std::thread::{self, ThreadId};
 use cudarc::driver::{result, sys, CudaFunction, CudaStream, DriverError};
 
 use super::blas::{LaneBlas, Op};
+use super::driver::{bind, describe, driver_err, guarded, Shared};
 use super::event::{CudaEvent, EventHandle};
-use super::{bind, describe, driver_err, guarded, Shared};
 use crate::backend::host::panic_message;
 use crate::backend::{DevicePtr, HostFn, RawEvent, RawLane};
 use crate::{Error, Result};

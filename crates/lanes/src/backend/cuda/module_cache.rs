@@ -1,4 +1,5 @@
-//! The kernel cache: CUDA C compiled once per device with NVRTC, at run time.
+//! [`ModuleCache`]: CUDA C modules compiled once per device with NVRTC (straight to
+//! a cubin for the device's architecture) and loaded, with their functions.
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -9,11 +10,11 @@ use std::time::{Duration, Instant};
 use cudarc::driver::{CudaFunction, CudaModule, DeviceRepr};
 use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys, Ptx};
 
-use super::{describe, Shared};
+use super::driver::{bind, describe, guarded, Shared};
 use crate::backend::host::panic_message;
 use crate::{Error, Result};
 
-/// A pointer to one kernel parameter's value, for [`super::CudaLane::launch`].
+/// A pointer to one kernel parameter's value, for `CudaLane::launch`.
 ///
 /// Pass device buffers as their address (`DevicePtr.0`, a `u64`). The pointer is
 /// only valid while `value` is borrowed: keep the values in locals that outlive the
@@ -25,7 +26,7 @@ pub fn kernel_arg<T: DeviceRepr>(value: &T) -> *mut c_void {
 /// One module's compilation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModuleCompile {
-    /// The module name given to [`super::CudaBackend::function`].
+    /// The module name given to [`ModuleCache::function`].
     pub module: &'static str,
     /// NVRTC compile plus module load.
     pub took: Duration,
@@ -51,10 +52,17 @@ struct ModuleSlot {
     functions: RwLock<HashMap<String, CudaFunction>>,
 }
 
-/// Modules by name. Lookups take read locks only; a write lock is taken once per
-/// new module and once per new function name.
-#[derive(Default)]
-pub(crate) struct KernelCache {
+/// The compiled modules of one device, by name: each CUDA C source is compiled by
+/// NVRTC to a cubin for the device's architecture and loaded at most once per
+/// backend; its functions are looked up once per name.
+///
+/// Lookups take read locks only; a write lock is taken once per new module and once
+/// per new function name. Reach it with [`super::CudaBackend::modules`] (or use
+/// [`super::CudaBackend::function`]).
+pub struct ModuleCache {
+    shared: Arc<Shared>,
+    /// `sm_XY`, the NVRTC target.
+    arch: String,
     modules: RwLock<HashMap<&'static str, Arc<ModuleSlot>>>,
     stats: std::sync::Mutex<CompileStats>,
 }
@@ -67,19 +75,48 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
 }
 
-impl KernelCache {
-    pub(crate) fn stats(&self) -> CompileStats {
+impl ModuleCache {
+    pub(crate) fn new(shared: Arc<Shared>, arch: String) -> Self {
+        ModuleCache {
+            shared,
+            arch,
+            modules: RwLock::new(HashMap::new()),
+            stats: std::sync::Mutex::new(CompileStats::default()),
+        }
+    }
+
+    /// The NVRTC target, `sm_XY`.
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// How many modules were compiled and how long each took.
+    pub fn stats(&self) -> CompileStats {
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub(crate) fn function(
+    /// The kernel `name` of the CUDA C module `module` (whose source is `source`),
+    /// compiled and loaded on first use.
+    ///
+    /// Thread-safe: when many threads ask for a module at the same moment, one
+    /// compiles and the others wait for it. Compiled without `--use_fast_math`
+    /// (precise division and square root: results match fp32 on the CPU), directly to
+    /// a cubin, so no PTX JIT runs at load. A failed compile is cached too (with
+    /// NVRTC's log) and reported to every caller. `module` names one source: asking
+    /// for it with different source is an error.
+    pub fn function(
         &self,
-        shared: &Shared,
-        arch: &str,
         module: &'static str,
         source: &'static str,
         name: &str,
     ) -> Result<CudaFunction> {
+        guarded(&self.shared.name, "kernel load", || {
+            self.load(module, source, name)
+        })
+    }
+
+    fn load(&self, module: &'static str, source: &'static str, name: &str) -> Result<CudaFunction> {
+        let (shared, arch) = (&*self.shared, self.arch.as_str());
         let slot = self.slot(module, source)?;
         if let Some(f) = read(&slot.functions).get(name) {
             return Ok(f.clone());
@@ -172,7 +209,7 @@ fn compile_and_load(
     }
     let cubin =
         compile_cubin(arch, module, source).map_err(|m| ("NVRTC compile".to_string(), m))?;
-    super::bind(&shared.ctx).map_err(|e| ("cuCtxSetCurrent".to_string(), describe(e)))?;
+    bind(&shared.ctx).map_err(|e| ("cuCtxSetCurrent".to_string(), describe(e)))?;
     shared
         .ctx
         .load_module(Ptx::from_binary(cubin))
