@@ -42,7 +42,7 @@ start_server() { # mode; sets server_pid and url
   local flags=()
   [[ $1 == no-batching ]] && flags=(--no-batching)
   : >"$work/out"
-  "$BIN" serve --device "$DEVICE" --host 127.0.0.1 --port 0 --queue 100000 \
+  "$BIN" serve --device "$DEVICE" --host 127.0.0.1 --port 0 --max-queue-tokens 100000000 \
     "${flags[@]}" "${EXTRA[@]}" >"$work/out" 2>"$work/err.$1" &
   server_pid=$!
   for _ in $(seq 1 600); do

@@ -922,3 +922,569 @@ fn sigterm_finishes_every_accepted_request_and_exits_0() {
     );
     assert!(stderr.contains("SIGTERM"), "{stderr}");
 }
+
+// ---- issue 12: clients, options, robustness -------------------------------
+
+fn norm(v: &[f32]) -> f64 {
+    v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt()
+}
+
+/// A raw connection to the server, for what HTTP clients will not do.
+fn raw(server: &Server) -> std::net::TcpStream {
+    let s =
+        std::net::TcpStream::connect(server.base.trim_start_matches("http://")).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s
+}
+
+/// Reads until the server closes the connection; the bytes read.
+fn read_until_closed(s: &mut std::net::TcpStream) -> Result<String, std::io::Error> {
+    let mut buf = Vec::new();
+    match s.read_to_end(&mut buf) {
+        Ok(_) => Ok(String::from_utf8_lossy(&buf).into_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            Ok(String::from_utf8_lossy(&buf).into_owned())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn tokenize(server: &Server, text: &str) -> Vec<i64> {
+    let r = server.post(
+        "/tokenize",
+        &serde_json::json!({ "inputs": text }).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()[0]
+        .as_array()
+        .expect("tokens of input 0")
+        .iter()
+        .map(|t| t["id"].as_i64().expect("id"))
+        .collect()
+}
+
+#[test]
+fn token_array_inputs_embed_like_their_text_and_bad_ids_are_named() {
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let text = "Sentence embeddings map text to vectors.";
+    let expected = server.embed(&[text]).remove(0);
+    let with_specials = tokenize(&server, text);
+    assert!(with_specials.len() > 2);
+    let bare = &with_specials[1..with_specials.len() - 1];
+    for body in [
+        serde_json::json!({ "input": with_specials }),
+        serde_json::json!({ "input": bare }),
+        serde_json::json!({ "input": [bare, with_specials] }),
+    ] {
+        let got = server
+            .post("/v1/embeddings", &body.to_string())
+            .openai_vectors();
+        for v in &got {
+            assert!(max_abs_diff(v, &expected) <= SAME, "{body}");
+        }
+    }
+    let r = server.post(
+        "/v1/embeddings",
+        r#"{"input": [[101, 2023], [101, 99999, 102]]}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("input[1][1]") && msg.contains("99999"),
+        "{msg}"
+    );
+    let r = server.post("/v1/embeddings", r#"{"input": [-1]}"#);
+    assert_eq!(r.status, 400, "{}", r.body);
+    // /decode is the inverse of /tokenize (the vocabulary is uncased).
+    let r = server.post(
+        "/decode",
+        &serde_json::json!({ "ids": with_specials }).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()[0].as_str(), Some(text.to_lowercase().as_str()));
+    let r = server.post("/decode", r#"{"ids": [5, 40000]}"#);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("40000"), "{}", r.body);
+}
+
+#[test]
+fn tei_options_truncate_dimensions_and_prompts() {
+    let Some(server) = Server::start(&["--prompt", "query=query: ", "--prompt", "doc=passage: "])
+    else {
+        return;
+    };
+    let long =
+        "The committee postponed its decision until more data could be gathered. ".repeat(30);
+    let short = "A man is eating food.";
+    // POST / is POST /embed.
+    let a = server.post("/", &serde_json::json!({ "inputs": [short] }).to_string());
+    let b = server.post(
+        "/embed",
+        &serde_json::json!({ "inputs": [short] }).to_string(),
+    );
+    assert_eq!((a.status, b.status), (200, 200), "{} {}", a.body, b.body);
+    assert_eq!(floats(&a.json()[0]), floats(&b.json()[0]));
+    // Over-long without truncation: 413 naming the input and its length.
+    let ids = tokenize(&server, &long);
+    assert!(ids.len() > 256);
+    for body in [
+        serde_json::json!({ "inputs": [short, long] }),
+        serde_json::json!({ "inputs": [short, long], "truncate": false }),
+    ] {
+        let r = server.post("/embed", &body.to_string());
+        assert_eq!(r.status, 413, "{}", r.body);
+        let msg = r.json()["error"].as_str().unwrap().to_string();
+        assert!(
+            msg.contains("input 1") && msg.contains(&format!("{} tokens", ids.len())),
+            "{msg}"
+        );
+    }
+    let r = server.post(
+        "/v1/embeddings",
+        &serde_json::json!({ "input": [long] }).to_string(),
+    );
+    assert_eq!(r.status, 413, "{}", r.body);
+    // Truncation from the right keeps the start, from the left the end: each
+    // equals the embedding of the kept token ids.
+    let (cls, sep) = (ids[0], ids[ids.len() - 1]);
+    let content = &ids[1..ids.len() - 1];
+    let start: Vec<i64> = std::iter::once(cls)
+        .chain(content[..254].iter().copied())
+        .chain([sep])
+        .collect();
+    let end: Vec<i64> = std::iter::once(cls)
+        .chain(content[content.len() - 254..].iter().copied())
+        .chain([sep])
+        .collect();
+    let by_ids = server
+        .post(
+            "/v1/embeddings",
+            &serde_json::json!({ "input": [start, end] }).to_string(),
+        )
+        .openai_vectors();
+    for (dir, want) in [("Right", &by_ids[0]), ("Left", &by_ids[1])] {
+        let body =
+            serde_json::json!({ "inputs": long, "truncate": true, "truncation_direction": dir });
+        let r = server.post("/embed", &body.to_string());
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(max_abs_diff(&floats(&r.json()[0]), want) <= SAME, "{dir}");
+    }
+    assert!(max_abs_diff(&by_ids[0], &by_ids[1]) > 1e-3);
+    let r = server.post("/embed", r#"{"inputs": "a", "truncation_direction": "up"}"#);
+    assert_eq!(r.status, 400, "{}", r.body);
+    // Matryoshka: the first N components, renormalized.
+    let full = server.embed(&[short]).remove(0);
+    for n in [1usize, 64, 384] {
+        let body = serde_json::json!({ "input": short, "dimensions": n });
+        let v =
+            server.post("/v1/embeddings", &body.to_string()).json()["data"][0]["embedding"].clone();
+        let v = floats(&v);
+        assert_eq!(v.len(), n);
+        assert!((norm(&v) - 1.0).abs() < 1e-5);
+        let scale = norm(&full[..n]) as f32;
+        let want: Vec<f32> = full[..n].iter().map(|x| x / scale).collect();
+        assert!(max_abs_diff(&v, &want) <= SAME, "dimensions {n}");
+    }
+    let body = serde_json::json!({ "inputs": short, "dimensions": 32 });
+    let r = server.post("/embed", &body.to_string());
+    assert_eq!(floats(&r.json()[0]).len(), 32, "{}", r.body);
+    // Prompts: prepended to the text; an unknown name is refused.
+    let prompted = server.embed(&["query: what is lanes?"]).remove(0);
+    let body = serde_json::json!({ "inputs": "what is lanes?", "prompt_name": "query" });
+    let r = server.post("/embed", &body.to_string());
+    assert!(
+        max_abs_diff(&floats(&r.json()[0]), &prompted) <= SAME,
+        "{}",
+        r.body
+    );
+    let body = serde_json::json!({ "input": "what is lanes?", "prompt_name": "query" });
+    let v = server
+        .post("/v1/embeddings", &body.to_string())
+        .openai_vectors();
+    assert!(max_abs_diff(&v[0], &prompted) <= SAME);
+    let r = server.post("/embed", r#"{"inputs": "x", "prompt_name": "nope"}"#);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("nope") && r.body.contains("query"),
+        "{}",
+        r.body
+    );
+}
+
+#[test]
+fn auto_truncate_and_default_prompt() {
+    let Some(server) = Server::start(&["--auto-truncate", "--default-prompt", "query: "]) else {
+        return;
+    };
+    let long = "word ".repeat(600);
+    let r = server.post("/embed", &serde_json::json!({ "inputs": long }).to_string());
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Per request, `truncate: false` still refuses.
+    let r = server.post(
+        "/embed",
+        &serde_json::json!({ "inputs": long, "truncate": false }).to_string(),
+    );
+    assert_eq!(r.status, 413, "{}", r.body);
+    let with = server.embed(&["hello"]).remove(0);
+    let explicit = server
+        .post(
+            "/v1/embeddings",
+            &serde_json::json!({ "input": [[101, 23032, 1024, 7592, 102]] }).to_string(),
+        )
+        .openai_vectors();
+    let ids = tokenize(&server, "hello");
+    assert_eq!(
+        ids.len(),
+        5,
+        "the default prompt is in /tokenize too: {ids:?}"
+    );
+    assert!(max_abs_diff(&with, &explicit[0]) <= SAME);
+}
+
+#[test]
+fn info_models_and_large_client_batches() {
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let info = server.get("/info");
+    assert_eq!(info.status, 200, "{}", info.body);
+    let v = info.json();
+    assert_eq!(v["model_id"], "all-MiniLM-L6-v2");
+    assert_eq!(v["max_input_length"], 256);
+    assert_eq!(v["max_client_batch_size"], 2048);
+    assert!(v["max_batch_tokens"].as_u64().unwrap() >= 256);
+    assert!(v["version"].is_string());
+    let models = server.get("/v1/models");
+    assert_eq!(models.status, 200);
+    assert_eq!(models.json()["data"][0]["id"], "all-MiniLM-L6-v2");
+    // langchain-openai's default chunk: 1000 texts in one request.
+    let texts: Vec<String> = (0..1000).map(|i| format!("text number {i}")).collect();
+    let r = server.post(
+        "/v1/embeddings",
+        &serde_json::json!({ "input": texts }).to_string(),
+    );
+    let vectors = r.openai_vectors();
+    assert_eq!(vectors.len(), 1000);
+    let one = server.embed(&["text number 999"]).remove(0);
+    assert!(max_abs_diff(&vectors[999], &one) <= SAME);
+}
+
+#[test]
+fn api_key_guards_every_route_but_health() {
+    let Some(server) = Server::start(&["--api-key", "sekrit"]) else {
+        return;
+    };
+    for (path, body) in [
+        ("/v1/embeddings", Some(r#"{"input": "a"}"#)),
+        ("/embed", Some(r#"{"inputs": "a"}"#)),
+        ("/info", None),
+        ("/metrics", None),
+        ("/v1/models", None),
+    ] {
+        let req = match body {
+            Some(_) => server.agent.post(&format!("{}{path}", server.base)),
+            None => server.agent.get(&format!("{}{path}", server.base)),
+        };
+        let r = server.send(req, body.map(str::as_bytes));
+        assert_eq!(r.status, 401, "{path}: {}", r.body);
+        assert!(r.body.contains("API key"), "{}", r.body);
+        let req = server
+            .agent
+            .post(&format!("{}{path}", server.base))
+            .set("Authorization", "Bearer wrong");
+        assert_eq!(server.send(req, Some(b"{}")).status, 401);
+    }
+    assert_eq!(server.get("/health").status, 200);
+    let req = server
+        .agent
+        .post(&format!("{}/v1/embeddings", server.base))
+        .set("Authorization", "Bearer sekrit");
+    let r = server.send(req, Some(br#"{"input": "a"}"#));
+    assert_eq!(r.openai_vectors().len(), 1);
+}
+
+#[test]
+fn access_log_has_one_json_line_per_request() {
+    let Some(server) = Server::start(&["--log-format", "json"]) else {
+        return;
+    };
+    server.embed(&["one", "two"]);
+    let r = server.post("/embed", "{}");
+    assert_eq!(r.status, 400);
+    let start = Instant::now();
+    let lines = loop {
+        let stderr = server.stderr.lock().unwrap().clone();
+        let lines: Vec<Value> = stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] == "lanes::access" && v["path"] != "/health")
+            .collect();
+        if lines.len() >= 2 || start.elapsed() > Duration::from_secs(10) {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let ok = &lines[0];
+    assert_eq!(ok["method"], "POST");
+    assert_eq!(ok["path"], "/v1/embeddings");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["texts"], 2);
+    assert!(ok["tokens"].as_u64().unwrap() >= 6);
+    assert!(ok["latency_ms"].as_f64().is_some());
+    assert!(ok["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(lines[1]["status"], 400);
+}
+
+#[test]
+fn the_port_is_bound_before_the_model_loads() {
+    let Some(model) = model_dir() else {
+        return;
+    };
+    // A taken port: a clear error naming the address, at once.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_lanes"))
+        .args([
+            "serve",
+            "--device",
+            "cpu",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--model",
+        ])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(
+        !err.contains("loaded in"),
+        "the model was loaded before the bind failed: {err}"
+    );
+    // A broken model folder: the address is printed (bound) before loading fails.
+    let broken = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lanes"))
+        .args([
+            "serve",
+            "--device",
+            "cpu",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--model",
+        ])
+        .arg(broken.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("listening on http://127.0.0.1:"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot load the model"));
+}
+
+#[test]
+fn slow_headers_slow_bodies_and_idle_floods_do_not_stop_the_server() {
+    use std::io::Write;
+    let Some(server) = Server::start(&[
+        "--header-timeout-secs",
+        "1",
+        "--body-timeout-secs",
+        "1",
+        "--idle-timeout-secs",
+        "1",
+        "--max-connections",
+        "4",
+    ]) else {
+        return;
+    };
+    // Slowloris: half a header, then nothing: the server closes the connection.
+    let mut s = raw(&server);
+    s.write_all(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let got = read_until_closed(&mut s).expect("closed by the server, not by our read timeout");
+    assert!(!got.contains("200 OK"), "{got}");
+    // A body that never completes: 408.
+    let mut s = raw(&server);
+    s.write_all(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"input\"").unwrap();
+    let got = read_until_closed(&mut s).expect("answered");
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    // 20 idle connections against a cap of 4: those past the cap are answered
+    // 503 and closed at once, the idle ones within the header timeout, and a
+    // real client (retrying a 503 or a reset) still gets through.
+    let idle: Vec<_> = (0..20).map(|_| raw(&server)).collect();
+    let start = Instant::now();
+    loop {
+        let req = server.agent.post(&format!("{}/v1/embeddings", server.base));
+        let result = req
+            .set("Content-Type", "application/json")
+            .send_string(r#"{"input": "still serving"}"#);
+        match result {
+            Ok(r) if r.status() == 200 => break,
+            Err(ureq::Error::Status(503, _)) | Err(ureq::Error::Transport(_)) => {}
+            Ok(r) => panic!("unexpected status {}", r.status()),
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no answer through the flood"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(server.metric("lanes_http_connections") <= 4.0);
+    assert!(server.metric("lanes_http_connections_refused_total") >= 1.0);
+    assert!(server.metric("lanes_http_connections_timed_out_total") >= 1.0);
+    drop(idle);
+    assert_eq!(server.get("/health").status, 200);
+}
+
+#[test]
+fn a_small_request_is_answered_while_a_heavy_one_runs() {
+    let Some(server) = Server::start(&[
+        "--workers",
+        "1",
+        "--max-batch-tokens",
+        "512",
+        "--max-wait-ms",
+        "0",
+    ]) else {
+        return;
+    };
+    let heavy: Vec<String> = (0..1500)
+        .map(|i| format!("Heavy request text number {i}, long enough to cost a few tokens more than a tiny one."))
+        .collect();
+    let body = serde_json::json!({ "input": heavy }).to_string();
+    std::thread::scope(|s| {
+        let h = s.spawn(|| server.post("/v1/embeddings", &body));
+        let start = Instant::now();
+        while server.metric("lanes_batches_total") < 2.0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the heavy request never started"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let tiny = server.embed(&["tiny"]);
+        assert_eq!(tiny.len(), 1);
+        // Answered while most of the heavy request was still queued.
+        let left = server.metric("lanes_queue_tokens");
+        assert!(
+            left > 10_000.0,
+            "the heavy request had only {left} tokens left when the tiny one was answered"
+        );
+        assert!(!h.is_finished());
+        assert_eq!(h.join().unwrap().openai_vectors().len(), 1500);
+    });
+}
+
+#[test]
+fn a_client_that_disconnects_cancels_its_queued_work() {
+    use std::io::Write;
+    let Some(server) = Server::start(&["--workers", "1", "--max-batch-tokens", "512"]) else {
+        return;
+    };
+    let heavy: Vec<String> = (0..2000)
+        .map(|i| format!("Text {i} of a request whose client goes away."))
+        .collect();
+    let body = serde_json::json!({ "input": heavy }).to_string();
+    let mut s = raw(&server);
+    write!(s, "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let start = Instant::now();
+    while server.metric("lanes_batches_total") < 2.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the request never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(s);
+    while server.metric("lanes_requests_cancelled_total") < 1.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the disconnect was not noticed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        server.metric("lanes_queue_tokens"),
+        0.0,
+        "its queued chunks were dropped"
+    );
+    let texts = server.metric("lanes_texts_total");
+    assert!(texts < 2000.0, "all {texts} texts were embedded anyway");
+    assert_eq!(server.embed(&["next"]).len(), 1);
+}
+
+#[test]
+fn a_request_past_its_deadline_is_answered_504_and_its_work_dropped() {
+    let Some(server) = Server::start(&[
+        "--workers",
+        "1",
+        "--no-batching",
+        "--request-timeout-secs",
+        "1",
+        "--inject-faults",
+    ]) else {
+        return;
+    };
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| {
+            server.post(
+                "/v1/embeddings",
+                r#"{"input": ["__lanes_fault:sleep_ms=3000__"]}"#,
+            )
+        });
+        let start = Instant::now();
+        while server.metric("lanes_workers_busy") < 1.0 {
+            assert!(start.elapsed() < Duration::from_secs(30));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let queued = server.post("/v1/embeddings", r#"{"input": ["queued behind it"]}"#);
+        assert_eq!(queued.status, 504, "{}", queued.body);
+        assert!(queued.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deadline"));
+        let slow = slow.join().unwrap();
+        assert_eq!(slow.status, 504, "{}", slow.body);
+    });
+    assert!(server.metric("lanes_requests_expired_total") >= 1.0);
+    assert_eq!(server.metric("lanes_queue_tokens"), 0.0);
+    assert!(
+        server.metric("lanes_texts_total") < 2.0,
+        "the expired request was embedded anyway"
+    );
+}
+
+#[test]
+fn sigterm_behind_a_stalled_client_still_exits_0_at_the_deadline() {
+    use std::io::Write;
+    let Some(mut server) =
+        Server::start(&["--shutdown-timeout-secs", "2", "--body-timeout-secs", "300"])
+    else {
+        return;
+    };
+    // A request whose body never finishes: in flight until the deadline.
+    let mut s = raw(&server);
+    s.write_all(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+        .unwrap();
+    let start = Instant::now();
+    while server.metric("lanes_http_requests_in_flight") < 1.0 {
+        assert!(start.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.signal_term();
+    let status = server.wait_exit(Duration::from_secs(30));
+    let stderr = server.stderr.lock().unwrap().clone();
+    assert!(
+        status.success(),
+        "exit status {status:?}; stderr:\n{stderr}"
+    );
+    assert!(stderr.contains("force-closing 1 connection"), "{stderr}");
+    drop(s);
+}

@@ -11,9 +11,10 @@ use std::path::Path;
 
 use lanes::{Buffer, Device, Event, Lease};
 
-use crate::exec::{self, Dims, EmbedTables, Exec};
+use crate::exec::{self, EmbedTables, Exec};
+use crate::tensor::{DType, Tensor, TensorMut};
 use crate::weights::HostWeights;
-use crate::{BertConfig, Encoded, ModelFiles, NnError, Result, Tokenizer};
+use crate::{BertConfig, ModelFiles, NnError, Result, Tokenizer, Tokens};
 
 /// One text's embedding.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,23 +25,49 @@ pub struct Embedding {
     pub vector: Vec<f32>,
 }
 
+/// A weight on the device: its buffer, dtype and shape.
+struct Weight {
+    name: &'static str,
+    buf: Buffer,
+    dtype: DType,
+    shape: Vec<usize>,
+}
+
+impl Weight {
+    /// Uploads f32 `data` of `shape` on `lane`.
+    fn upload(lane: &Lease, name: &'static str, data: &[f32], shape: &[usize]) -> Result<Weight> {
+        let buf = lane.alloc(std::mem::size_of_val(data))?;
+        lane.upload(&buf, bytemuck::cast_slice(data))?;
+        Ok(Weight {
+            name,
+            buf,
+            dtype: DType::F32,
+            shape: shape.to_vec(),
+        })
+    }
+
+    fn t(&self) -> Result<Tensor<'_>> {
+        Tensor::new(self.name, &self.buf, self.dtype, &self.shape)
+    }
+}
+
 struct DeviceLayer {
-    qkv_w: Buffer,
-    qkv_b: Buffer,
-    o_w: Buffer,
-    o_b: Buffer,
-    ln1_g: Buffer,
-    ln1_b: Buffer,
-    i_w: Buffer,
-    i_b: Buffer,
-    out_w: Buffer,
-    out_b: Buffer,
-    ln2_g: Buffer,
-    ln2_b: Buffer,
+    qkv_w: Weight,
+    qkv_b: Weight,
+    o_w: Weight,
+    o_b: Weight,
+    ln1_g: Weight,
+    ln1_b: Weight,
+    i_w: Weight,
+    i_b: Weight,
+    out_w: Weight,
+    out_b: Weight,
+    ln2_g: Weight,
+    ln2_b: Weight,
 }
 
 impl DeviceLayer {
-    fn buffers(&self) -> [&Buffer; 12] {
+    fn weights(&self) -> [&Weight; 12] {
         [
             &self.qkv_w,
             &self.qkv_b,
@@ -59,11 +86,23 @@ impl DeviceLayer {
 }
 
 struct DeviceEmbeddings {
-    word: Buffer,
-    position: Buffer,
-    token_type: Buffer,
-    gamma: Buffer,
-    beta: Buffer,
+    word: Weight,
+    position: Weight,
+    token_type: Weight,
+    gamma: Weight,
+    beta: Weight,
+}
+
+impl DeviceEmbeddings {
+    fn tables(&self) -> Result<EmbedTables<'_>> {
+        Ok(EmbedTables {
+            word: self.word.t()?,
+            position: self.position.t()?,
+            token_type: self.token_type.t()?,
+            gamma: self.gamma.t()?,
+            beta: self.beta.t()?,
+        })
+    }
 }
 
 /// all-MiniLM-L6-v2 (any BERT encoder with mean pooling) on one device.
@@ -102,37 +141,35 @@ impl Encoder {
     ) -> Result<Encoder> {
         let exec = exec::for_device(device)?;
         let lane = device.lease()?;
-        let up = |data: &[f32]| -> Result<Buffer> {
-            let buf = lane.alloc(data.len() * 4)?;
-            lane.upload(&buf, bytes_of(data))?;
-            Ok(buf)
-        };
+        let (h, inter) = (config.hidden_size, config.intermediate_size);
+        let up = |name, t: &crate::HostTensor| Weight::upload(&lane, name, &t.data, &t.shape);
         let e = &weights.embeddings;
         let emb = DeviceEmbeddings {
-            word: up(&e.word.data)?,
-            position: up(&e.position.data)?,
-            token_type: up(&e.token_type.data)?,
-            gamma: up(&e.ln_gamma.data)?,
-            beta: up(&e.ln_beta.data)?,
+            word: up("word_embeddings", &e.word)?,
+            position: up("position_embeddings", &e.position)?,
+            token_type: up("token_type_embeddings", &e.token_type)?,
+            gamma: up("embeddings_ln_gamma", &e.ln_gamma)?,
+            beta: up("embeddings_ln_beta", &e.ln_beta)?,
         };
         let mut layers = Vec::with_capacity(weights.layers.len());
         for l in &weights.layers {
             let qkv_w: Vec<f32> = [&l.q_w.data[..], &l.k_w.data, &l.v_w.data].concat();
             let qkv_b: Vec<f32> = [&l.q_b.data[..], &l.k_b.data, &l.v_b.data].concat();
             layers.push(DeviceLayer {
-                qkv_w: up(&qkv_w)?,
-                qkv_b: up(&qkv_b)?,
-                o_w: up(&l.o_w.data)?,
-                o_b: up(&l.o_b.data)?,
-                ln1_g: up(&l.ln1_g.data)?,
-                ln1_b: up(&l.ln1_b.data)?,
-                i_w: up(&l.i_w.data)?,
-                i_b: up(&l.i_b.data)?,
-                out_w: up(&l.out_w.data)?,
-                out_b: up(&l.out_b.data)?,
-                ln2_g: up(&l.ln2_g.data)?,
-                ln2_b: up(&l.ln2_b.data)?,
+                qkv_w: Weight::upload(&lane, "qkv_w", &qkv_w, &[3 * h, h])?,
+                qkv_b: Weight::upload(&lane, "qkv_b", &qkv_b, &[3 * h])?,
+                o_w: up("attn_out_w", &l.o_w)?,
+                o_b: up("attn_out_b", &l.o_b)?,
+                ln1_g: up("attn_ln_gamma", &l.ln1_g)?,
+                ln1_b: up("attn_ln_beta", &l.ln1_b)?,
+                i_w: up("ffn_in_w", &l.i_w)?,
+                i_b: up("ffn_in_b", &l.i_b)?,
+                out_w: up("ffn_out_w", &l.out_w)?,
+                out_b: up("ffn_out_b", &l.out_b)?,
+                ln2_g: up("ffn_ln_gamma", &l.ln2_g)?,
+                ln2_b: up("ffn_ln_beta", &l.ln2_b)?,
             });
+            debug_assert_eq!(l.i_w.shape, [inter, h]);
         }
         let ready = lane.record()?;
         let lanes_ready = std::sync::atomic::AtomicU64::new(1u64 << lane.index());
@@ -163,33 +200,33 @@ impl Encoder {
         &self.tokenizer
     }
 
-    /// Tokenizes and embeds `texts` as one padded batch on this thread's lane.
+    /// Tokenizes and embeds `texts` as one packed batch on this thread's lane.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Embedding>> {
         let lane = self.device.current_lane()?;
         self.embed_on(&lane, texts)
     }
 
-    /// Tokenizes and embeds `texts` as one padded batch on `lane`.
+    /// Tokenizes and embeds `texts` as one packed batch on `lane`.
     pub fn embed_on(&self, lane: &Lease, texts: &[&str]) -> Result<Vec<Embedding>> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let enc = self.tokenizer.encode_batch(texts)?;
-        let flat = self.forward(lane, &enc)?;
+        let tokens = self.tokenizer.encode_batch(texts)?;
+        let flat = self.forward(lane, &tokens)?;
         let h = self.config.hidden_size;
         Ok(flat
             .chunks_exact(h)
-            .zip(&enc.lengths)
-            .map(|(v, &tokens)| Embedding {
-                tokens,
+            .zip(tokens.lengths())
+            .map(|(v, n)| Embedding {
+                tokens: n,
                 vector: v.to_vec(),
             })
             .collect())
     }
 
-    /// Runs the encoder on a tokenized batch; returns `batch × hidden` embeddings.
-    pub fn forward(&self, lane: &Lease, enc: &Encoded) -> Result<Vec<f32>> {
-        enc.check()?;
+    /// Checks that `tokens` can run on this model from `lane`: the lane's device,
+    /// every id and type id in range, no sequence longer than the positions.
+    fn check_input(&self, lane: &Lease, tokens: &Tokens) -> Result<()> {
         let lane_device = lane.device();
         if !lane_device.same_as(&self.device) {
             return Err(NnError::InvalidInput(format!(
@@ -199,14 +236,14 @@ impl Encoder {
             )));
         }
         let c = &self.config;
-        if let Some(&bad) = enc.ids.iter().find(|&&id| id as usize >= c.vocab_size) {
+        if let Some(&bad) = tokens.ids().iter().find(|&&id| id as usize >= c.vocab_size) {
             return Err(NnError::InvalidInput(format!(
                 "token id {bad} is outside the vocabulary ({})",
                 c.vocab_size
             )));
         }
-        if let Some(&bad) = enc
-            .type_ids
+        if let Some(&bad) = tokens
+            .type_ids()
             .iter()
             .find(|&&t| t as usize >= c.type_vocab_size)
         {
@@ -215,131 +252,142 @@ impl Encoder {
                 c.type_vocab_size
             )));
         }
-        if enc.seq > c.max_position_embeddings {
+        if tokens.max_len() > c.max_position_embeddings {
             return Err(NnError::InvalidInput(format!(
                 "sequence of {} tokens exceeds the model's {} positions",
-                enc.seq, c.max_position_embeddings
+                tokens.max_len(),
+                c.max_position_embeddings
             )));
         }
+        Ok(())
+    }
+
+    /// Runs the encoder on a packed batch; returns `batch × hidden` embeddings
+    /// (f32, L2-normalized, row-major). Only the batch's real tokens are computed.
+    pub fn forward(&self, lane: &Lease, tokens: &Tokens) -> Result<Vec<f32>> {
+        self.check_input(lane, tokens)?;
+        let c = &self.config;
+        let (batch, n, h) = (tokens.batch(), tokens.total_tokens(), c.hidden_size);
+        if n == 0 {
+            // No tokens at all (an empty batch, or only empty sequences): every
+            // mean is over nothing, zero, and stays zero when normalized.
+            return Ok(vec![0.0; batch * h]);
+        }
         self.prepare_lane(lane)?;
-        let d = Dims {
-            batch: enc.batch,
-            seq: enc.seq,
-            hidden: c.hidden_size,
-            heads: c.num_attention_heads,
-        };
-        let (rows, h, inter, eps) = (
-            d.rows(),
-            d.hidden,
+        let (inter, eps, heads) = (
             c.intermediate_size,
             c.layer_norm_eps as f32,
+            c.num_attention_heads,
         );
-        let f32s = |n: usize| lane.alloc(n * 4);
+        let max_len = tokens.max_len();
+        let upload = |data: &[u32]| -> Result<Buffer> {
+            let buf = lane.alloc(std::mem::size_of_val(data))?;
+            lane.upload(&buf, bytemuck::cast_slice(data))?;
+            Ok(buf)
+        };
+        let ids = upload(tokens.ids())?;
+        let types = upload(tokens.type_ids())?;
+        let offsets = upload(tokens.offsets())?;
+        let ids = Tensor::new("ids", &ids, DType::U32, &[n])?;
+        let types = Tensor::new("type_ids", &types, DType::U32, &[n])?;
+        let offsets = Tensor::new("offsets", &offsets, DType::U32, &[batch + 1])?;
 
-        let ids = lane.alloc(rows * 4)?;
-        lane.upload(&ids, bytes_of_u32(&enc.ids))?;
-        let types = lane.alloc(rows * 4)?;
-        lane.upload(&types, bytes_of_u32(&enc.type_ids))?;
-        let mask = f32s(rows)?;
-        lane.upload(&mask, bytes_of(&enc.mask))?;
+        let act = |cols: usize| lane.alloc(n * cols * 4);
 
         let ex = &*self.exec;
-        let tables = EmbedTables {
-            word: self.emb.word.ptr(),
-            position: self.emb.position.ptr(),
-            token_type: self.emb.token_type.ptr(),
-            gamma: self.emb.gamma.ptr(),
-            beta: self.emb.beta.ptr(),
-        };
-        let mut x = f32s(rows * h)?;
-        ex.embed_ln(lane, d, ids.ptr(), types.ptr(), &tables, eps, x.ptr())?;
+        let mut x = act(h)?;
+        let tables = self.emb.tables()?;
+        ex.embed_ln(
+            lane,
+            ids,
+            types,
+            offsets,
+            &tables,
+            eps,
+            act_out("x", n, &mut x, h)?,
+        )?;
         for l in &self.layers {
-            let qkv = f32s(rows * 3 * h)?;
+            let mut qkv = act(3 * h)?;
+            let x_t = act_in("x", n, &x, h)?;
             ex.linear(
                 lane,
-                rows,
-                h,
-                3 * h,
-                x.ptr(),
-                l.qkv_w.ptr(),
-                l.qkv_b.ptr(),
+                x_t,
+                l.qkv_w.t()?,
+                l.qkv_b.t()?,
                 false,
-                qkv.ptr(),
+                act_out("qkv", n, &mut qkv, 3 * h)?,
             )?;
-            let ctx = f32s(rows * h)?;
-            ex.attention(lane, d, qkv.ptr(), mask.ptr(), ctx.ptr())?;
+            let mut ctx = act(h)?;
+            ex.attention(
+                lane,
+                act_in("qkv", n, &qkv, 3 * h)?,
+                offsets,
+                max_len,
+                heads,
+                act_out("ctx", n, &mut ctx, h)?,
+            )?;
             drop(qkv);
-            let attn = f32s(rows * h)?;
+            let mut attn = act(h)?;
             ex.linear(
                 lane,
-                rows,
-                h,
-                h,
-                ctx.ptr(),
-                l.o_w.ptr(),
-                l.o_b.ptr(),
+                act_in("ctx", n, &ctx, h)?,
+                l.o_w.t()?,
+                l.o_b.t()?,
                 false,
-                attn.ptr(),
+                act_out("attn", n, &mut attn, h)?,
             )?;
             drop(ctx);
-            let h1 = f32s(rows * h)?;
+            let mut h1 = act(h)?;
+            let (g, b) = (l.ln1_g.t()?, l.ln1_b.t()?);
             ex.add_layer_norm(
                 lane,
-                rows,
-                h,
-                attn.ptr(),
-                x.ptr(),
-                l.ln1_g.ptr(),
-                l.ln1_b.ptr(),
+                act_in("attn", n, &attn, h)?,
+                x_t,
+                g,
+                b,
                 eps,
-                h1.ptr(),
+                act_out("h1", n, &mut h1, h)?,
             )?;
             drop(attn);
-            let up = f32s(rows * inter)?;
+            let mut up = act(inter)?;
             ex.linear(
                 lane,
-                rows,
-                h,
-                inter,
-                h1.ptr(),
-                l.i_w.ptr(),
-                l.i_b.ptr(),
+                act_in("h1", n, &h1, h)?,
+                l.i_w.t()?,
+                l.i_b.t()?,
                 true,
-                up.ptr(),
+                act_out("up", n, &mut up, inter)?,
             )?;
-            let down = f32s(rows * h)?;
+            let mut down = act(h)?;
             ex.linear(
                 lane,
-                rows,
-                inter,
-                h,
-                up.ptr(),
-                l.out_w.ptr(),
-                l.out_b.ptr(),
+                act_in("up", n, &up, inter)?,
+                l.out_w.t()?,
+                l.out_b.t()?,
                 false,
-                down.ptr(),
+                act_out("down", n, &mut down, h)?,
             )?;
             drop(up);
-            let h2 = f32s(rows * h)?;
+            let mut h2 = act(h)?;
+            let (g, b) = (l.ln2_g.t()?, l.ln2_b.t()?);
             ex.add_layer_norm(
                 lane,
-                rows,
-                h,
-                down.ptr(),
-                h1.ptr(),
-                l.ln2_g.ptr(),
-                l.ln2_b.ptr(),
+                act_in("down", n, &down, h)?,
+                act_in("h1", n, &h1, h)?,
+                g,
+                b,
                 eps,
-                h2.ptr(),
+                act_out("h2", n, &mut h2, h)?,
             )?;
             // Freed buffers return to this lane's cache: later work on the lane is
             // ordered after the ops above, so reuse is safe without a wait.
             x = h2;
         }
-        let pooled = f32s(enc.batch * h)?;
-        ex.pool_normalize(lane, d, x.ptr(), mask.ptr(), pooled.ptr())?;
-        let mut out = vec![0f32; enc.batch * h];
-        lane.download(&pooled, bytes_of_mut(&mut out))?;
+        let mut pooled = lane.alloc(batch * h * 4)?;
+        let pooled_t = TensorMut::new("pooled", &mut pooled, DType::F32, &[batch, h])?;
+        ex.pool_normalize(lane, act_in("x", n, &x, h)?, offsets, pooled_t)?;
+        let mut out = vec![0f32; batch * h];
+        lane.download(&pooled, bytemuck::cast_slice_mut(&mut out))?;
         Ok(out)
     }
 
@@ -352,12 +400,12 @@ impl Encoder {
         }
         lane.wait(&self.ready)?;
         let e = &self.emb;
-        for b in [&e.word, &e.position, &e.token_type, &e.gamma, &e.beta] {
-            b.record_use(lane.index());
+        for w in [&e.word, &e.position, &e.token_type, &e.gamma, &e.beta] {
+            w.buf.record_use(lane.index());
         }
         for l in &self.layers {
-            for b in l.buffers() {
-                b.record_use(lane.index());
+            for w in l.weights() {
+                w.buf.record_use(lane.index());
             }
         }
         self.lanes_ready.fetch_or(bit, Ordering::AcqRel);
@@ -365,18 +413,17 @@ impl Encoder {
     }
 }
 
-fn bytes_of(v: &[f32]) -> &[u8] {
-    // SAFETY: f32 has no padding and any byte pattern of it is a valid u8 slice.
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+/// An f32 activation `[rows, cols]` as an op's input.
+fn act_in<'a>(name: &'static str, rows: usize, buf: &'a Buffer, cols: usize) -> Result<Tensor<'a>> {
+    Tensor::new(name, buf, DType::F32, &[rows, cols])
 }
 
-fn bytes_of_u32(v: &[u32]) -> &[u8] {
-    // SAFETY: as for `bytes_of`.
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
-}
-
-fn bytes_of_mut(v: &mut [f32]) -> &mut [u8] {
-    // SAFETY: every byte pattern is a valid f32, so writing bytes cannot create an
-    // invalid value.
-    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, std::mem::size_of_val(v)) }
+/// An f32 activation `[rows, cols]` as an op's output.
+fn act_out<'a>(
+    name: &'static str,
+    rows: usize,
+    buf: &'a mut Buffer,
+    cols: usize,
+) -> Result<TensorMut<'a>> {
+    TensorMut::new(name, buf, DType::F32, &[rows, cols])
 }

@@ -133,6 +133,30 @@ pub enum NnError {
     #[error("invalid input: {0}")]
     InvalidInput(String),
 
+    /// A device tensor cannot be built: its shape overflows, has no dimensions, or
+    /// needs more bytes than its buffer holds.
+    #[error("tensor {tensor}: {reason}")]
+    BadTensor {
+        /// The tensor's name.
+        tensor: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// An op was given a tensor whose shape, dtype or device disagrees with the
+    /// op's other tensors.
+    #[error("{op}: tensor {tensor} has {actual}, expected {expected}")]
+    OpMismatch {
+        /// The op (`linear`, `attention`, ...).
+        op: &'static str,
+        /// The tensor's name.
+        tensor: String,
+        /// What the op needs.
+        expected: String,
+        /// What it was given.
+        actual: String,
+    },
+
     /// The runtime failed (lane, allocator, device, CUDA).
     #[error(transparent)]
     Runtime(#[from] lanes::Error),

@@ -4,8 +4,10 @@
 //! This crate knows nothing about devices or scheduling. It provides:
 //!
 //! - [`BertConfig`]: hyper-parameters from `config.json`, validated;
-//! - [`Tokenizer`]: `tokenizer.json` → padded [`Encoded`] batches,
+//! - [`Tokenizer`]: `tokenizer.json` → packed [`Tokens`] batches,
 //!   thread-safe, truncating at 256 tokens by default;
+//! - [`Tensor`]: typed, size-checked views of device buffers, what the
+//!   executors ([`exec`]) take;
 //! - [`HostWeights`]: `model.safetensors` (F32, F16 or BF16, with or without a
 //!   `bert.` prefix) → typed f32 tensors, every name, dtype and shape checked;
 //! - [`cpu`]: single-threaded kernels on slices (linear, attention,
@@ -33,12 +35,16 @@ pub mod error;
 pub mod exec;
 pub mod model;
 pub mod reference;
+pub mod tensor;
 pub mod tokenizer;
+pub mod tokens;
 pub mod weights;
 
 pub use config::BertConfig;
 pub use encoder::{Embedding, Encoder};
 pub use error::{NnError, Result};
 pub use model::{Model, ModelFiles, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
-pub use tokenizer::{Encoded, Tokenizer, DEFAULT_MAX_LEN};
+pub use tensor::{DType, Shape, Tensor, TensorMut};
+pub use tokenizer::{Tokenizer, DEFAULT_MAX_LEN};
+pub use tokens::Tokens;
 pub use weights::{EmbeddingWeights, HostTensor, HostWeights, LayerWeights, StoreDtype};

@@ -6,62 +6,65 @@
 //! followed by sentence-transformers' mean pooling and L2 normalization:
 //!
 //! ```text
-//! x = LayerNorm(word[ids] + type[type_ids] + position[0..seq])
+//! x = LayerNorm(word[ids] + type[type_ids] + position[0..len])
 //! per layer:
-//!     ctx = Attention(x·Wqᵀ+bq, x·Wkᵀ+bk, x·Wvᵀ+bv, mask)
+//!     ctx = Attention(x·Wqᵀ+bq, x·Wkᵀ+bk, x·Wvᵀ+bv) within each sequence
 //!     x   = LayerNorm(ctx·Woᵀ + bo + x)
 //!     x   = LayerNorm(GELU(x·Wiᵀ + bi)·Woutᵀ + bout + x)
-//! embedding = normalize(Σ mask·x / Σ mask)
+//! embedding = normalize(mean of x over the sequence's tokens)
 //! ```
+//!
+//! The batch is packed ([`Tokens`]): no padded token is ever computed.
 
 use crate::config::BertConfig;
 use crate::cpu;
 use crate::error::{NnError, Result};
-use crate::tokenizer::Encoded;
+use crate::tokens::Tokens;
 use crate::weights::{HostWeights, LayerWeights};
 
 /// Sentence embeddings of a batch: `batch × hidden_size` values, row-major,
 /// each row L2-normalized.
 ///
 /// Fails (never panics) if `cfg` is not the config the weights were checked
-/// against, if `enc` is inconsistent, longer than `max_position_embeddings`,
-/// or holds an id outside the vocabulary.
-pub fn forward(weights: &HostWeights, cfg: &BertConfig, enc: &Encoded) -> Result<Vec<f32>> {
-    let hidden = hidden_states(weights, cfg, enc)?;
+/// against, if a sequence is longer than `max_position_embeddings`, or if
+/// `tokens` holds an id outside the vocabulary.
+pub fn forward(weights: &HostWeights, cfg: &BertConfig, tokens: &Tokens) -> Result<Vec<f32>> {
+    let hidden = hidden_states(weights, cfg, tokens)?;
     let dim = cfg.hidden_size;
-    let mut pooled = vec![0.0; enc.batch * dim];
-    cpu::mean_pool(&hidden, &enc.mask, enc.batch, enc.seq, dim, &mut pooled);
-    cpu::l2_normalize(&mut pooled, enc.batch, dim);
+    let mut pooled = vec![0.0; tokens.batch() * dim];
+    cpu::mean_pool(&hidden, tokens.offsets(), dim, &mut pooled);
+    cpu::l2_normalize(&mut pooled, tokens.batch(), dim);
     Ok(pooled)
 }
 
-/// The encoder's last hidden state, `[batch·seq, hidden_size]` (padded
-/// rows included), before pooling.
-pub fn hidden_states(weights: &HostWeights, cfg: &BertConfig, enc: &Encoded) -> Result<Vec<f32>> {
-    check_inputs(weights, cfg, enc)?;
-    let mut x = embeddings(weights, cfg, enc)?;
-    let mut scratch = LayerScratch::new(cfg, enc.batch * enc.seq);
+/// The encoder's last hidden state, `[total tokens, hidden_size]`, before pooling.
+pub fn hidden_states(weights: &HostWeights, cfg: &BertConfig, tokens: &Tokens) -> Result<Vec<f32>> {
+    let mut x = embeddings(weights, cfg, tokens)?;
+    let mut scratch = LayerScratch::new(cfg, tokens.total_tokens());
     for layer in &weights.layers {
-        layer_forward(
-            layer,
-            cfg,
-            &enc.mask,
-            enc.batch,
-            enc.seq,
-            &mut x,
-            &mut scratch,
-        );
+        layer_forward(layer, cfg, tokens.offsets(), &mut x, &mut scratch);
     }
     Ok(x)
 }
 
-/// Embedding sum followed by the embedding LayerNorm: `[batch·seq, hidden]`.
-pub fn embeddings(weights: &HostWeights, cfg: &BertConfig, enc: &Encoded) -> Result<Vec<f32>> {
-    check_inputs(weights, cfg, enc)?;
-    let (rows, dim) = (enc.batch * enc.seq, cfg.hidden_size);
+/// Embedding sum followed by the embedding LayerNorm: `[total tokens, hidden]`.
+pub fn embeddings(weights: &HostWeights, cfg: &BertConfig, tokens: &Tokens) -> Result<Vec<f32>> {
+    check_inputs(weights, cfg, tokens)?;
+    let (rows, dim) = (tokens.total_tokens(), cfg.hidden_size);
     let e = &weights.embeddings;
     let mut x = vec![0.0; rows * dim];
-    cpu::embed(&enc.ids, &enc.type_ids, enc.batch, enc.seq, e, &mut x)?;
+    let tables = [
+        (&e.word).into(),
+        (&e.position).into(),
+        (&e.token_type).into(),
+    ];
+    cpu::embed(
+        tokens.ids(),
+        tokens.type_ids(),
+        tokens.offsets(),
+        tables,
+        &mut x,
+    )?;
     let eps = cfg.layer_norm_eps as f32;
     cpu::layer_norm_inplace(&mut x, rows, dim, &e.ln_gamma.data, &e.ln_beta.data, eps);
     Ok(x)
@@ -79,7 +82,7 @@ pub struct LayerScratch {
 }
 
 impl LayerScratch {
-    /// Buffers for `rows = batch·seq` token rows of a model with `cfg`.
+    /// Buffers for `rows` tokens of a model with `cfg`.
     pub fn new(cfg: &BertConfig, rows: usize) -> Self {
         let h = vec![0.0; rows * cfg.hidden_size];
         Self {
@@ -93,38 +96,28 @@ impl LayerScratch {
     }
 }
 
-/// One transformer layer applied in place to `x` (`[batch·seq, hidden]`).
+/// One transformer layer applied in place to `x` (`[tokens, hidden]`, the
+/// sequences packed as `offsets` says).
 ///
 /// # Panics
 ///
-/// If the slice sizes disagree with `batch`, `seq` and `cfg` (use
+/// If the slice sizes disagree with `offsets` and `cfg` (use
 /// [`hidden_states`] for checked inputs).
 pub fn layer_forward(
     layer: &LayerWeights,
     cfg: &BertConfig,
-    mask: &[f32],
-    batch: usize,
-    seq: usize,
+    offsets: &[u32],
     x: &mut [f32],
     s: &mut LayerScratch,
 ) {
-    let (rows, h) = (batch * seq, cfg.hidden_size);
+    let h = cfg.hidden_size;
+    let rows = x.len() / h.max(1);
     let eps = cfg.layer_norm_eps as f32;
     cpu::linear(x, rows, h, &layer.q_w.data, &layer.q_b.data, &mut s.q);
     cpu::linear(x, rows, h, &layer.k_w.data, &layer.k_b.data, &mut s.k);
     cpu::linear(x, rows, h, &layer.v_w.data, &layer.v_b.data, &mut s.v);
     let heads = cfg.num_attention_heads;
-    cpu::attention(
-        &s.q,
-        &s.k,
-        &s.v,
-        mask,
-        batch,
-        seq,
-        heads,
-        cfg.head_dim(),
-        &mut s.ctx,
-    );
+    cpu::attention(&s.q, &s.k, &s.v, offsets, heads, cfg.head_dim(), &mut s.ctx);
     cpu::linear(
         &s.ctx,
         rows,
@@ -152,7 +145,7 @@ pub fn layer_forward(
 }
 
 /// Everything [`forward`] needs to run without panicking.
-fn check_inputs(weights: &HostWeights, cfg: &BertConfig, enc: &Encoded) -> Result<()> {
+fn check_inputs(weights: &HostWeights, cfg: &BertConfig, tokens: &Tokens) -> Result<()> {
     if cfg != &weights.config {
         return Err(NnError::InvalidInput(format!(
             "config {cfg:?} differs from the one the weights were loaded with ({:?})",
@@ -160,11 +153,11 @@ fn check_inputs(weights: &HostWeights, cfg: &BertConfig, enc: &Encoded) -> Resul
         )));
     }
     weights.check()?;
-    enc.check()?;
-    if enc.seq > cfg.max_position_embeddings {
+    if tokens.max_len() > cfg.max_position_embeddings {
         return Err(NnError::InvalidInput(format!(
             "sequence length {} exceeds max_position_embeddings {}",
-            enc.seq, cfg.max_position_embeddings
+            tokens.max_len(),
+            cfg.max_position_embeddings
         )));
     }
     Ok(())

@@ -1,6 +1,6 @@
 //! The CUDA executor and the encoder on a GPU.
 //!
-//! 1. Every fused op on random inputs (odd sequence lengths, padding, several head
+//! 1. Every fused op on random packed inputs (odd sequence lengths, several head
 //!    sizes) against the CPU kernels of `lanes_nn::cpu`.
 //! 2. The full encoder on the sentence-transformers fixture, each text alone and in
 //!    mixed batches, against the fixture and against `lanes_nn::reference::forward`
@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use lanes::{Buffer, Device, DeviceConfig, Lease};
 use lanes_nn::exec::cuda::{CudaExec, Gemm};
-use lanes_nn::exec::{Dims, EmbedTables, Exec};
-use lanes_nn::{cpu, reference, Encoder, Model};
+use lanes_nn::exec::{EmbedTables, Exec};
+use lanes_nn::{cpu, reference, DType, Encoder, Model, Tensor, TensorMut, Tokens};
 
 // ---------------------------------------------------------------------------
 // Setup
@@ -111,32 +111,43 @@ impl Rng {
     }
 }
 
-fn up_f32(lane: &Lease, data: &[f32]) -> Buffer {
-    let buf = lane.alloc(data.len().max(1) * 4).expect("alloc");
-    // SAFETY: f32 has no padding; any f32 is plain bytes.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data))
-    };
-    lane.upload(&buf, bytes).expect("upload");
+fn up<T: bytemuck::Pod>(lane: &Lease, data: &[T]) -> Buffer {
+    let buf = lane
+        .alloc(std::mem::size_of_val(data).max(1))
+        .expect("alloc");
+    lane.upload(&buf, bytemuck::cast_slice(data))
+        .expect("upload");
     buf
 }
 
+fn up_f32(lane: &Lease, data: &[f32]) -> Buffer {
+    up(lane, data)
+}
+
 fn up_u32(lane: &Lease, data: &[u32]) -> Buffer {
-    let buf = lane.alloc(data.len().max(1) * 4).expect("alloc");
-    // SAFETY: u32 has no padding; any u32 is plain bytes.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data))
-    };
-    lane.upload(&buf, bytes).expect("upload");
-    buf
+    up(lane, data)
 }
 
 fn down(lane: &Lease, buf: &Buffer, n: usize) -> Vec<f32> {
     let mut out = vec![0f32; n];
-    // SAFETY: every byte pattern is a valid f32.
-    let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, n * 4) };
-    lane.download(buf, bytes).expect("download");
+    lane.download(buf, bytemuck::cast_slice_mut(&mut out))
+        .expect("download");
     out
+}
+
+/// An f32 input tensor.
+fn f<'a>(name: &'static str, buf: &'a Buffer, shape: &[usize]) -> Tensor<'a> {
+    Tensor::new(name, buf, DType::F32, shape).expect("tensor fits its buffer")
+}
+
+/// A u32 input tensor.
+fn u<'a>(name: &'static str, buf: &'a Buffer, shape: &[usize]) -> Tensor<'a> {
+    Tensor::new(name, buf, DType::U32, shape).expect("tensor fits its buffer")
+}
+
+/// An f32 output tensor.
+fn o<'a>(name: &'static str, buf: &'a mut Buffer, shape: &[usize]) -> TensorMut<'a> {
+    TensorMut::new(name, buf, DType::F32, shape).expect("tensor fits its buffer")
 }
 
 fn max_abs(v: &[f32]) -> f32 {
@@ -159,14 +170,18 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
-/// Sequence lengths in 1..=seq, the first one full; the f32 key mask `[batch, seq]`.
-fn random_mask(rng: &mut Rng, batch: usize, seq: usize) -> Vec<f32> {
-    let mut mask = vec![0f32; batch * seq];
+/// Offsets of `batch` packed sequences of 1..=max_len tokens, the first one full.
+fn random_offsets(rng: &mut Rng, batch: usize, max_len: usize) -> Vec<u32> {
+    let mut offsets = vec![0u32];
     for b in 0..batch {
-        let len = if b == 0 { seq } else { 1 + rng.below(seq) };
-        mask[b * seq..b * seq + len].fill(1.0);
+        let len = if b == 0 {
+            max_len
+        } else {
+            1 + rng.below(max_len)
+        };
+        offsets.push(offsets[b] + len as u32);
     }
-    mask
+    offsets
 }
 
 // ---------------------------------------------------------------------------
@@ -193,19 +208,20 @@ fn attention_matches_cpu() {
     let lane = dev.lease().unwrap();
     let mut rng = Rng(1);
     for (batch, seq, hidden, heads) in SHAPES {
-        let d = Dims {
-            batch,
-            seq,
-            hidden,
-            heads,
-        };
-        let rows = d.rows();
+        let offsets = random_offsets(&mut rng, batch, seq);
+        let rows = *offsets.last().unwrap() as usize;
         let qkv = rng.vec(rows * 3 * hidden, -2.0, 2.0);
-        let mask = random_mask(&mut rng, batch, seq);
-        let (g_qkv, g_mask) = (up_f32(&lane, &qkv), up_f32(&lane, &mask));
-        let g_out = lane.alloc(rows * hidden * 4).unwrap();
-        ex.attention(&lane, d, g_qkv.ptr(), g_mask.ptr(), g_out.ptr())
-            .unwrap();
+        let (g_qkv, g_off) = (up_f32(&lane, &qkv), up_u32(&lane, &offsets));
+        let mut g_out = lane.alloc(rows * hidden * 4).unwrap();
+        ex.attention(
+            &lane,
+            f("qkv", &g_qkv, &[rows, 3 * hidden]),
+            u("offsets", &g_off, &[batch + 1]),
+            seq,
+            heads,
+            o("ctx", &mut g_out, &[rows, hidden]),
+        )
+        .unwrap();
         let got = down(&lane, &g_out, rows * hidden);
 
         let (mut q, mut k, mut v) = (
@@ -220,20 +236,11 @@ fn attention_matches_cpu() {
             v[r * hidden..(r + 1) * hidden].copy_from_slice(&src[2 * hidden..]);
         }
         let mut want = vec![0f32; rows * hidden];
-        cpu::attention(
-            &q,
-            &k,
-            &v,
-            &mask,
-            batch,
-            seq,
-            heads,
-            hidden / heads,
-            &mut want,
-        );
+        cpu::attention(&q, &k, &v, &offsets, heads, hidden / heads, &mut want);
         let diff = max_abs_diff(&got, &want);
-        eprintln!("attention {d:?}: max |diff| {diff:.3e}");
-        assert!(diff <= 1e-5, "attention {d:?}: max |diff| {diff:.3e}");
+        let what = format!("attention batch {batch} max_len {seq} hidden {hidden} heads {heads}");
+        eprintln!("{what}: max |diff| {diff:.3e}");
+        assert!(diff <= 1e-5, "{what}: max |diff| {diff:.3e}");
     }
 }
 
@@ -261,17 +268,14 @@ fn linear_matches_cpu() {
             let w = rng.vec(n * k, -0.2, 0.2);
             let b = rng.vec(n, -0.5, 0.5);
             let (gx, gw, gb) = (up_f32(&lane, &x), up_f32(&lane, &w), up_f32(&lane, &b));
-            let gout = lane.alloc(rows * n * 4).unwrap();
+            let mut gout = lane.alloc(rows * n * 4).unwrap();
             ex.linear(
                 &lane,
-                rows,
-                k,
-                n,
-                gx.ptr(),
-                gw.ptr(),
-                gb.ptr(),
+                f("x", &gx, &[rows, k]),
+                f("w", &gw, &[n, k]),
+                f("b", &gb, &[n]),
                 gelu,
-                gout.ptr(),
+                o("out", &mut gout, &[rows, n]),
             )
             .unwrap();
             let got = down(&lane, &gout, rows * n);
@@ -305,13 +309,9 @@ fn layer_norms_and_pooling_match_cpu() {
         (2, 9, 768),
         (1, 3, 1000),
     ] {
-        let d = Dims {
-            batch,
-            seq,
-            hidden,
-            heads: 1,
-        };
-        let rows = d.rows();
+        let offsets = random_offsets(&mut rng, batch, seq);
+        let rows = *offsets.last().unwrap() as usize;
+        let g_off = up_u32(&lane, &offsets);
         let g = rng.vec(hidden, 0.5, 1.5);
         let be = rng.vec(hidden, -0.3, 0.3);
         let (gg, gbe) = (up_f32(&lane, &g), up_f32(&lane, &be));
@@ -320,17 +320,15 @@ fn layer_norms_and_pooling_match_cpu() {
         let x = rng.vec(rows * hidden, -3.0, 3.0);
         let r = rng.vec(rows * hidden, -1.0, 2.0);
         let (gx, gr) = (up_f32(&lane, &x), up_f32(&lane, &r));
-        let gout = lane.alloc(rows * hidden * 4).unwrap();
+        let mut gout = lane.alloc(rows * hidden * 4).unwrap();
         ex.add_layer_norm(
             &lane,
-            rows,
-            hidden,
-            gx.ptr(),
-            gr.ptr(),
-            gg.ptr(),
-            gbe.ptr(),
+            f("x", &gx, &[rows, hidden]),
+            f("residual", &gr, &[rows, hidden]),
+            f("gamma", &gg, &[hidden]),
+            f("beta", &gbe, &[hidden]),
             eps,
-            gout.ptr(),
+            o("out", &mut gout, &[rows, hidden]),
         )
         .unwrap();
         let got = down(&lane, &gout, rows * hidden);
@@ -357,19 +355,31 @@ fn layer_norms_and_pooling_match_cpu() {
         );
         let (gi, gty) = (up_u32(&lane, &ids), up_u32(&lane, &types));
         let tables = EmbedTables {
-            word: gw.ptr(),
-            position: gp.ptr(),
-            token_type: gt.ptr(),
-            gamma: gg.ptr(),
-            beta: gbe.ptr(),
+            word: f("word", &gw, &[vocab, hidden]),
+            position: f("position", &gp, &[seq, hidden]),
+            token_type: f("token_type", &gt, &[types_n, hidden]),
+            gamma: f("gamma", &gg, &[hidden]),
+            beta: f("beta", &gbe, &[hidden]),
         };
-        let gemb = lane.alloc(rows * hidden * 4).unwrap();
-        ex.embed_ln(&lane, d, gi.ptr(), gty.ptr(), &tables, eps, gemb.ptr())
-            .unwrap();
+        let mut gemb = lane.alloc(rows * hidden * 4).unwrap();
+        ex.embed_ln(
+            &lane,
+            u("ids", &gi, &[rows]),
+            u("types", &gty, &[rows]),
+            u("offsets", &g_off, &[batch + 1]),
+            &tables,
+            eps,
+            o("x", &mut gemb, &[rows, hidden]),
+        )
+        .unwrap();
         let got = down(&lane, &gemb, rows * hidden);
         let mut want = vec![0f32; rows * hidden];
+        let positions = Tokens::from_parts(ids.clone(), types.clone(), offsets.clone())
+            .unwrap()
+            .positions()
+            .collect::<Vec<_>>();
         for rr in 0..rows {
-            let (id, ty, p) = (ids[rr] as usize, types[rr] as usize, rr % seq);
+            let (id, ty, p) = (ids[rr] as usize, types[rr] as usize, positions[rr]);
             for i in 0..hidden {
                 want[rr * hidden + i] =
                     (word[id * hidden + i] + tt[ty * hidden + i]) + pos[p * hidden + i];
@@ -385,14 +395,18 @@ fn layer_norms_and_pooling_match_cpu() {
 
         // pool_normalize
         let h = rng.vec(rows * hidden, -2.0, 2.0);
-        let mask = random_mask(&mut rng, batch, seq);
-        let (gh, gm) = (up_f32(&lane, &h), up_f32(&lane, &mask));
-        let gpool = lane.alloc(batch * hidden * 4).unwrap();
-        ex.pool_normalize(&lane, d, gh.ptr(), gm.ptr(), gpool.ptr())
-            .unwrap();
+        let gh = up_f32(&lane, &h);
+        let mut gpool = lane.alloc(batch * hidden * 4).unwrap();
+        ex.pool_normalize(
+            &lane,
+            f("hidden", &gh, &[rows, hidden]),
+            u("offsets", &g_off, &[batch + 1]),
+            o("pooled", &mut gpool, &[batch, hidden]),
+        )
+        .unwrap();
         let got = down(&lane, &gpool, batch * hidden);
         let mut want = vec![0f32; batch * hidden];
-        cpu::mean_pool(&h, &mask, batch, seq, hidden, &mut want);
+        cpu::mean_pool(&h, &offsets, hidden, &mut want);
         cpu::l2_normalize(&mut want, batch, hidden);
         let diff = max_abs_diff(&got, &want);
         eprintln!("pool_normalize batch {batch} seq {seq} dim {hidden}: max |diff| {diff:.3e}");
@@ -406,16 +420,33 @@ fn cpu_lane_is_rejected() {
     let ex = CudaExec::new(&dev).expect("compile the kernels");
     let cpu_dev = Device::cpu(DeviceConfig::default()).unwrap();
     let lane = cpu_dev.lease().unwrap();
-    let p = lanes::DevicePtr(0);
-    let d = Dims {
-        batch: 1,
-        seq: 1,
-        hidden: 32,
-        heads: 1,
-    };
-    assert!(ex.attention(&lane, d, p, p, p).is_err());
-    assert!(ex.linear(&lane, 1, 1, 1, p, p, p, false, p).is_err());
+    let (x, mut out) = (up_f32(&lane, &[0.0; 4]), lane.alloc(16).unwrap());
+    let err = ex
+        .linear(
+            &lane,
+            f("x", &x, &[2, 2]),
+            f("w", &x, &[2, 2]),
+            f("b", &x, &[2]),
+            false,
+            o("out", &mut out, &[2, 2]),
+        )
+        .unwrap_err();
+    eprintln!("{err}");
     assert!(CudaExec::new(&cpu_dev).is_err());
+    // And CUDA memory on a CUDA lane with a mismatched shape.
+    let gl = dev.lease().unwrap();
+    let (gx, mut gout) = (up_f32(&gl, &[0.0; 4]), gl.alloc(16).unwrap());
+    let err = ex
+        .linear(
+            &gl,
+            f("x", &gx, &[2, 2]),
+            f("w", &gx, &[1, 4]),
+            f("b", &gx, &[1]),
+            false,
+            o("out", &mut gout, &[2, 1]),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("tensor w"), "{err}");
 }
 
 // ---------------------------------------------------------------------------
@@ -628,7 +659,7 @@ fn throughput_report() {
                 (ids, vec![0; seq])
             })
             .collect();
-        lanes_nn::Encoded::from_sequences(&seqs).unwrap()
+        Tokens::from_sequences(&seqs).unwrap()
     };
     let lane = dev.lease().unwrap();
     for batch in [1usize, 8, 32] {
@@ -701,30 +732,25 @@ fn op_timing_report() {
     let (hidden, heads, inter, vocab) = (384usize, 12usize, 1536usize, 30522usize);
     const N: u32 = 200;
     for (batch, seq) in [(1usize, 128usize), (8, 128), (32, 128)] {
-        let d = Dims {
-            batch,
-            seq,
-            hidden,
-            heads,
-        };
-        let rows = d.rows();
+        let rows = batch * seq;
+        let offsets: Vec<u32> = (0..=batch as u32).map(|b| b * seq as u32).collect();
+        let offs = up_u32(&lane, &offsets);
         let x = up_f32(&lane, &rng.vec(rows * inter, -1.0, 1.0));
         let y = up_f32(&lane, &rng.vec(rows * hidden, -1.0, 1.0));
         let qkv = up_f32(&lane, &rng.vec(rows * 3 * hidden, -1.0, 1.0));
         let w = up_f32(&lane, &rng.vec(inter * hidden, -0.1, 0.1));
         let b = up_f32(&lane, &rng.vec(inter, -0.1, 0.1));
         let g = up_f32(&lane, &vec![1.0; hidden]);
-        let mask = up_f32(&lane, &vec![1.0; rows]);
-        let out = lane.alloc(rows * inter * 4).unwrap();
+        let mut out = lane.alloc(rows * inter * 4).unwrap();
         let word = up_f32(&lane, &rng.vec(vocab * hidden, -1.0, 1.0));
         let ids = up_u32(&lane, &(0..rows as u32).collect::<Vec<_>>());
         let types = up_u32(&lane, &vec![0; rows]);
         let tables = EmbedTables {
-            word: word.ptr(),
-            position: y.ptr(),
-            token_type: y.ptr(),
-            gamma: g.ptr(),
-            beta: b.ptr(),
+            word: f("word", &word, &[vocab, hidden]),
+            position: f("position", &y, &[seq, hidden]),
+            token_type: f("token_type", &y, &[1, hidden]),
+            gamma: f("gamma", &g, &[hidden]),
+            beta: f("beta", &b, &[hidden]),
         };
         let time = |name: &str, f: &mut dyn FnMut()| {
             f();
@@ -737,14 +763,34 @@ fn op_timing_report() {
             let us = t0.elapsed().as_secs_f64() * 1e6 / f64::from(N);
             eprintln!("batch {batch:2} x {seq}: {name:<28} {us:8.1} us");
         };
-        let (xp, yp, qp, wp, bp, op) = (x.ptr(), y.ptr(), qkv.ptr(), w.ptr(), b.ptr(), out.ptr());
-        time("embed_ln", &mut || {
-            ex.embed_ln(&lane, d, ids.ptr(), types.ptr(), &tables, 1e-12, op)
+        let (yp, wp, op) = (y.ptr(), w.ptr(), out.ptr());
+        let off = u("offsets", &offs, &[batch + 1]);
+        let lin =
+            |ex: &CudaExec, out: &mut Buffer, src: &Buffer, k: usize, n: usize, gelu: bool| {
+                ex.linear(
+                    &lane,
+                    f("x", src, &[rows, k]),
+                    f("w", &w, &[n, k]),
+                    f("b", &b, &[n]),
+                    gelu,
+                    o("out", out, &[rows, n]),
+                )
                 .unwrap()
+            };
+        time("embed_ln", &mut || {
+            ex.embed_ln(
+                &lane,
+                u("ids", &ids, &[rows]),
+                u("types", &types, &[rows]),
+                off,
+                &tables,
+                1e-12,
+                o("x", &mut out, &[rows, hidden]),
+            )
+            .unwrap()
         });
         time("linear qkv (384->1152)", &mut || {
-            ex.linear(&lane, rows, hidden, 3 * hidden, yp, wp, bp, false, op)
-                .unwrap()
+            lin(&ex, &mut out, &y, hidden, 3 * hidden, false)
         });
         time("  sgemm alone", &mut || {
             // SAFETY: y holds rows*384, w 1536*384 >= 1152*384, out rows*1536 >= rows*1152 f32s.
@@ -768,46 +814,57 @@ fn op_timing_report() {
             .unwrap()
         });
         time("  fused linear_tn", &mut || {
-            fused
-                .linear(&lane, rows, hidden, 3 * hidden, yp, wp, bp, false, op)
-                .unwrap()
+            lin(&fused, &mut out, &y, hidden, 3 * hidden, false)
         });
         time("attention", &mut || {
-            ex.attention(&lane, d, qp, mask.ptr(), op).unwrap()
+            ex.attention(
+                &lane,
+                f("qkv", &qkv, &[rows, 3 * hidden]),
+                off,
+                seq,
+                heads,
+                o("ctx", &mut out, &[rows, hidden]),
+            )
+            .unwrap()
         });
         time("linear out (384->384)", &mut || {
-            ex.linear(&lane, rows, hidden, hidden, yp, wp, bp, false, op)
-                .unwrap()
+            lin(&ex, &mut out, &y, hidden, hidden, false)
         });
         time("  fused linear_tn", &mut || {
-            fused
-                .linear(&lane, rows, hidden, hidden, yp, wp, bp, false, op)
-                .unwrap()
+            lin(&fused, &mut out, &y, hidden, hidden, false)
         });
         time("add_layer_norm", &mut || {
-            ex.add_layer_norm(&lane, rows, hidden, yp, yp, g.ptr(), bp, 1e-12, op)
-                .unwrap()
+            ex.add_layer_norm(
+                &lane,
+                f("x", &y, &[rows, hidden]),
+                f("residual", &y, &[rows, hidden]),
+                f("gamma", &g, &[hidden]),
+                f("beta", &b, &[hidden]),
+                1e-12,
+                o("out", &mut out, &[rows, hidden]),
+            )
+            .unwrap()
         });
         time("linear up+gelu (384->1536)", &mut || {
-            ex.linear(&lane, rows, hidden, inter, yp, wp, bp, true, op)
-                .unwrap()
+            lin(&ex, &mut out, &y, hidden, inter, true)
         });
         time("  fused linear_tn", &mut || {
-            fused
-                .linear(&lane, rows, hidden, inter, yp, wp, bp, true, op)
-                .unwrap()
+            lin(&fused, &mut out, &y, hidden, inter, true)
         });
         time("linear down (1536->384)", &mut || {
-            ex.linear(&lane, rows, inter, hidden, xp, wp, bp, false, op)
-                .unwrap()
+            lin(&ex, &mut out, &x, inter, hidden, false)
         });
         time("  fused linear_tn", &mut || {
-            fused
-                .linear(&lane, rows, inter, hidden, xp, wp, bp, false, op)
-                .unwrap()
+            lin(&fused, &mut out, &x, inter, hidden, false)
         });
         time("pool_normalize", &mut || {
-            ex.pool_normalize(&lane, d, xp, mask.ptr(), op).unwrap()
+            ex.pool_normalize(
+                &lane,
+                f("hidden", &y, &[rows, hidden]),
+                off,
+                o("pooled", &mut out, &[batch, hidden]),
+            )
+            .unwrap()
         });
     }
 }

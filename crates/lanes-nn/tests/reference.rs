@@ -7,7 +7,7 @@
 mod common;
 
 use common::{cosine, max_abs_diff, norm, Fixture};
-use lanes_nn::{reference, BertConfig, Encoded, HostWeights, Model};
+use lanes_nn::{reference, BertConfig, HostWeights, Model, Tokens};
 
 const MIN_COSINE: f64 = 0.99999;
 const MAX_DIFF: f32 = 1e-5;
@@ -126,21 +126,23 @@ fn bad_encoded_inputs_are_errors_not_panics() {
         ..BertConfig::minilm_l6()
     };
     let w = HostWeights::synthetic(&cfg, 1).expect("synthetic");
-    let ok = Encoded::from_sequences(&[(vec![1, 2, 3], vec![0; 3])]).expect("encoded");
+    let ok = Tokens::from_sequences(&[(vec![1, 2, 3], vec![0; 3])]).expect("encoded");
     let out = reference::forward(&w, &cfg, &ok).expect("valid input");
     assert!((norm(&out) - 1.0).abs() < 1e-5);
 
-    let bad_id = Encoded::from_sequences(&[(vec![1, 10], vec![0; 2])]).expect("encoded");
+    let bad_id = Tokens::from_sequences(&[(vec![1, 10], vec![0; 2])]).expect("encoded");
     let err = reference::forward(&w, &cfg, &bad_id).expect_err("id 10 of 10");
     assert!(err.to_string().contains("10"), "{err}");
-    let bad_type = Encoded::from_sequences(&[(vec![1, 2], vec![0, 2])]).expect("encoded");
+    let bad_type = Tokens::from_sequences(&[(vec![1, 2], vec![0, 2])]).expect("encoded");
     assert!(reference::forward(&w, &cfg, &bad_type).is_err());
-    let too_long = Encoded::from_sequences(&[(vec![1; 5], vec![0; 5])]).expect("encoded");
+    let too_long = Tokens::from_sequences(&[(vec![1; 5], vec![0; 5])]).expect("encoded");
     let err = reference::forward(&w, &cfg, &too_long).expect_err("5 > 4 positions");
     assert!(err.to_string().contains("max_position_embeddings"), "{err}");
-    let mut short_mask = ok.clone();
-    short_mask.mask.pop();
-    assert!(reference::forward(&w, &cfg, &short_mask).is_err());
+    // Positions restart in each sequence: two of 3 fit where one of 5 does not.
+    let packed = Tokens::from_sequences(&[(vec![1; 3], vec![0; 3]), (vec![2; 2], vec![0; 2])])
+        .expect("encoded");
+    let out = reference::forward(&w, &cfg, &packed).expect("both within 4 positions");
+    assert_eq!(out.len(), 2 * cfg.hidden_size);
     let other_cfg = BertConfig {
         intermediate_size: 32,
         ..cfg.clone()

@@ -30,27 +30,26 @@ fn empty_text_is_cls_sep_and_long_text_is_truncated_to_256() {
 }
 
 #[test]
-fn batch_is_padded_to_longest_with_mask_and_lengths() {
+fn batch_is_packed_with_offsets_and_lengths() {
     let Some(model) = common::model() else { return };
     let fx = common::fixtures();
     let texts: Vec<&str> = fx.iter().map(|f| f.text.as_str()).collect();
-    let enc = model.tokenizer.encode_batch(&texts).expect("encodes");
+    let tokens = model.tokenizer.encode_batch(&texts).expect("encodes");
+    let total: usize = fx.iter().map(|f| f.n_tokens).sum();
     let longest = fx.iter().map(|f| f.n_tokens).max().unwrap_or(0);
-    assert_eq!((enc.batch, enc.seq), (25, longest));
-    assert_eq!(enc.ids.len(), 25 * longest);
-    assert_eq!(enc.type_ids.len(), 25 * longest);
-    enc.check().expect("consistent");
+    assert_eq!((tokens.batch(), tokens.total_tokens()), (25, total));
+    assert_eq!(tokens.max_len(), longest);
+    assert_eq!(tokens.ids().len(), total);
+    assert_eq!(tokens.type_ids().len(), total);
+    assert_eq!(tokens.offsets().len(), 26);
+    let lengths: Vec<usize> = tokens.lengths().collect();
     for (row, f) in fx.iter().enumerate() {
-        assert_eq!(enc.lengths[row], f.n_tokens);
-        assert_eq!(enc.row_ids(row), Some(&f.input_ids[..]));
-        let ids = &enc.ids[row * enc.seq..(row + 1) * enc.seq];
-        let mask = &enc.mask[row * enc.seq..(row + 1) * enc.seq];
-        assert!(ids[f.n_tokens..].iter().all(|&id| id == 0), "padded with 0");
-        assert!(mask[..f.n_tokens].iter().all(|&m| m == 1.0));
-        assert!(mask[f.n_tokens..].iter().all(|&m| m == 0.0));
+        assert_eq!(lengths[row], f.n_tokens);
+        assert_eq!(tokens.row_ids(row), Some(&f.input_ids[..]));
+        assert!(tokens.row_type_ids(row).unwrap().iter().all(|&t| t == 0));
     }
     let empty = model.tokenizer.encode_batch(&[]).expect("empty batch");
-    assert_eq!((empty.batch, empty.seq), (0, 0));
+    assert_eq!((empty.batch(), empty.total_tokens()), (0, 0));
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use lanes::Lease;
-use lanes_nn::{Embedding, Encoded, Encoder};
+use lanes_nn::{Embedding, Encoder, Tokens};
 
 use crate::error::ServeError;
 use crate::input::{Fault, Seq};
@@ -180,13 +180,16 @@ fn forward(lease: &Lease, shared: &Shared, seqs: &[&Seq]) -> Result<Vec<Embeddin
 
 /// Runs the encoder on `seqs`; one embedding per sequence.
 fn encode(encoder: &Encoder, lease: &Lease, seqs: &[&Seq]) -> Result<Vec<Embedding>, String> {
-    let pairs: Vec<(Vec<u32>, Vec<u32>)> = seqs
-        .iter()
-        .map(|s| (s.ids.clone(), s.types.clone()))
-        .collect();
-    let enc = Encoded::from_sequences(&pairs).map_err(|e| format!("cannot form a batch: {e}"))?;
+    // One packed batch: the sequences back to back, no padding.
+    let total = seqs.iter().map(|s| s.ids.len()).sum();
+    let mut tokens = Tokens::with_capacity(seqs.len(), total);
+    for s in seqs {
+        tokens
+            .push(&s.ids, &s.types)
+            .map_err(|e| format!("cannot form a batch: {e}"))?;
+    }
     let flat = encoder
-        .forward(lease, &enc)
+        .forward(lease, &tokens)
         .map_err(|e| format!("inference failed: {e}"))?;
     let hidden = encoder.config().hidden_size;
     if hidden == 0 || flat.len() != seqs.len() * hidden {

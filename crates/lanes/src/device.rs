@@ -10,7 +10,7 @@ use crate::error::{Wait, NO_LIBCUDA};
 use crate::lease::Lease;
 use crate::pool::Policy;
 use crate::shared::DeviceShared;
-use crate::sync::Arc;
+use crate::sync::{lock, Arc};
 use crate::{Error, Result};
 
 /// How a device is set up.
@@ -55,6 +55,8 @@ pub struct DeviceStats {
     pub callbacks_pending: usize,
     /// Completion callbacks whose closure panicked.
     pub callbacks_panicked: usize,
+    /// Graphs in the lanes' graph caches.
+    pub graphs_cached: usize,
     /// The caching allocator.
     pub alloc: AllocStats,
 }
@@ -220,6 +222,34 @@ impl Device {
         drop(binding::replace(self.shared.id, None));
     }
 
+    /// Switches `Lease::graph` on or off for this device (the default comes from
+    /// `LANES_GRAPHS`); switching off also drops every cached graph.
+    pub fn set_graphs(&self, enabled: bool) {
+        self.shared
+            .graphs_on
+            .store(enabled, std::sync::atomic::Ordering::Relaxed);
+        if !enabled {
+            self.clear_graphs();
+        }
+    }
+
+    /// Sets how many graphs each lane's cache keeps (at least 1; the default is
+    /// `LANES_GRAPH_CACHE` or 16), evicting the least recently used to fit.
+    pub fn set_graph_cache_capacity(&self, graphs: usize) {
+        for slot in self.shared.graphs.iter() {
+            let evicted = lock(slot).set_capacity(graphs);
+            drop(evicted);
+        }
+    }
+
+    /// Drops every lane's cached graphs; their blocks go back to the lanes' caches.
+    pub fn clear_graphs(&self) {
+        for slot in self.shared.graphs.iter() {
+            let taken = lock(slot).clear();
+            drop(taken);
+        }
+    }
+
     /// The caching allocator.
     pub fn allocator(&self) -> &Allocator {
         &self.shared.allocator
@@ -237,6 +267,7 @@ impl Device {
             events_pooled: s.events.pooled(),
             callbacks_pending: s.callbacks.pending(),
             callbacks_panicked: s.callbacks.panicked(),
+            graphs_cached: s.graphs.iter().map(|g| lock(g).len()).sum(),
             alloc: s.allocator.stats(),
         }
     }

@@ -124,6 +124,26 @@ pub enum Error {
         pending: usize,
     },
 
+    /// The device cannot do this (e.g. graph capture on the CPU backend).
+    #[error("{device} does not support {what}")]
+    Unsupported {
+        /// The device.
+        device: String,
+        /// What was asked for.
+        what: String,
+    },
+
+    /// A graph capture failed, or a call that cannot be captured was made inside one.
+    #[error("graph capture on lane {lane} of {device}: {message}")]
+    Capture {
+        /// The device.
+        device: String,
+        /// The lane being captured.
+        lane: usize,
+        /// What went wrong.
+        message: String,
+    },
+
     /// An injected fault (used by `lanes stress --inject`).
     #[error("injected fault: {0}")]
     Injected(String),

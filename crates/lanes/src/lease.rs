@@ -6,12 +6,12 @@
 
 use std::sync::OnceLock;
 
-use crate::alloc::{Buffer, BufferOwner};
+use crate::alloc::{Buffer, BufferOwner, GraphPool};
 use crate::backend::RawLane;
 use crate::error::Wait;
 use crate::event::Event;
 use crate::shared::{DeviceShared, LaneOwner};
-use crate::sync::{Arc, Ordering};
+use crate::sync::{lock, Arc, AtomicBool, Mutex, Ordering};
 use crate::{Error, Result};
 
 /// Exclusive (or shared) use of one lane, released on drop of the last clone.
@@ -32,6 +32,16 @@ pub(crate) struct LeaseInner {
     /// clones it, so the reference count a buffer writes is this lease's, not the
     /// device's.
     owner: OnceLock<Arc<LaneOwner>>,
+    /// `true` while this lease captures a graph (checked by every `alloc`).
+    pub(crate) capturing: AtomicBool,
+    /// The capture in progress: the graph's pool and the owner of its buffers.
+    pub(crate) capture: Mutex<Option<CaptureState>>,
+}
+
+/// Where the buffers allocated during a capture come from and go back to.
+pub(crate) struct CaptureState {
+    pub(crate) pool: Arc<GraphPool>,
+    pub(crate) owner: Arc<dyn BufferOwner>,
 }
 
 impl Lease {
@@ -45,6 +55,8 @@ impl Lease {
             index,
             exclusive,
             owner: OnceLock::new(),
+            capturing: AtomicBool::new(false),
+            capture: Mutex::new(None),
         });
         pool.ensure(index, &**device.backend())?;
         Ok(Lease { inner })
@@ -124,12 +136,31 @@ impl Lease {
     /// safe for all later work on this lane; mark other lanes with
     /// [`Buffer::record_use`]).
     pub fn alloc(&self, bytes: usize) -> Result<Buffer> {
+        if self.inner.capturing.load(Ordering::Acquire) {
+            if let Some(buf) = self.alloc_captured(bytes) {
+                return buf;
+            }
+        }
         let owner: Arc<dyn BufferOwner> = self
             .inner
             .owner
             .get_or_init(|| Arc::new(LaneOwner::new(self.inner.device.clone())))
             .clone();
         Buffer::alloc(owner, self.inner.index, bytes)
+    }
+
+    /// An allocation from the graph's pool while this lease captures (`None` when
+    /// the capture has just ended).
+    fn alloc_captured(&self, bytes: usize) -> Option<Result<Buffer>> {
+        let (pool, owner) = {
+            let c = lock(&self.inner.capture);
+            let c = c.as_ref()?;
+            (c.pool.clone(), c.owner.clone())
+        };
+        Some(
+            pool.alloc(self.inner.index, bytes)
+                .map(|block| Buffer::from_block(owner, block)),
+        )
     }
 
     /// Copies `src` into `buf` (ordered on this lane; `src` may be reused at once).

@@ -35,16 +35,16 @@
 //! and each `mod.rs` only declare modules and re-export:
 //!
 //! 1. `sync` (the synchronization primitives, std or a model checker's), `error`;
-//! 2. `backend` (the raw device traits), `backend::host`, `backend::cuda`
-//!    (inside it, bottom up: `driver` → `event`, `module_cache`, `blas` → `lane` →
-//!    `backend` → `graph`);
+//! 2. `backend` (the raw device traits), `backend::host`, `backend::cuda` (inside
+//!    it, bottom up: `driver` → `event`, `module_cache`, `blas`, `graph` → `lane` →
+//!    `backend`);
 //! 3. `alloc` (inside it, bottom up: `size` → `index` → `stats` → `block` →
-//!    `allocator` → `graph_pool` → `buffer`), `event`, `callback`;
-//! 4. `pool` (the lane pool and its policies);
+//!    `allocator` → `buffer`, `graph_pool`), `event`, `callback`;
+//! 4. `pool` (the lane pool and its policies), `graph` (a captured graph),
+//!    `graph_cache` (graphs by key, per lane);
 //! 5. `shared` (the state a device shares with its leases and buffers);
 //! 6. `lease` (a lane's lease and the work enqueued through it);
-//! 7. `graph` (captured work replayed on a lane) and `graph_cache` (graphs by key,
-//!    per lane);
+//! 7. `capture` (capturing and launching graphs, the cache seen from a lease);
 //! 8. `binding` (each thread's current lane);
 //! 9. `device` (the handle users hold).
 //!
@@ -57,9 +57,12 @@ pub mod alloc;
 pub mod backend;
 mod binding;
 mod callback;
+mod capture;
 mod device;
 mod error;
 mod event;
+mod graph;
+mod graph_cache;
 mod lease;
 mod pool;
 mod shared;
@@ -69,10 +72,12 @@ mod sync;
 mod loom_scenarios;
 
 pub use alloc::{AllocConfig, AllocStats, Allocator, Buffer};
-pub use backend::{Backend, DeviceKind, DevicePtr, MemInfo, RawEvent, RawLane};
+pub use backend::{Backend, DeviceKind, DevicePtr, MemInfo, RawEvent, RawGraph, RawLane};
 pub use binding::LaneGuard;
 pub use device::{cpu_fallback_notice, Device, DeviceConfig, DeviceStats, ShutdownReport};
 pub use error::{Error, Result, Wait};
 pub use event::Event;
+pub use graph::Graph;
+pub use graph_cache::{graphs_enabled, GRAPH_CACHE_CAPACITY};
 pub use lease::Lease;
 pub use pool::{Policy, MAX_LANES};

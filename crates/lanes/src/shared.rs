@@ -5,8 +5,9 @@ use crate::alloc::{AllocConfig, Allocator, BufferOwner, PendingUse};
 use crate::backend::Backend;
 use crate::callback::Callbacks;
 use crate::event::EventPool;
+use crate::graph_cache::{self, LaneGraphs};
 use crate::pool::{LanePool, Policy};
-use crate::sync::Arc;
+use crate::sync::{Arc, AtomicBool, Mutex};
 use crate::{Error, Result};
 
 /// Each device gets a distinct id for thread binding.
@@ -15,13 +16,20 @@ static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 /// State shared by the device handle, every lease, buffer and thread binding.
 /// It lives until the last of them is dropped.
 pub(crate) struct DeviceShared {
+    /// Each lane's graph cache (dropped first: its graphs give their blocks back to
+    /// the allocator, which they share).
+    pub(crate) graphs: Box<[Mutex<LaneGraphs>]>,
+    /// Whether `Lease::graph` captures (from `LANES_GRAPHS`; switchable).
+    pub(crate) graphs_on: AtomicBool,
     pub(crate) id: u64,
     pub(crate) name: String,
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) pool: LanePool,
     pub(crate) events: Arc<EventPool>,
     pub(crate) callbacks: Arc<Callbacks>,
-    pub(crate) allocator: Allocator,
+    /// Shared with every graph's pool (a graph holds no reference to the device,
+    /// so the device's graph caches make no reference cycle).
+    pub(crate) allocator: Arc<Allocator>,
 }
 
 impl DeviceShared {
@@ -33,8 +41,13 @@ impl DeviceShared {
         alloc: AllocConfig,
     ) -> Result<Self> {
         let pool = LanePool::new(lanes, policy)?;
-        let allocator = Allocator::new(backend.clone(), lanes, alloc);
+        let allocator = Arc::new(Allocator::new(backend.clone(), lanes, alloc));
+        let capacity = graph_cache::capacity_from_env();
         Ok(DeviceShared {
+            graphs: (0..lanes)
+                .map(|_| Mutex::new(LaneGraphs::new(capacity)))
+                .collect(),
+            graphs_on: AtomicBool::new(graph_cache::graphs_enabled()),
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             name: backend.kind().to_string(),
             events: Arc::new(EventPool::new(backend.clone())),

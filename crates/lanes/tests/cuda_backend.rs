@@ -48,20 +48,8 @@ macro_rules! gpu {
     };
 }
 
-const SRC: &str = r#"
-extern "C" __global__ void spin_fill(float* x, unsigned int n, float v, long long cycles) {
-    long long t0 = clock64();
-    while (clock64() - t0 < cycles) { }
-    for (unsigned int i = threadIdx.x; i < n; i += blockDim.x) x[i] = v;
-}
-
-extern "C" __global__ void scale(float* y, const float* x, float a, unsigned int n) {
-    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) y[i] = a * x[i];
-}
-
-extern "C" __global__ void empty() { }
-"#;
+/// The test kernels (shared with `tests/cuda_graphs.rs`).
+const SRC: &str = include_str!("kernels/lanes_test.cu");
 
 fn lane(b: &CudaBackend, index: usize) -> Box<dyn RawLane> {
     b.create_lane(index).expect("create_lane")
@@ -83,13 +71,16 @@ fn download_f32(l: &dyn RawLane, src: DevicePtr, n: usize) -> Vec<f32> {
     out
 }
 
-/// Clock cycles for roughly `ms` milliseconds of spinning on this GPU.
+/// Clock cycles for roughly `ms` milliseconds of spinning on this GPU (at least
+/// 2 GHz worth: a driver that reports no clock rate, or a low base clock, must not
+/// shorten the spin that the ordering tests rely on).
 fn cycles_for(b: &CudaBackend, ms: u64) -> i64 {
     use cudarc::driver::sys::CUdevice_attribute;
     let khz = b
         .context()
         .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CLOCK_RATE)
-        .unwrap_or(2_000_000) as i64;
+        .unwrap_or(0)
+        .max(2_000_000) as i64;
     khz * ms as i64
 }
 

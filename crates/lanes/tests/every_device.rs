@@ -244,3 +244,94 @@ fn out_of_memory_names_the_sizes_and_other_lanes_keep_going() {
         assert_eq!(dev.stats().alloc.allocated_bytes, 0, "{}", dev.name());
     }
 }
+
+#[test]
+fn a_captured_graph_replays_with_fresh_inputs_and_keeps_its_blocks_until_dropped() {
+    for dev in devices("graph capture", config(2, Wait::NoWait)) {
+        let name = dev.name().to_string();
+        let lane = dev.lease().expect("lease");
+        let len = 64 << 10;
+        let base = dev.stats().alloc;
+        let mut scratch_addr = None;
+        let captured = lane.capture(|l| {
+            let input = l.alloc(len)?;
+            let output = l.alloc(len)?;
+            let scratch = l.alloc(len)?;
+            scratch_addr = Some(scratch.ptr());
+            // SAFETY: the three buffers hold `len` bytes of this device and are
+            // disjoint; the graph keeps their blocks for its whole life.
+            unsafe {
+                l.raw().copy_dtod(input.ptr(), scratch.ptr(), len)?;
+                l.raw().copy_dtod(scratch.ptr(), output.ptr(), len)?;
+            }
+            // Dropped inside the capture: its block stays the graph's.
+            drop(scratch);
+            // Calls that cannot be captured fail with a clear error.
+            let err = l
+                .upload(&input, &[0u8; 16])
+                .expect_err("upload in a capture");
+            assert!(err.to_string().contains("upload"), "{err}");
+            Ok(vec![input, output])
+        });
+        let graph = match captured {
+            Ok(g) => g,
+            Err(Error::Unsupported { device, what }) => {
+                // The CPU backend runs jobs eagerly: no graphs, and the cache says so.
+                assert_eq!(device, name);
+                assert!(what.contains("graph capture"), "{what}");
+                assert!(lane.graph(1, |_| Ok(Vec::new())).expect("graph").is_none());
+                assert_eq!(dev.stats().alloc.allocated_bytes, base.allocated_bytes);
+                continue;
+            }
+            Err(e) => panic!("{name}: capture failed: {e}"),
+        };
+        assert_eq!(graph.lane(), lane.index());
+        assert!(graph.nodes() >= 2, "{name}: {graph:?}");
+        assert!(graph.reserved_bytes() >= 3 * len, "{name}: {graph:?}");
+        // The scratch block is not handed to other work while the graph lives.
+        let other = lane.alloc(len).expect("alloc");
+        assert_ne!(Some(other.ptr()), scratch_addr, "{name}");
+        drop(other);
+        for round in 0..20u8 {
+            let data = pattern(len, round);
+            lane.upload(&graph.buffers()[0], &data).expect("upload");
+            graph.launch(&lane).expect("launch");
+            let mut back = vec![0u8; len];
+            lane.download(&graph.buffers()[1], &mut back)
+                .expect("download");
+            assert!(back == data, "{name}: round {round} replayed the copies");
+        }
+        // Another lane may not launch it.
+        let b = dev.lease().expect("b");
+        assert!(graph.launch(&b).is_err(), "{name}");
+        drop(graph);
+        lane.synchronize().expect("sync");
+        assert_eq!(
+            dev.stats().alloc.allocated_bytes,
+            base.allocated_bytes,
+            "{name}: the graph's blocks went back when it dropped"
+        );
+        // The cache: one capture per key, replays after.
+        let captures = AtomicUsize::new(0);
+        for _ in 0..3 {
+            let g = lane
+                .graph(7, |l| {
+                    captures.fetch_add(1, Ordering::SeqCst);
+                    Ok(vec![l.alloc(len)?])
+                })
+                .expect("graph")
+                .expect("CUDA has graphs");
+            assert_eq!(g.buffers().len(), 1);
+        }
+        assert_eq!(captures.load(Ordering::SeqCst), 1, "{name}");
+        assert_eq!(dev.stats().graphs_cached, 1, "{name}");
+        dev.set_graphs(false);
+        assert!(lane.graph(7, |_| Ok(Vec::new())).expect("off").is_none());
+        assert_eq!(dev.stats().graphs_cached, 0, "{name}");
+        assert_eq!(
+            dev.stats().alloc.allocated_bytes,
+            base.allocated_bytes,
+            "{name}"
+        );
+    }
+}

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use lanes_nn::{Encoded, Encoder};
+use lanes_nn::{Encoder, Tokens};
 use serde::Serialize;
 
 use crate::rng::Rng;
@@ -244,7 +244,7 @@ struct Measured {
 }
 
 /// `batch` sequences of exactly `seq` tokens: `[CLS]`, random word pieces, `[SEP]`.
-pub fn synthetic(batch: usize, seq: usize, vocab: usize, seed: u64) -> Encoded {
+pub fn synthetic(batch: usize, seq: usize, vocab: usize, seed: u64) -> Tokens {
     let mut rng = Rng::new(seed);
     let span = (vocab as u64).saturating_sub(1000).max(1);
     let seqs: Vec<(Vec<u32>, Vec<u32>)> = (0..batch)
@@ -259,12 +259,12 @@ pub fn synthetic(batch: usize, seq: usize, vocab: usize, seed: u64) -> Encoded {
             (ids, vec![0; seq])
         })
         .collect();
-    Encoded::from_sequences(&seqs).expect("equal id and type-id lengths by construction")
+    Tokens::from_sequences(&seqs).expect("equal id and type-id lengths by construction")
 }
 
 fn measure(
     encoder: &Encoder,
-    input: &Encoded,
+    input: &Tokens,
     mode: Mode,
     threads: usize,
     budget: Budget,
@@ -415,8 +415,8 @@ mod tests {
     #[test]
     fn synthetic_inputs_have_exact_lengths() {
         let e = synthetic(3, 8, 30522, 1);
-        assert_eq!((e.batch, e.seq), (3, 8));
-        assert_eq!(e.lengths, vec![8, 8, 8]);
+        assert_eq!((e.batch(), e.max_len()), (3, 8));
+        assert_eq!(e.lengths().collect::<Vec<_>>(), vec![8, 8, 8]);
         assert_eq!(e.row_ids(0).unwrap()[0], 101);
         assert_eq!(e.row_ids(0).unwrap()[7], 102);
         let one = synthetic(1, 1, 30522, 1);

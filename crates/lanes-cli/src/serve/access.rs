@@ -63,6 +63,8 @@ pub struct HttpMetrics {
     pub connections: IntGauge,
     /// Connections closed by a timeout (header, idle) or at the shutdown deadline.
     pub connections_timed_out: IntCounter,
+    /// Connections refused (503 and closed) past `--max-connections`.
+    pub connections_refused: IntCounter,
 }
 
 impl HttpMetrics {
@@ -100,8 +102,14 @@ impl HttpMetrics {
             "Connections closed for a header or idle timeout, or at the shutdown deadline.",
         )
         .expect("valid counter");
+        let connections_refused = IntCounter::new(
+            "lanes_http_connections_refused_total",
+            "Connections answered 503 and closed at once because --max-connections were open.",
+        )
+        .expect("valid counter");
         for c in [
-            Box::new(responses.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections_refused.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(responses.clone()),
             Box::new(latency.clone()),
             Box::new(in_flight.clone()),
             Box::new(connections.clone()),
@@ -116,6 +124,7 @@ impl HttpMetrics {
             in_flight,
             connections,
             connections_timed_out,
+            connections_refused,
         }
     }
 

@@ -1,9 +1,11 @@
 //! Accepting and serving connections with hyper's HTTP/1, with the limits a
 //! public server needs:
 //!
-//! - at most `max_connections` open: past that the accept loop stops taking
-//!   new ones (they wait in the kernel backlog) until one closes;
-//! - `header_timeout`: a request's headers must arrive in time (slowloris);
+//! - at most `max_connections` open: past that a new connection is answered
+//!   `503` with `Connection: close` and closed at once (a client retries),
+//!   so an idle flood costs one accept each and never a held socket;
+//! - `header_timeout`: a request's headers must arrive in time (slowloris),
+//!   and a new connection must start its first request within it;
 //! - `idle_timeout`: a keep-alive connection with no request in flight is
 //!   closed after this long;
 //! - shutdown: stop accepting (the listener is closed), let each connection
@@ -31,6 +33,9 @@ pub struct ConnLimits {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
 }
+
+/// The answer to a connection past `--max-connections`.
+const AT_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 90\r\n\r\n{\"error\":\"too many open connections (--max-connections); retry\",\"error_type\":\"Overloaded\"}";
 
 /// Counts open connections; wakes the shutdown when the last one closes.
 #[derive(Default)]
@@ -79,10 +84,6 @@ pub async fn accept_loop(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            () = stopped(&mut stop) => break,
-        };
         let accepted = tokio::select! {
             r = listener.accept() => r,
             () = stopped(&mut stop) => break,
@@ -95,6 +96,13 @@ pub async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // At the cap: say so and close, without waiting on the client.
+            metrics.connections_refused.inc();
+            let _ = stream.try_write(AT_CAPACITY);
+            drop(stream);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         open.n.fetch_add(1, Ordering::SeqCst);
@@ -118,6 +126,8 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// Per-connection activity, for the idle timeout.
 struct Activity {
     active: AtomicUsize,
+    /// Requests started on this connection.
+    started: AtomicU64,
     /// Milliseconds since `start` of the last request's end.
     last: AtomicU64,
     start: Instant,
@@ -157,12 +167,14 @@ async fn serve_connection(
 ) {
     let activity = Arc::new(Activity {
         active: AtomicUsize::new(0),
+        started: AtomicU64::new(0),
         last: AtomicU64::new(0),
         start: Instant::now(),
     });
     let act = activity.clone();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         act.active.fetch_add(1, Ordering::SeqCst);
+        act.started.fetch_add(1, Ordering::SeqCst);
         let busy = Busy(act.clone());
         req.extensions_mut().insert(ClientAddr(peer));
         let router = router.clone();
@@ -179,7 +191,10 @@ async fn serve_connection(
         .keep_alive(true);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    let tick = limits.idle_timeout.min(Duration::from_millis(500));
+    let tick = limits
+        .idle_timeout
+        .min(limits.header_timeout)
+        .min(Duration::from_millis(250));
     let mut stopping = false;
     loop {
         tokio::select! {
@@ -197,12 +212,39 @@ async fn serve_connection(
                 conn.as_mut().graceful_shutdown();
             }
             () = tokio::time::sleep(tick) => {
-                if activity.idle_for().is_some_and(|d| d >= limits.idle_timeout) {
+                // Before its first request a connection gets the header
+                // timeout; between requests, the idle timeout.
+                let limit = if activity.started.load(Ordering::SeqCst) == 0 {
+                    limits.header_timeout
+                } else {
+                    limits.idle_timeout
+                };
+                if activity.idle_for().is_some_and(|d| d >= limit) {
                     metrics.connections_timed_out.inc();
-                    tracing::debug!("connection from {peer}: idle for {:?}, closed", limits.idle_timeout);
+                    tracing::debug!("connection from {peer}: idle for {limit:?}, closed");
                     return;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_at_capacity_answer_is_well_formed() {
+        let text = std::str::from_utf8(AT_CAPACITY).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(len, body.len());
+        assert!(serde_json::from_str::<serde_json::Value>(body).is_ok());
     }
 }

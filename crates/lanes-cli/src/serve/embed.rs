@@ -249,6 +249,12 @@ pub async fn tei_embed(State(app): State<Arc<App>>, req: Request) -> Response {
 async fn tei(app: &App, req: Request) -> Result<Response, ApiError> {
     const F: Flavor = Flavor::Tei;
     let mut map = body_object(app, req, F).await?;
+    // OpenAI's field name is taken too, for clients that mix the two APIs.
+    if !map.contains_key("inputs") {
+        if let Some(v) = map.remove("input") {
+            map.insert("inputs".into(), v);
+        }
+    }
     let input = inputs(&mut map, "inputs", app.limits.max_client_batch_size, F)?;
     let normalize = opt_bool(&map, "normalize", F)?.unwrap_or(true);
     if !normalize && !RAW_POOLING {

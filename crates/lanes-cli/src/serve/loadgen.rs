@@ -3,13 +3,13 @@
 //! machine has no cargo to install `oha` with).
 //!
 //! `--concurrency` client threads each keep one HTTP/1.1 keep-alive connection
-//! and send a request as soon as the previous one is answered, for
+//! (a `ureq` agent) and send a request as soon as the previous one is answered, for
 //! `--duration-secs` (and at most `--max-requests` in all). Loopback targets only.
 //! Prints one line: `concurrency=C requests=N ok=N non_2xx=N errors=N rps=R
 //! p50_ms=.. p90_ms=.. p99_ms=.. max_ms=..` (latency of 2xx answers only).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::Read;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -42,7 +42,7 @@ pub struct LoadgenArgs {
     /// Server address, e.g. http://127.0.0.1:8080 (loopback only).
     #[arg(long)]
     pub url: String,
-    /// Route to load: /v1/embeddings or /embed.
+    /// Route to load: /v1/embeddings (OpenAI body), /embed or / (TEI body).
     #[arg(long, default_value = "/v1/embeddings")]
     pub path: String,
     /// Concurrent clients (threads, one connection each).
@@ -84,10 +84,10 @@ pub fn run(args: LoadgenArgs) -> Result<u8> {
     if args.inputs_per_request == 0 {
         bail!("--inputs-per-request must be at least 1");
     }
-    let (host, addr) = loopback_addr(&args.url)?;
+    let (hostport, _addr) = loopback_addr(&args.url)?;
+    let base = format!("http://{hostport}");
     wait_ready(
-        addr,
-        &host,
+        &base,
         Duration::from_secs_f64(args.wait_ready_secs.max(0.0)),
     )?;
 
@@ -98,8 +98,8 @@ pub fn run(args: LoadgenArgs) -> Result<u8> {
     let stats: Vec<ClientStats> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..args.concurrency)
             .map(|c| {
-                let (args, host, sent) = (&args, &host, &sent);
-                s.spawn(move || client(c, addr, host, args, sent, warm_until, end))
+                let (args, base, sent) = (&args, &base, &sent);
+                s.spawn(move || client(c, base, args, sent, warm_until, end))
             })
             .collect();
         handles
@@ -159,20 +159,47 @@ fn loopback_addr(url: &str) -> Result<(String, SocketAddr)> {
     Ok((hostport.to_string(), addr))
 }
 
-fn wait_ready(addr: SocketAddr, host: &str, limit: Duration) -> Result<()> {
+/// One agent per client: one keep-alive connection, generous timeouts.
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(5))
+        .timeout(Duration::from_secs(120))
+        .max_idle_connections_per_host(1)
+        .build()
+}
+
+/// Sends `request` (with `body`, if any), reads the whole answer (so the
+/// connection is reused) and returns its status; `Err` for transport errors.
+fn exchange(request: ureq::Request, body: Option<&str>) -> Result<u16, String> {
+    let result = match body {
+        Some(b) => request
+            .set("Content-Type", "application/json")
+            .send_string(b),
+        None => request.call(),
+    };
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(ureq::Error::Transport(t)) => return Err(t.to_string()),
+    };
+    let status = response.status();
+    let _ = std::io::copy(
+        &mut response.into_reader().take(64 << 20),
+        &mut std::io::sink(),
+    );
+    Ok(status)
+}
+
+fn wait_ready(base: &str, limit: Duration) -> Result<()> {
     let start = Instant::now();
+    let agent = agent();
     loop {
-        let mut conn = None;
-        match exchange(
-            &mut conn,
-            addr,
-            format!("GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
-        ) {
+        match exchange(agent.get(&format!("{base}/health")), None) {
             Ok(200) => return Ok(()),
             Ok(code) if start.elapsed() >= limit => {
                 bail!("GET /health answered {code} for {limit:?}")
             }
-            Err(e) if start.elapsed() >= limit => bail!("no server at {addr} after {limit:?}: {e}"),
+            Err(e) if start.elapsed() >= limit => bail!("no server at {base} after {limit:?}: {e}"),
             _ => std::thread::sleep(Duration::from_millis(100)),
         }
     }
@@ -180,19 +207,19 @@ fn wait_ready(addr: SocketAddr, host: &str, limit: Duration) -> Result<()> {
 
 fn client(
     c: usize,
-    addr: SocketAddr,
-    host: &str,
+    base: &str,
     args: &LoadgenArgs,
     sent: &AtomicU64,
     warm_until: Instant,
     end: Instant,
 ) -> ClientStats {
     let mut stats = ClientStats::default();
-    let mut conn: Option<BufReader<TcpStream>> = None;
-    let field = if args.path == "/embed" {
-        "inputs"
-    } else {
+    let agent = agent();
+    let url = format!("{base}{}", args.path);
+    let field = if args.path == "/v1/embeddings" {
         "input"
+    } else {
+        "inputs"
     };
     let mut i = c * 7;
     while Instant::now() < end && sent.fetch_add(1, Ordering::Relaxed) < args.max_requests {
@@ -201,13 +228,8 @@ fn client(
             .collect();
         i += 1;
         let body = serde_json::json!({ field: texts }).to_string();
-        let request = format!(
-            "POST {} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            args.path,
-            body.len()
-        );
         let t = Instant::now();
-        let result = exchange(&mut conn, addr, request.as_bytes());
+        let result = exchange(agent.post(&url), Some(&body));
         if t < warm_until {
             continue;
         }
@@ -223,108 +245,6 @@ fn client(
         }
     }
     stats
-}
-
-/// Sends one request on `conn` (connecting first if needed) and reads the whole
-/// response; returns its status. The connection is dropped on any error or
-/// `Connection: close`.
-fn exchange(
-    conn: &mut Option<BufReader<TcpStream>>,
-    addr: SocketAddr,
-    request: &[u8],
-) -> std::io::Result<u16> {
-    if conn.is_none() {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-        *conn = Some(BufReader::with_capacity(64 * 1024, stream));
-    }
-    let result = match conn.as_mut() {
-        Some(r) => read_exchange(r, request),
-        None => Err(std::io::Error::other("no connection")),
-    };
-    match result {
-        Ok((code, keep)) => {
-            if !keep {
-                *conn = None;
-            }
-            Ok(code)
-        }
-        Err(e) => {
-            *conn = None;
-            Err(e)
-        }
-    }
-}
-
-fn read_exchange(r: &mut BufReader<TcpStream>, request: &[u8]) -> std::io::Result<(u16, bool)> {
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-    r.get_mut().write_all(request)?;
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "connection closed",
-        ));
-    }
-    let code: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| bad("bad status line"))?;
-    let (mut length, mut chunked, mut keep) = (None, false, true);
-    loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            return Err(bad("headers cut off"));
-        }
-        let h = line.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let Some((name, value)) = h.split_once(':') else {
-            continue;
-        };
-        let (name, value) = (
-            name.trim().to_ascii_lowercase(),
-            value.trim().to_ascii_lowercase(),
-        );
-        match name.as_str() {
-            "content-length" => {
-                length = Some(
-                    value
-                        .parse::<u64>()
-                        .map_err(|_| bad("bad content-length"))?,
-                )
-            }
-            "transfer-encoding" => chunked = value.contains("chunked"),
-            "connection" => keep = !value.contains("close"),
-            _ => {}
-        }
-    }
-    if chunked {
-        loop {
-            line.clear();
-            r.read_line(&mut line)?;
-            let size = u64::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-                .map_err(|_| bad("bad chunk size"))?;
-            std::io::copy(&mut r.by_ref().take(size), &mut std::io::sink())?;
-            line.clear();
-            r.read_line(&mut line)?;
-            if size == 0 {
-                break;
-            }
-        }
-    } else if let Some(n) = length {
-        let copied = std::io::copy(&mut r.by_ref().take(n), &mut std::io::sink())?;
-        if copied != n {
-            return Err(bad("body cut off"));
-        }
-    } else {
-        keep = false;
-        std::io::copy(r, &mut std::io::sink())?;
-    }
-    Ok((code, keep))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! length, one text of about the maximum length.
 
 use anyhow::{Context, Result};
-use lanes_nn::{Encoded, Tokenizer};
+use lanes_nn::{Tokenizer, Tokens};
 
 use super::Rng;
 
@@ -106,8 +106,8 @@ const WORDS: &[&str] = &[
 pub enum Input {
     /// Texts, tokenized within the request (`Encoder::embed_on`).
     Texts(Vec<String>),
-    /// A padded batch of token ids (`Encoder::forward`).
-    Tokens(Encoded),
+    /// A packed batch of token ids (`Encoder::forward`).
+    Tokens(Tokens),
 }
 
 /// One request of the suite.
@@ -249,8 +249,8 @@ fn tokens(index: usize, lens: &[usize], rng: &mut Rng, vocab: usize) -> Request 
             (ids, types)
         })
         .collect();
-    let enc = Encoded::from_sequences(&seqs)
-        .expect("ids and type ids have equal lengths by construction");
+    let enc =
+        Tokens::from_sequences(&seqs).expect("ids and type ids have equal lengths by construction");
     Request {
         index,
         lengths: lens.to_vec(),

@@ -5,9 +5,10 @@
 //! only (matrix products use `gemm` with `Parallelism::None`), allocates at
 //! most a small scratch buffer, and follows torch's BERT numerics.
 //!
-//! Layout: activations are row-major `[rows, dim]`, where `rows = batch × seq`
-//! and sequence `b` occupies rows `b*seq .. (b+1)*seq`. Linear weights are
-//! torch's `[out, in]`, row-major.
+//! Layout: activations are row-major `[tokens, dim]`, the tokens of all
+//! sequences packed back to back; `offsets` (`batch + 1` entries, see
+//! [`Tokens`](crate::Tokens)) say where each sequence starts and ends. Linear
+//! weights are torch's `[out, in]`, row-major.
 //!
 //! # Panics
 //!
@@ -16,13 +17,10 @@
 //! input (token ids) are checked and reported as [`NnError`] instead.
 
 use crate::error::{NnError, Result};
-use crate::weights::{EmbeddingWeights, HostTensor};
+use crate::weights::HostTensor;
 
 #[cfg(test)]
 mod tests;
-
-/// The additive mask value for padded keys: torch's `finfo(float32).min`.
-pub const MASK_NEG: f32 = f32::MIN;
 
 fn check_len(what: &str, len: usize, expected: usize) {
     assert_eq!(
@@ -192,15 +190,8 @@ pub fn layer_norm_inplace(x: &mut [f32], rows: usize, dim: usize, g: &[f32], b: 
     }
 }
 
-/// Softmax of one score row in place, after adding `(1 − mask[j]) · MASK_NEG`
-/// to each score (torch's extended attention mask). Subtracts the row maximum
-/// first; sums in f64. A row whose keys are all masked gets uniform weights
-/// rather than NaN.
-pub fn masked_softmax_inplace(scores: &mut [f32], mask: &[f32]) {
-    check_len("masked_softmax mask", mask.len(), scores.len());
-    for (s, &m) in scores.iter_mut().zip(mask) {
-        *s += (1.0 - m) * MASK_NEG;
-    }
+/// Softmax of one score row in place: subtracts the row maximum, sums in f64.
+pub fn softmax_inplace(scores: &mut [f32]) {
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0f64;
     for s in scores.iter_mut() {
@@ -211,37 +202,66 @@ pub fn masked_softmax_inplace(scores: &mut [f32], mask: &[f32]) {
     scores.iter_mut().for_each(|s| *s *= inv);
 }
 
-/// Multi-head scaled dot-product attention.
+/// Checks that `offsets` describes `tokens` packed tokens: it starts at 0, never
+/// decreases and ends at `tokens`. Every kernel below that takes offsets needs
+/// this (and panics without it); callers holding a [`Tokens`](crate::Tokens)
+/// have it by construction.
+pub fn check_offsets(offsets: &[u32], tokens: usize) -> Result<()> {
+    let ok = offsets.first() == Some(&0)
+        && offsets.windows(2).all(|w| w[0] <= w[1])
+        && offsets.last().map(|&l| l as usize) == Some(tokens);
+    if ok {
+        Ok(())
+    } else {
+        Err(NnError::InvalidInput(format!(
+            "offsets {:?}... do not split {tokens} tokens into sequences",
+            &offsets[..offsets.len().min(8)]
+        )))
+    }
+}
+
+/// The token ranges of the sequences `offsets` describes.
+fn ranges(offsets: &[u32]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    offsets.windows(2).map(|w| w[0] as usize..w[1] as usize)
+}
+
+/// Multi-head scaled dot-product attention over packed sequences.
 ///
-/// `q`, `k`, `v` and `out` are `[batch·seq, heads·head_dim]` (head `h` in
-/// columns `h·head_dim ..`); `mask` is `[batch·seq]` (1.0 real, 0.0 pad) and
-/// masks *keys*. For each sequence and head:
-/// `out = softmax(q·kᵀ/√head_dim + (1 − mask)·MASK_NEG) · v`.
+/// `q`, `k`, `v` and `out` are `[tokens, heads·head_dim]` (head `h` in columns
+/// `h·head_dim ..`); each query attends to the keys of its own sequence
+/// (`offsets`, checked with [`check_offsets`]):
+/// `out = softmax(q·kᵀ/√head_dim) · v` per sequence and head.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    mask: &[f32],
-    batch: usize,
-    seq: usize,
+    offsets: &[u32],
     heads: usize,
     head_dim: usize,
     out: &mut [f32],
 ) {
     let hidden = heads * head_dim;
-    let n = batch * seq * hidden;
+    let tokens = q.len() / hidden.max(1);
+    let n = tokens * hidden;
     check_len("attention q", q.len(), n);
     check_len("attention k", k.len(), n);
     check_len("attention v", v.len(), n);
     check_len("attention out", out.len(), n);
-    check_len("attention mask", mask.len(), batch * seq);
+    assert!(
+        check_offsets(offsets, tokens).is_ok(),
+        "attention offsets: {offsets:?} for {tokens} tokens"
+    );
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let mut scores = vec![0.0f32; seq * seq];
-    for b in 0..batch {
-        let key_mask = &mask[b * seq..(b + 1) * seq];
+    let mut scores = Vec::new();
+    for r in ranges(offsets) {
+        let seq = r.len();
+        if seq == 0 {
+            continue;
+        }
+        scores.resize(seq * seq, 0.0);
         for h in 0..heads {
-            let base = b * seq * hidden + h * head_dim;
+            let base = r.start * hidden + h * head_dim;
             // scores[i, j] = scale · q[i, :] · k[j, :]
             let qv = View {
                 data: &q[base..],
@@ -254,8 +274,8 @@ pub fn attention(
                 cs: hidden,
             };
             matmul((seq, seq, head_dim), &mut scores, seq, qv, kt, false, scale);
-            for row in scores.chunks_exact_mut(seq.max(1)) {
-                masked_softmax_inplace(row, key_mask);
+            for row in scores.chunks_exact_mut(seq) {
+                softmax_inplace(row);
             }
             // out[i, :] = Σ_j p[i, j] · v[j, :]
             let p = View {
@@ -281,31 +301,50 @@ pub fn attention(
     }
 }
 
-/// Embedding lookup: `out[b·seq + s] = word[ids] + token_type[type_ids] + position[s]`
-/// (summed in that order, as torch does). Fails on an id outside its table.
+/// An embedding table as [`embed`] reads it: `[rows, dim]` values and a name for
+/// errors.
+#[derive(Clone, Copy, Debug)]
+pub struct Table<'a> {
+    /// The tensor name errors quote.
+    pub name: &'a str,
+    /// Row-major `[rows, dim]`.
+    pub data: &'a [f32],
+}
+
+impl<'a> From<&'a HostTensor> for Table<'a> {
+    fn from(t: &'a HostTensor) -> Self {
+        Table {
+            name: &t.name,
+            data: &t.data,
+        }
+    }
+}
+
+/// Embedding lookup over packed sequences:
+/// `out[t] = word[ids[t]] + token_type[type_ids[t]] + position[t − start of its sequence]`
+/// (summed in that order, as torch does). Fails on an id or a position outside
+/// its table, naming the table.
 pub fn embed(
     ids: &[u32],
     type_ids: &[u32],
-    batch: usize,
-    seq: usize,
-    weights: &EmbeddingWeights,
+    offsets: &[u32],
+    [word, position, token_type]: [Table<'_>; 3],
     out: &mut [f32],
 ) -> Result<()> {
-    let dim = weights.ln_gamma.numel();
-    check_len("embed ids", ids.len(), batch * seq);
-    check_len("embed type_ids", type_ids.len(), batch * seq);
-    check_len("embed out", out.len(), batch * seq * dim);
-    for (t, dst) in out.chunks_exact_mut(dim.max(1)).enumerate() {
-        let word = table_row(&weights.word, ids[t] as usize, dim, "token id")?;
-        let kind = table_row(
-            &weights.token_type,
-            type_ids[t] as usize,
-            dim,
-            "token type id",
-        )?;
-        let pos = table_row(&weights.position, t % seq, dim, "position")?;
-        for (i, o) in dst.iter_mut().enumerate() {
-            *o = (word[i] + kind[i]) + pos[i];
+    let tokens = ids.len();
+    check_len("embed type_ids", type_ids.len(), tokens);
+    check_offsets(offsets, tokens)?;
+    let dim = out.len() / tokens.max(1);
+    check_len("embed out", out.len(), tokens * dim);
+    for r in ranges(offsets) {
+        for (pos, t) in r.enumerate() {
+            let w = table_row(word, ids[t] as usize, dim, "token id")?;
+            let kind = table_row(token_type, type_ids[t] as usize, dim, "token type id")?;
+            let p = table_row(position, pos, dim, "position")?;
+            let dst = &mut out[t * dim..(t + 1) * dim];
+            for (i, o) in dst.iter_mut().enumerate() {
+                *o = (w[i] + kind[i]) + p[i];
+            }
         }
     }
     Ok(())
@@ -313,7 +352,7 @@ pub fn embed(
 
 /// Row `id` of an embedding table with rows of `dim` values, or an error
 /// naming the table when `id` is out of range.
-fn table_row<'t>(table: &'t HostTensor, id: usize, dim: usize, what: &str) -> Result<&'t [f32]> {
+fn table_row<'t>(table: Table<'t>, id: usize, dim: usize, what: &str) -> Result<&'t [f32]> {
     table.data.get(id * dim..(id + 1) * dim).ok_or_else(|| {
         let rows = table.data.len() / dim.max(1);
         NnError::InvalidInput(format!(
@@ -323,33 +362,26 @@ fn table_row<'t>(table: &'t HostTensor, id: usize, dim: usize, what: &str) -> Re
     })
 }
 
-/// Masked mean over the sequence: `out[b] = Σ_s mask·hidden[b, s] / max(Σ_s mask, 1e-9)`
-/// (sentence-transformers' mean pooling). `out` is `[batch, dim]`.
-pub fn mean_pool(
-    hidden: &[f32],
-    mask: &[f32],
-    batch: usize,
-    seq: usize,
-    dim: usize,
-    out: &mut [f32],
-) {
-    check_len("mean_pool hidden", hidden.len(), batch * seq * dim);
-    check_len("mean_pool mask", mask.len(), batch * seq);
+/// Mean over each packed sequence: `out[b] = Σ_{t in b} hidden[t] / max(len, 1e-9)`
+/// (sentence-transformers' mean pooling; an empty sequence pools to zeros).
+/// `out` is `[batch, dim]`, `offsets` checked with [`check_offsets`].
+pub fn mean_pool(hidden: &[f32], offsets: &[u32], dim: usize, out: &mut [f32]) {
+    let tokens = hidden.len() / dim.max(1);
+    check_len("mean_pool hidden", hidden.len(), tokens * dim);
+    let batch = offsets.len().saturating_sub(1);
     check_len("mean_pool out", out.len(), batch * dim);
+    assert!(
+        check_offsets(offsets, tokens).is_ok(),
+        "mean_pool offsets: {offsets:?} for {tokens} tokens"
+    );
     let mut acc = vec![0.0f64; dim];
-    for b in 0..batch {
+    for (b, r) in ranges(offsets).enumerate() {
         acc.fill(0.0);
-        let mut count = 0.0f64;
-        for s in 0..seq {
-            let m = f64::from(mask[b * seq + s]);
-            if m == 0.0 {
-                continue;
-            }
-            count += m;
-            let row = &hidden[(b * seq + s) * dim..(b * seq + s + 1) * dim];
+        let count = r.len() as f64;
+        for row in hidden[r.start * dim..r.end * dim].chunks_exact(dim.max(1)) {
             acc.iter_mut()
                 .zip(row)
-                .for_each(|(a, &x)| *a += m * f64::from(x));
+                .for_each(|(a, &x)| *a += f64::from(x));
         }
         let denom = count.max(1e-9);
         for (o, a) in out[b * dim..(b + 1) * dim].iter_mut().zip(&acc) {

@@ -39,49 +39,39 @@ fn naive_linear(x: &[f32], rows: usize, in_dim: usize, w: &[f32], b: &[f32]) -> 
     out
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Attention per packed sequence, in f64.
 fn naive_attention(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    mask: &[f32],
-    batch: usize,
-    seq: usize,
+    offsets: &[u32],
     heads: usize,
     hd: usize,
 ) -> Vec<f64> {
     let hidden = heads * hd;
-    let mut out = vec![0.0; batch * seq * hidden];
-    let idx = |b: usize, s: usize, h: usize, d: usize| (b * seq + s) * hidden + h * hd + d;
-    for b in 0..batch {
+    let mut out = vec![0.0; q.len()];
+    let idx = |t: usize, h: usize, d: usize| t * hidden + h * hd + d;
+    for w in offsets.windows(2) {
+        let r = w[0] as usize..w[1] as usize;
         for h in 0..heads {
-            for i in 0..seq {
-                let scores: Vec<f64> = (0..seq)
+            for i in r.clone() {
+                let scores: Vec<f64> = r
+                    .clone()
                     .map(|j| {
                         let dot: f64 = (0..hd)
-                            .map(|d| f64::from(q[idx(b, i, h, d)]) * f64::from(k[idx(b, j, h, d)]))
+                            .map(|d| f64::from(q[idx(i, h, d)]) * f64::from(k[idx(j, h, d)]))
                             .sum();
                         dot / (hd as f64).sqrt()
                     })
                     .collect();
-                let keep = |j: usize| mask[b * seq + j] != 0.0;
-                let max = (0..seq)
-                    .filter(|&j| keep(j))
-                    .map(|j| scores[j])
-                    .fold(f64::MIN, f64::max);
-                let e: Vec<f64> = (0..seq)
-                    .map(|j| {
-                        if keep(j) {
-                            (scores[j] - max).exp()
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect();
+                let max = scores.iter().copied().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                 let sum: f64 = e.iter().sum();
                 for d in 0..hd {
-                    out[idx(b, i, h, d)] = (0..seq)
-                        .map(|j| e[j] / sum * f64::from(v[idx(b, j, h, d)]))
+                    out[idx(i, h, d)] = r
+                        .clone()
+                        .zip(&e)
+                        .map(|(j, e)| e / sum * f64::from(v[idx(j, h, d)]))
                         .sum();
                 }
             }
@@ -90,15 +80,15 @@ fn naive_attention(
     out
 }
 
-/// A padding mask where sequence `b` has `1 + seed-derived` real tokens (≥ 1).
-fn mask_for(batch: usize, seq: usize, seed: u64) -> Vec<f32> {
+/// Offsets of `batch` packed sequences of 1 to `max_len` tokens (seed-derived).
+fn offsets_for(batch: usize, max_len: usize, seed: u64) -> Vec<u32> {
     let lens = rand_vec(seed ^ 0xabc, batch, 1.0);
-    let mut mask = vec![0.0; batch * seq];
-    for b in 0..batch {
-        let len = 1 + ((lens[b].abs() * seq as f32) as usize).min(seq - 1);
-        mask[b * seq..b * seq + len].fill(1.0);
+    let mut offsets = vec![0u32];
+    for l in lens {
+        let len = 1 + ((l.abs() * max_len as f32) as usize).min(max_len - 1);
+        offsets.push(offsets.last().unwrap() + len as u32);
     }
-    mask
+    offsets
 }
 
 proptest! {
@@ -116,12 +106,12 @@ proptest! {
 
     #[test]
     fn attention_matches_naive(batch in 1usize..4, seq in 1usize..12, heads in 1usize..4, hd in 1usize..9, seed: u64) {
-        let n = batch * seq * heads * hd;
+        let offsets = offsets_for(batch, seq, seed);
+        let n = *offsets.last().unwrap() as usize * heads * hd;
         let (q, k, v) = (rand_vec(seed, n, 2.0), rand_vec(seed ^ 3, n, 2.0), rand_vec(seed ^ 5, n, 1.0));
-        let mask = mask_for(batch, seq, seed);
         let mut out = vec![f32::NAN; n];
-        attention(&q, &k, &v, &mask, batch, seq, heads, hd, &mut out);
-        let want = naive_attention(&q, &k, &v, &mask, batch, seq, heads, hd);
+        attention(&q, &k, &v, &offsets, heads, hd, &mut out);
+        let want = naive_attention(&q, &k, &v, &offsets, heads, hd);
         prop_assert!(max_diff(&out, &want) < 1e-5, "diff {}", max_diff(&out, &want));
     }
 
@@ -146,18 +136,16 @@ proptest! {
 
     #[test]
     fn pool_and_normalize_match_naive(batch in 1usize..4, seq in 1usize..10, dim in 1usize..20, seed: u64) {
-        let hidden = rand_vec(seed, batch * seq * dim, 2.0);
-        let mask = mask_for(batch, seq, seed);
+        let offsets = offsets_for(batch, seq, seed);
+        let hidden = rand_vec(seed, *offsets.last().unwrap() as usize * dim, 2.0);
         let mut out = vec![f32::NAN; batch * dim];
-        mean_pool(&hidden, &mask, batch, seq, dim, &mut out);
+        mean_pool(&hidden, &offsets, dim, &mut out);
         let mut want = vec![0.0f64; batch * dim];
         for b in 0..batch {
-            let n: f64 = mask[b * seq..(b + 1) * seq].iter().map(|&m| f64::from(m)).sum();
+            let (lo, hi) = (offsets[b] as usize, offsets[b + 1] as usize);
             for d in 0..dim {
-                let s: f64 = (0..seq)
-                    .map(|s| f64::from(mask[b * seq + s]) * f64::from(hidden[(b * seq + s) * dim + d]))
-                    .sum();
-                want[b * dim + d] = s / n;
+                let s: f64 = (lo..hi).map(|t| f64::from(hidden[t * dim + d])).sum();
+                want[b * dim + d] = s / (hi - lo) as f64;
             }
         }
         prop_assert!(max_diff(&out, &want) < 1e-5);
@@ -188,10 +176,10 @@ fn comparison_detects_a_wrong_kernel() {
         rand_vec(5, n, 2.0),
         rand_vec(6, n, 1.0),
     );
-    let mask = mask_for(2, 5, 9);
+    // Attending across the sequence boundary is caught.
     let mut out = vec![0.0; n];
-    attention(&q, &k, &v, &[1.0; 10], 2, 5, 2, 4, &mut out);
-    assert!(max_diff(&out, &naive_attention(&q, &k, &v, &mask, 2, 5, 2, 4)) > 1e-3);
+    attention(&q, &k, &v, &[0, 10], 2, 4, &mut out);
+    assert!(max_diff(&out, &naive_attention(&q, &k, &v, &[0, 3, 10], 2, 4)) > 1e-3);
 }
 
 #[test]
@@ -219,15 +207,23 @@ fn gelu_matches_exact_values() {
 }
 
 #[test]
-fn softmax_rows_sum_to_one_and_ignore_masked_keys() {
+fn softmax_rows_sum_to_one() {
     let mut s = vec![1.0, 2.0, 3.0, 100.0];
-    masked_softmax_inplace(&mut s, &[1.0, 1.0, 1.0, 0.0]);
-    assert_eq!(s[3], 0.0);
+    softmax_inplace(&mut s);
+    assert!(s[3] > 0.99 && s[0] < s[1] && s[1] < s[2]);
     assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-    // All keys masked: finite, uniform weights, no NaN.
-    let mut s = vec![1.0, -2.0];
-    masked_softmax_inplace(&mut s, &[0.0, 0.0]);
+    let mut s = vec![-2.0, -2.0];
+    softmax_inplace(&mut s);
     assert!(s.iter().all(|p| (p - 0.5).abs() < 1e-6), "{s:?}");
+}
+
+#[test]
+fn offsets_are_checked() {
+    check_offsets(&[0, 2, 2, 5], 5).expect("valid, with an empty sequence");
+    check_offsets(&[0], 0).expect("empty batch");
+    for bad in [&[][..], &[1, 5], &[0, 3, 2, 5], &[0, 4]] {
+        assert!(check_offsets(bad, 5).is_err(), "{bad:?}");
+    }
 }
 
 #[test]
@@ -239,21 +235,20 @@ fn add_and_normalize_edge_cases() {
     l2_normalize(&mut z, 1, 4);
     assert_eq!(z, vec![0.0; 4]);
     let mut p = vec![0.0; 2];
-    mean_pool(&[1.0, 2.0], &[0.0], 1, 1, 2, &mut p);
+    mean_pool(&[], &[0, 0], 2, &mut p);
     assert_eq!(p, vec![0.0, 0.0]);
 }
 
-fn tiny_embeddings() -> EmbeddingWeights {
+/// word (5 rows), position (4 rows), token_type (2 rows), 3 wide.
+fn tiny_embeddings() -> [HostTensor; 3] {
     let t = |name: &str, rows: usize, seed: u64| {
         HostTensor::new(name, vec![rows, 3], rand_vec(seed, rows * 3, 1.0)).expect("consistent")
     };
-    EmbeddingWeights {
-        word: t("word", 5, 1),
-        position: t("position", 4, 2),
-        token_type: t("token_type", 2, 3),
-        ln_gamma: HostTensor::new("g", vec![3], vec![1.0; 3]).expect("consistent"),
-        ln_beta: HostTensor::new("b", vec![3], vec![0.0; 3]).expect("consistent"),
-    }
+    [t("word", 5, 1), t("position", 4, 2), t("token_type", 2, 3)]
+}
+
+fn tables(w: &[HostTensor; 3]) -> [Table<'_>; 3] {
+    [(&w[0]).into(), (&w[1]).into(), (&w[2]).into()]
 }
 
 #[test]
@@ -261,12 +256,13 @@ fn embed_sums_the_three_tables() {
     let w = tiny_embeddings();
     let (ids, types) = ([4u32, 0, 2, 1], [1u32, 0, 0, 1]);
     let mut out = vec![0.0; 4 * 3];
-    embed(&ids, &types, 2, 2, &w, &mut out).expect("ids in range");
-    for t in 0..4 {
+    // Sequences of 3 and 1 tokens: positions 0, 1, 2, 0.
+    embed(&ids, &types, &[0, 3, 4], tables(&w), &mut out).expect("ids in range");
+    for (t, pos) in [0usize, 1, 2, 0].into_iter().enumerate() {
         for d in 0..3 {
-            let want = w.word.data[ids[t] as usize * 3 + d]
-                + w.token_type.data[types[t] as usize * 3 + d]
-                + w.position.data[(t % 2) * 3 + d];
+            let want = w[0].data[ids[t] as usize * 3 + d]
+                + w[2].data[types[t] as usize * 3 + d]
+                + w[1].data[pos * 3 + d];
             assert_eq!(out[t * 3 + d], want);
         }
     }
@@ -276,15 +272,17 @@ fn embed_sums_the_three_tables() {
 fn embed_rejects_out_of_range_ids() {
     let w = tiny_embeddings();
     let mut out = vec![0.0; 3];
-    let err = embed(&[5], &[0], 1, 1, &w, &mut out).expect_err("id 5 of 5 rows");
+    let err = embed(&[5], &[0], &[0, 1], tables(&w), &mut out).expect_err("id 5 of 5 rows");
     assert!(
         err.to_string().contains("word") && err.to_string().contains('5'),
         "{err}"
     );
-    assert!(embed(&[0], &[2], 1, 1, &w, &mut out).is_err());
+    assert!(embed(&[0], &[2], &[0, 1], tables(&w), &mut out).is_err());
     let mut out = vec![0.0; 5 * 3];
     assert!(
-        embed(&[0; 5], &[0; 5], 1, 5, &w, &mut out).is_err(),
+        embed(&[0; 5], &[0; 5], &[0, 5], tables(&w), &mut out).is_err(),
         "position 4 of 4 rows"
     );
+    embed(&[0; 5], &[0; 5], &[0, 3, 5], tables(&w), &mut out).expect("positions restart");
+    assert!(embed(&[0; 5], &[0; 5], &[0, 3, 4], tables(&w), &mut out).is_err());
 }

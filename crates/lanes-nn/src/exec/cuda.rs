@@ -5,7 +5,7 @@
 //! | --- | --- |
 //! | `embed_ln` | 1 (gather + LayerNorm, a warp per row) |
 //! | `linear` | 2: cuBLAS SGEMM + bias (+ GELU) kernel; for small outputs ([`Gemm::Auto`]) the fused `linear_tn`, 1 (+ 1 split-K reduce) |
-//! | `attention` | 1 (scores, masked softmax and `P·V` per query tile, straight from `qkv`) |
+//! | `attention` | 1 (scores, softmax and `P·V` per query tile of a sequence, straight from `qkv`) |
 //! | `add_layer_norm` | 1 (a warp per row) |
 //! | `pool_normalize` | 1 (a block per sequence) |
 //!
@@ -20,8 +20,12 @@ use std::ffi::c_void;
 use lanes::backend::cuda::{kernel_arg, CudaBackend, CudaFunction, CudaLane, Op};
 use lanes::{DeviceKind, DevicePtr, Lease};
 
-use super::{Dims, EmbedTables, Exec};
+use super::{EmbedTables, Exec};
+use crate::tensor::{DType, Tensor, TensorMut};
 use crate::{NnError, Result};
+
+/// The dtypes these kernels compute in.
+const FLOATS: &[DType] = &[DType::F32];
 
 /// The NVRTC module name and its source.
 const MODULE: &str = "lanes_nn_bert";
@@ -350,30 +354,44 @@ impl Exec for CudaExec {
     fn embed_ln(
         &self,
         lease: &Lease,
-        d: Dims,
-        ids: DevicePtr,
-        types: DevicePtr,
-        t: &EmbedTables,
+        ids: Tensor<'_>,
+        types: Tensor<'_>,
+        offsets: Tensor<'_>,
+        t: &EmbedTables<'_>,
         eps: f32,
-        out: DevicePtr,
+        out: TensorMut<'_>,
     ) -> Result<()> {
-        let rows = d.rows();
-        if rows == 0 {
+        let d = super::check_embed_ln(lease, &ids, &types, &offsets, t, &out, FLOATS)?;
+        if d.tokens == 0 || d.hidden == 0 {
             return Ok(());
+        }
+        if d.batch == 0 || d.vocab == 0 || d.max_pos == 0 || d.type_vocab == 0 {
+            return Err(NnError::InvalidInput(format!(
+                "embed_ln: {} tokens in {} sequences with tables of {}, {} and {} rows",
+                d.tokens, d.batch, d.vocab, d.max_pos, d.type_vocab
+            )));
         }
         let lane = self.lane(lease)?;
         let v = self.ln_variant("embed_ln", d.hidden)?;
-        let (rows_u, seq, dim) = (
-            u32_of("rows", rows)?,
-            u32_of("seq", d.seq)?,
+        let (rows_u, batch_u, dim) = (
+            u32_of("tokens", d.tokens)?,
+            u32_of("batch", d.batch)?,
             u32_of("hidden", d.hidden)?,
         );
-        u32_of("rows * hidden", rows * d.hidden)?;
-        let (ids, types, out) = (ids.0, types.0, out.0);
-        let (word, pos, ty, g, b) = (t.word.0, t.position.0, t.token_type.0, t.gamma.0, t.beta.0);
+        let (vocab, max_pos, type_vocab) = (
+            u32_of("vocab", d.vocab)?,
+            u32_of("positions", d.max_pos)?,
+            u32_of("token types", d.type_vocab)?,
+        );
+        u32_of("tokens * hidden", d.tokens * d.hidden)?;
+        let (ids, types, offs, out) = (ids.ptr().0, types.ptr().0, offsets.ptr().0, out.ptr().0);
+        let [word, pos, ty, g, b] =
+            [t.word, t.position, t.token_type, t.gamma, t.beta].map(|x| x.ptr().0);
         let mut args = [
             kernel_arg(&ids),
             kernel_arg(&types),
+            kernel_arg(&offs),
+            kernel_arg(&batch_u),
             kernel_arg(&word),
             kernel_arg(&pos),
             kernel_arg(&ty),
@@ -381,16 +399,19 @@ impl Exec for CudaExec {
             kernel_arg(&b),
             kernel_arg(&out),
             kernel_arg(&rows_u),
-            kernel_arg(&seq),
             kernel_arg(&dim),
             kernel_arg(&eps),
+            kernel_arg(&vocab),
+            kernel_arg(&max_pos),
+            kernel_arg(&type_vocab),
         ];
         let grid = rows_u.div_ceil(LN_WARPS);
-        // SAFETY: the arguments match `embed_ln_V(ids, types, word, position,
-        // token_type, gamma, beta, out, rows, seq, dim, eps)`; per the `Exec` contract
-        // ids/types hold `rows` u32s, out `rows * hidden` f32s, the tables their
-        // documented shapes, and the forward range-checked every id and type on the
-        // host, so each table row the kernel reads exists; dim <= 32 * V.
+        // SAFETY: the arguments match `embed_ln_V(ids, types, offsets, batch, word,
+        // position, token_type, gamma, beta, out, rows, dim, eps, vocab, max_pos,
+        // type_vocab)`; `check_embed_ln` proved ids/types hold `tokens` u32s, offsets
+        // batch + 1, out tokens × hidden f32s and the tables vocab, max_pos and
+        // type_vocab rows of hidden (all >= 1), all memory of this device; the kernel
+        // clamps every id, type and position into its table; dim <= 32 * V.
         unsafe {
             launch(
                 lane,
@@ -406,15 +427,13 @@ impl Exec for CudaExec {
     fn linear(
         &self,
         lease: &Lease,
-        rows: usize,
-        k: usize,
-        n: usize,
-        x: DevicePtr,
-        w: DevicePtr,
-        b: DevicePtr,
+        x: Tensor<'_>,
+        w: Tensor<'_>,
+        b: Tensor<'_>,
         gelu: bool,
-        out: DevicePtr,
+        out: TensorMut<'_>,
     ) -> Result<()> {
+        let (rows, k, n) = super::check_linear(lease, &x, &w, &b, &out, FLOATS)?;
         if rows == 0 || n == 0 {
             return Ok(());
         }
@@ -423,6 +442,7 @@ impl Exec for CudaExec {
         }
         let lane = self.lane(lease)?;
         let total = u32_of("rows * n", rows.saturating_mul(n))?;
+        let (x, w, b, out) = (x.ptr(), w.ptr(), b.ptr(), out.ptr());
         if self.gemm.fused(rows, n) {
             // Split-K scratch must stay addressable by u32 offsets too.
             u32_of("rows * k", rows.saturating_mul(k))?;
@@ -432,9 +452,9 @@ impl Exec for CudaExec {
         // Row-major out[rows, n] = x[rows, k] · w[n, k]ᵀ is, column-major,
         // C (n × rows, ldc n) = op(A) · op(B) with A = w seen as k × n (lda k),
         // op(A) = Aᵀ (n × k), and B = x seen as k × rows (ldb k), op(B) = B.
-        // SAFETY: per the `Exec::linear` contract x holds rows*k f32s, w n*k, out
-        // rows*n, all device memory of this lane's device alive until the GEMM has
-        // run; out overlaps neither input (the forward allocates it fresh).
+        // SAFETY: `check_linear` proved x holds rows*k f32s, w n*k, out rows*n, all
+        // memory of this lane's device, kept alive (stream order) until the GEMM has
+        // run; out is a unique borrow, so it overlaps neither input.
         unsafe { lane.sgemm(Op::T, Op::N, n, rows, k, 1.0, w, k, x, k, 0.0, out, n) }?;
         let gelu_i = i32::from(gelu);
         // Buffers from the caching allocator are 512-byte aligned; float4 needs 16.
@@ -463,22 +483,18 @@ impl Exec for CudaExec {
     fn attention(
         &self,
         lease: &Lease,
-        d: Dims,
-        qkv: DevicePtr,
-        mask: DevicePtr,
-        out: DevicePtr,
+        qkv: Tensor<'_>,
+        offsets: Tensor<'_>,
+        max_len: usize,
+        heads: usize,
+        out: TensorMut<'_>,
     ) -> Result<()> {
-        if d.rows() == 0 || d.hidden == 0 {
+        let d = super::check_attention(lease, &qkv, &offsets, max_len, heads, &out, FLOATS)?;
+        if d.tokens == 0 || d.hidden == 0 || d.batch == 0 || d.max_len == 0 {
             return Ok(());
         }
-        if d.heads == 0 || d.hidden % d.heads != 0 {
-            return Err(NnError::InvalidInput(format!(
-                "attention: hidden {} is not a multiple of heads {}",
-                d.hidden, d.heads
-            )));
-        }
         let lane = self.lane(lease)?;
-        let hd = d.head_dim();
+        let hd = d.head_dim;
         let c_idx = match hd.div_ceil(32) {
             1 => 0,
             2 => 1,
@@ -489,19 +505,19 @@ impl Exec for CudaExec {
                 )))
             }
         };
-        u32_of("rows * 3 * hidden", d.rows().saturating_mul(3 * d.hidden))?;
+        u32_of("tokens * 3 * hidden", d.tokens.saturating_mul(3 * d.hidden))?;
         // Queries per warp: 4 unless the score rows would not fit in shared memory.
-        let smem_for = |q: usize| 4 * (q * ATT_WARPS * (hd + d.seq) + ATT_KT * (hd + 1));
+        let smem_for = |q: usize| 4 * (q * ATT_WARPS * (hd + d.max_len) + ATT_KT * (hd + 1));
         let Some(q_idx) = (0..3).rev().find(|&i| smem_for(1 << i) <= SMEM_LIMIT) else {
             return Err(NnError::Unsupported(format!(
                 "attention: sequences of {} tokens need more shared memory than a block has",
-                d.seq
+                d.max_len
             )));
         };
         let qb = (1usize << q_idx) * ATT_WARPS;
         let smem = smem_for(1 << q_idx) as u32;
         let grid = (
-            u32_of("query tiles", d.seq.div_ceil(qb))?,
+            u32_of("query tiles", d.max_len.div_ceil(qb))?,
             u32_of("heads", d.heads)?,
             u32_of("batch", d.batch)?,
         );
@@ -512,38 +528,41 @@ impl Exec for CudaExec {
             )));
         }
         let scale = 1.0 / (hd as f32).sqrt();
-        let (seq, heads, hd_u) = (d.seq as u32, d.heads as u32, hd as u32);
-        let (qkv, mask, out) = (qkv.0, mask.0, out.0);
+        let (tokens, max_len, heads, hd_u) =
+            (d.tokens as u32, d.max_len as u32, d.heads as u32, hd as u32);
+        let (qkv, offs, out) = (qkv.ptr().0, offsets.ptr().0, out.ptr().0);
         let mut args = [
             kernel_arg(&qkv),
-            kernel_arg(&mask),
+            kernel_arg(&offs),
             kernel_arg(&out),
-            kernel_arg(&seq),
+            kernel_arg(&tokens),
+            kernel_arg(&max_len),
             kernel_arg(&heads),
             kernel_arg(&hd_u),
             kernel_arg(&scale),
         ];
         let f = &self.attention[c_idx][q_idx];
-        // SAFETY: the arguments match `attention_qQ_cC(qkv, mask, out, seq, heads, D,
-        // scale)`; per the `Exec::attention` contract qkv holds rows*3*hidden f32s,
-        // mask batch*seq and out rows*hidden; the grid covers exactly batch × heads ×
-        // query tiles and the kernel guards the tail tile; head_dim <= 32 * C; the
-        // dynamic shared memory is what the kernel lays out for Q and seq (< 48 KiB).
+        // SAFETY: the arguments match `attention_qQ_cC(qkv, offsets, out, tokens,
+        // max_len, heads, D, scale)`; `check_attention` proved qkv holds tokens × 3 ×
+        // hidden f32s, offsets batch + 1 u32s and out tokens × hidden, all memory of
+        // this device; the kernel clamps each sequence to [0, tokens) and to max_len,
+        // for which the dynamic shared memory is laid out (< 48 KiB); the grid's z is
+        // the batch, so offsets[b + 1] exists; head_dim <= 32 * C.
         unsafe { launch(lane, f, grid, (ATT_WARPS * 32) as u32, smem, &mut args) }
     }
 
     fn add_layer_norm(
         &self,
         lease: &Lease,
-        rows: usize,
-        dim: usize,
-        x: DevicePtr,
-        residual: DevicePtr,
-        gamma: DevicePtr,
-        beta: DevicePtr,
+        x: Tensor<'_>,
+        residual: Tensor<'_>,
+        gamma: Tensor<'_>,
+        beta: Tensor<'_>,
         eps: f32,
-        out: DevicePtr,
+        out: TensorMut<'_>,
     ) -> Result<()> {
+        let (rows, dim) =
+            super::check_add_layer_norm(lease, &x, &residual, &gamma, &beta, &out, FLOATS)?;
         if rows == 0 || dim == 0 {
             return Ok(());
         }
@@ -551,7 +570,8 @@ impl Exec for CudaExec {
         let v = self.ln_variant("add_layer_norm", dim)?;
         let (rows_u, dim_u) = (u32_of("rows", rows)?, u32_of("dim", dim)?);
         u32_of("rows * dim", rows.saturating_mul(dim))?;
-        let (x, r, g, b, o) = (x.0, residual.0, gamma.0, beta.0, out.0);
+        let [x, r, g, b] = [x, residual, gamma, beta].map(|t| t.ptr().0);
+        let o = out.ptr().0;
         let mut args = [
             kernel_arg(&x),
             kernel_arg(&r),
@@ -564,9 +584,8 @@ impl Exec for CudaExec {
         ];
         let grid = rows_u.div_ceil(LN_WARPS);
         // SAFETY: the arguments match `add_ln_V(x, res, gamma, beta, out, rows, dim,
-        // eps)`; x, residual and out hold rows*dim f32s, gamma and beta dim; each warp
-        // reads its whole row into registers before writing it, so even an `out`
-        // aliasing `x` or `residual` row for row would be read before written.
+        // eps)`; `check_add_layer_norm` proved x, residual and out hold rows*dim f32s,
+        // gamma and beta dim, all memory of this device; out is a unique borrow.
         unsafe {
             launch(
                 lane,
@@ -582,46 +601,47 @@ impl Exec for CudaExec {
     fn pool_normalize(
         &self,
         lease: &Lease,
-        d: Dims,
-        hidden: DevicePtr,
-        mask: DevicePtr,
-        out: DevicePtr,
+        hidden: Tensor<'_>,
+        offsets: Tensor<'_>,
+        out: TensorMut<'_>,
     ) -> Result<()> {
-        if d.batch == 0 || d.hidden == 0 {
+        let (tokens, batch, dim) = super::check_pool(lease, &hidden, &offsets, &out, FLOATS)?;
+        if batch == 0 || dim == 0 {
             return Ok(());
         }
         let lane = self.lane(lease)?;
-        let (batch, seq, dim) = (
-            u32_of("batch", d.batch)?,
-            u32_of("seq", d.seq)?,
-            u32_of("hidden", d.hidden)?,
+        let (batch_u, tokens_u, dim_u) = (
+            u32_of("batch", batch)?,
+            u32_of("tokens", tokens)?,
+            u32_of("hidden", dim)?,
         );
-        u32_of("rows * hidden", d.rows().saturating_mul(d.hidden))?;
+        u32_of("tokens * hidden", tokens.saturating_mul(dim))?;
         // The means of one sequence and 32 f64 partial sums live in shared memory.
-        let smem = 32 * 8 + 4 * d.hidden;
+        let smem = 32 * 8 + 4 * dim;
         if smem > SMEM_LIMIT {
             return Err(NnError::Unsupported(format!(
-                "pool_normalize: hidden size {}",
-                d.hidden
+                "pool_normalize: hidden size {dim}"
             )));
         }
-        let threads = (dim.div_ceil(32) * 32).min(1024);
-        let (h, m, o) = (hidden.0, mask.0, out.0);
+        let threads = (dim_u.div_ceil(32) * 32).min(1024);
+        let (h, offs, o) = (hidden.ptr().0, offsets.ptr().0, out.ptr().0);
         let mut args = [
             kernel_arg(&h),
-            kernel_arg(&m),
+            kernel_arg(&offs),
             kernel_arg(&o),
-            kernel_arg(&seq),
-            kernel_arg(&dim),
+            kernel_arg(&tokens_u),
+            kernel_arg(&dim_u),
         ];
-        // SAFETY: the arguments match `pool_normalize(hidden, mask, out, seq, dim)`;
-        // hidden holds batch*seq*dim f32s, mask batch*seq, out batch*dim; one block
-        // per sequence with the shared memory sized above.
+        // SAFETY: the arguments match `pool_normalize(hidden, offsets, out, tokens,
+        // dim)`; `check_pool` proved hidden holds tokens*dim f32s, offsets batch + 1
+        // u32s, out batch*dim, all memory of this device; one block per sequence
+        // (so offsets[b + 1] exists), each clamped to [0, tokens), with the shared
+        // memory sized above.
         unsafe {
             launch(
                 lane,
                 &self.pool_normalize,
-                (batch, 1, 1),
+                (batch_u, 1, 1),
                 threads,
                 smem as u32,
                 &mut args,

@@ -6,12 +6,23 @@
 // are written with __fmul_rn/__fadd_rn so that NVRTC's default FMA contraction
 // cannot fuse them. Compiled without --use_fast_math.
 //
-// Layouts: activations row-major [rows, dim], rows = batch * seq; the fused
-// projection qkv is [rows, 3 * hidden] (q, k, v side by side, head h in columns
-// h * head_dim ..); the key mask is f32 [batch, seq] (1 token, 0 padding).
+// Layouts: the batch is packed: activations row-major [tokens, dim], the
+// sequences back to back; offsets (u32 [batch + 1]) mark where each starts and
+// ends. The fused projection qkv is [tokens, 3 * hidden] (q, k, v side by side,
+// head h in columns h * head_dim ..).
+//
+// Memory safety does not depend on the values of ids or offsets: every kernel
+// clamps them (a sequence to [0, tokens) and to max_len, an id to its table), so
+// bad values give wrong numbers, never an access outside a buffer.
 
-// torch's finfo(float32).min, `cpu::MASK_NEG`.
-#define MASK_NEG (-3.40282346638528859811704183484516925e+38f)
+// Sequence b's token range [*start, *end), clamped to [0, tokens].
+__device__ __forceinline__ void seq_range(const unsigned* __restrict__ offsets, unsigned b, unsigned tokens,
+                                          unsigned* start, unsigned* end) {
+    unsigned s = min(offsets[b], tokens);
+    unsigned e = min(max(offsets[b + 1], s), tokens);
+    *start = s;
+    *end = e;
+}
 
 __device__ __forceinline__ double warp_sum_d(double v) {
 #pragma unroll
@@ -89,20 +100,33 @@ __device__ __forceinline__ void add_ln_impl(const float* __restrict__ x, const f
     ln_finish<V>(v, dim, gamma, beta, eps, out + base);
 }
 
-// out[r] = LayerNorm((word[ids[r]] + token_type[types[r]]) + position[r % seq]).
+// out[r] = LayerNorm((word[ids[r]] + token_type[types[r]]) + position[p]) where p
+// is r's index within its sequence (found by binary search in offsets). tables:
+// vocab, max_pos, type_vocab rows (each >= 1); out-of-range values are clamped.
 template <int V>
 __device__ __forceinline__ void embed_ln_impl(const unsigned* __restrict__ ids, const unsigned* __restrict__ types,
+                                              const unsigned* __restrict__ offsets, unsigned batch,
                                               const float* __restrict__ word, const float* __restrict__ position,
                                               const float* __restrict__ token_type,
                                               const float* __restrict__ gamma, const float* __restrict__ beta,
-                                              float* __restrict__ out, unsigned rows, unsigned seq, unsigned dim,
-                                              float eps) {
+                                              float* __restrict__ out, unsigned rows, unsigned dim, float eps,
+                                              unsigned vocab, unsigned max_pos, unsigned type_vocab) {
     const unsigned row = blockIdx.x * LN_WARPS + (threadIdx.x >> 5);
     if (row >= rows) return;
     const unsigned lane = threadIdx.x & 31u;
-    const float* w = word + (size_t)ids[row] * dim;
-    const float* tt = token_type + (size_t)types[row] * dim;
-    const float* p = position + (size_t)(row % seq) * dim;
+    // The last sequence b with offsets[b] <= row.
+    unsigned lo = 0, hi = batch;  // answer in [lo, hi)
+    while (hi - lo > 1) {
+        unsigned mid = (lo + hi) >> 1;
+        if (offsets[mid] <= row) lo = mid; else hi = mid;
+    }
+    const unsigned first = offsets[lo];
+    const unsigned pos = min(row >= first ? row - first : 0u, max_pos - 1);
+    const unsigned id = min(ids[row], vocab - 1);
+    const unsigned ty = min(types[row], type_vocab - 1);
+    const float* w = word + (size_t)id * dim;
+    const float* tt = token_type + (size_t)ty * dim;
+    const float* p = position + (size_t)pos * dim;
     float v[V];
 #pragma unroll
     for (int t = 0; t < V; t++) {
@@ -119,11 +143,13 @@ __device__ __forceinline__ void embed_ln_impl(const unsigned* __restrict__ ids, 
         add_ln_impl<V>(x, res, gamma, beta, out, rows, dim, eps);                                              \
     }                                                                                                          \
     extern "C" __global__ void __launch_bounds__(LN_WARPS * 32) embed_ln_##V(                                \
-        const unsigned* __restrict__ ids, const unsigned* __restrict__ types, const float* __restrict__ word, \
+        const unsigned* __restrict__ ids, const unsigned* __restrict__ types,                                 \
+        const unsigned* __restrict__ offsets, unsigned batch, const float* __restrict__ word,                 \
         const float* __restrict__ position, const float* __restrict__ token_type,                             \
         const float* __restrict__ gamma, const float* __restrict__ beta, float* __restrict__ out,             \
-        unsigned rows, unsigned seq, unsigned dim, float eps) {                                                \
-        embed_ln_impl<V>(ids, types, word, position, token_type, gamma, beta, out, rows, seq, dim, eps);       \
+        unsigned rows, unsigned dim, float eps, unsigned vocab, unsigned max_pos, unsigned type_vocab) {       \
+        embed_ln_impl<V>(ids, types, offsets, batch, word, position, token_type, gamma, beta, out, rows, dim,  \
+                         eps, vocab, max_pos, type_vocab);                                                     \
     }
 
 // dim <= 128, <= 384 (MiniLM), <= 1024 (BERT-large).
@@ -249,39 +275,44 @@ extern "C" __global__ void splitk_reduce(const float* __restrict__ ws, const flo
 }
 
 // ---------------------------------------------------------------------------
-// Multi-head attention straight from the fused projection, one block per
-// (query tile, head, sequence): ATT_WARPS warps, each owning Q query rows of
-// the tile. Dynamic shared memory:
+// Multi-head attention within each packed sequence straight from the fused
+// projection, one block per (query tile, head, sequence): ATT_WARPS warps, each
+// owning Q query rows of the tile. The grid is sized for max_len (a sequence is
+// clamped to it); tiles past a sequence's end return at once. Dynamic shared
+// memory:
 //   Qs [qb][D]        the tile's queries (qb = Q * ATT_WARPS)
-//   S  [qb][seq]      score rows, then probabilities
+//   S  [qb][max_len]  score rows, then probabilities
 //   T  [ATT_KT][D+1]  a tile of keys, then of values (padded: conflict-free)
-// Scores: s = scale * (q · k) rounded, then s + (1 - mask) * MASK_NEG (as
-// `cpu::masked_softmax_inplace`); softmax subtracts the row max, f32 exp, f64
-// sum, p = e * (float)(1 / sum); context = Σ_j p_j v_j. head_dim D <= 32 * C.
+// Scores: s = scale * (q · k) rounded (as `cpu::attention`); softmax subtracts
+// the row max, f32 exp, f64 sum, p = e * (float)(1 / sum); context = Σ_j p_j v_j.
+// head_dim D <= 32 * C.
 
 #define ATT_WARPS 4
 #define ATT_KT 64
 
 // Q: query rows per warp; C: head_dim <= 32 * C.
 template <int Q, int C>
-__device__ __forceinline__ void attention_impl(const float* __restrict__ qkv, const float* __restrict__ mask,
-                                               float* __restrict__ out, unsigned seq, unsigned heads, unsigned D,
-                                               float scale) {
+__device__ __forceinline__ void attention_impl(const float* __restrict__ qkv, const unsigned* __restrict__ offsets,
+                                               float* __restrict__ out, unsigned tokens, unsigned max_len,
+                                               unsigned heads, unsigned D, float scale) {
     extern __shared__ float smem[];
     const unsigned qb = Q * ATT_WARPS;
     const unsigned hidden = heads * D;
     const unsigned b = blockIdx.z, h = blockIdx.y;
     const unsigned q0 = blockIdx.x * qb;
+    unsigned start, end;
+    seq_range(offsets, b, tokens, &start, &end);
+    const unsigned seq = min(end - start, max_len);  // S rows hold max_len scores
+    if (q0 >= seq) return;  // uniform over the block: before any barrier
     const unsigned warp = threadIdx.x >> 5, lane = threadIdx.x & 31u;
     const unsigned ld = D + 1;
     float* Qs = smem;
     float* S = Qs + qb * D;
-    float* T = S + (size_t)qb * seq;
+    float* T = S + (size_t)qb * max_len;
     const size_t row_stride = 3 * (size_t)hidden;
-    const float* qbase = qkv + (size_t)b * seq * row_stride + (size_t)h * D;
+    const float* qbase = qkv + (size_t)start * row_stride + (size_t)h * D;
     const float* kbase = qbase + hidden;
     const float* vbase = qbase + 2 * (size_t)hidden;
-    const float* maskb = mask + (size_t)b * seq;
     const unsigned my0 = warp * Q;  // this warp's first query within the tile
 
     for (unsigned idx = threadIdx.x; idx < qb * D; idx += blockDim.x) {
@@ -310,10 +341,8 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ qkv, co
 #pragma unroll
                 for (int qi = 0; qi < Q; qi++) acc[qi] = fmaf(qr[qi * D + c], kv, acc[qi]);
             }
-            const float madd = __fmul_rn(1.0f - maskb[k0 + j], MASK_NEG);
 #pragma unroll
-            for (int qi = 0; qi < Q; qi++)
-                S[(size_t)(my0 + qi) * seq + k0 + j] = __fadd_rn(__fmul_rn(acc[qi], scale), madd);
+            for (int qi = 0; qi < Q; qi++) S[(size_t)(my0 + qi) * max_len + k0 + j] = __fmul_rn(acc[qi], scale);
         }
     }
     __syncwarp();
@@ -321,7 +350,7 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ qkv, co
     // Softmax of this warp's rows (each warp wrote only its own rows).
 #pragma unroll
     for (int qi = 0; qi < Q; qi++) {
-        float* row = S + (size_t)(my0 + qi) * seq;
+        float* row = S + (size_t)(my0 + qi) * max_len;
         float m = -__int_as_float(0x7f800000);
         for (unsigned j = lane; j < seq; j += 32) m = fmaxf(m, row[j]);
         m = warp_max_f(m);
@@ -349,7 +378,7 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ qkv, co
             T[j * ld + c] = vbase[(size_t)(k0 + j) * row_stride + c];
         }
         __syncthreads();
-        const float* prow = S + (size_t)my0 * seq + k0;
+        const float* prow = S + (size_t)my0 * max_len + k0;
         for (unsigned j = 0; j < kn; j++) {
             float vv[C];
 #pragma unroll
@@ -359,7 +388,7 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ qkv, co
             }
 #pragma unroll
             for (int qi = 0; qi < Q; qi++) {
-                const float p = prow[(size_t)qi * seq + j];
+                const float p = prow[(size_t)qi * max_len + j];
 #pragma unroll
                 for (int t = 0; t < C; t++) o[qi][t] = fmaf(p, vv[t], o[qi][t]);
             }
@@ -369,7 +398,7 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ qkv, co
     for (int qi = 0; qi < Q; qi++) {
         const unsigned q = q0 + my0 + qi;
         if (q < seq) {
-            float* dst = out + ((size_t)b * seq + q) * hidden + (size_t)h * D;
+            float* dst = out + ((size_t)start + q) * hidden + (size_t)h * D;
 #pragma unroll
             for (int t = 0; t < C; t++) {
                 unsigned c = lane + 32u * t;
@@ -381,9 +410,9 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ qkv, co
 
 #define ATT_KERNEL(Q, C)                                                                                       \
     extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) attention_q##Q##_c##C(                      \
-        const float* __restrict__ qkv, const float* __restrict__ mask, float* __restrict__ out, unsigned seq,  \
-        unsigned heads, unsigned D, float scale) {                                                             \
-        attention_impl<Q, C>(qkv, mask, out, seq, heads, D, scale);                                            \
+        const float* __restrict__ qkv, const unsigned* __restrict__ offsets, float* __restrict__ out,          \
+        unsigned tokens, unsigned max_len, unsigned heads, unsigned D, float scale) {                          \
+        attention_impl<Q, C>(qkv, offsets, out, tokens, max_len, heads, D, scale);                             \
     }
 
 ATT_KERNEL(1, 1)
@@ -397,33 +426,25 @@ ATT_KERNEL(2, 4)
 ATT_KERNEL(4, 4)
 
 // ---------------------------------------------------------------------------
-// Mean pooling over the mask, then L2 normalization; one block per sequence,
-// dynamic shared memory: dim floats (the means) + 32 doubles (partial sums).
-// As `cpu::mean_pool` + `cpu::l2_normalize`: f64 sums, count clamped to 1e-9,
-// norm clamped to 1e-12, out = (float)(mean * (1 / norm)).
+// Mean pooling over each packed sequence, then L2 normalization; one block per
+// sequence, dynamic shared memory: dim floats (the means) + 32 doubles (partial
+// sums). As `cpu::mean_pool` + `cpu::l2_normalize`: f64 sums, count clamped to
+// 1e-9, norm clamped to 1e-12, out = (float)(mean * (1 / norm)).
 
-extern "C" __global__ void pool_normalize(const float* __restrict__ hidden, const float* __restrict__ mask,
-                                          float* __restrict__ out, unsigned seq, unsigned dim) {
+extern "C" __global__ void pool_normalize(const float* __restrict__ hidden, const unsigned* __restrict__ offsets,
+                                          float* __restrict__ out, unsigned tokens, unsigned dim) {
     extern __shared__ double pool_smem[];
     double* partial = pool_smem;                 // [32]
     float* means = (float*)(pool_smem + 32);     // [dim]
     const unsigned b = blockIdx.x;
-    const float* mb = mask + (size_t)b * seq;
-    const float* hb = hidden + (size_t)b * seq * dim;
-    double count = 0.0;
-    for (unsigned s = 0; s < seq; s++) {
-        double m = (double)mb[s];
-        if (m != 0.0) count += m;
-    }
+    unsigned start, end;
+    seq_range(offsets, b, tokens, &start, &end);
+    const double count = (double)(end - start);
     const double denom = count > 1e-9 ? count : 1e-9;
     double sq = 0.0;
     for (unsigned i = threadIdx.x; i < dim; i += blockDim.x) {
         double acc = 0.0;
-        for (unsigned s = 0; s < seq; s++) {
-            double m = (double)mb[s];
-            if (m == 0.0) continue;
-            acc += m * (double)hb[(size_t)s * dim + i];
-        }
+        for (unsigned t = start; t < end; t++) acc += (double)hidden[(size_t)t * dim + i];
         float mean = (float)(acc / denom);
         means[i] = mean;
         double md = (double)mean;

@@ -2,12 +2,14 @@
 //!
 //! The forward pass ([`crate::encoder`]) is written once against [`Exec`]; the host
 //! backend runs each op as a job on the lane's worker thread ([`host::HostExec`]),
-//! the CUDA backend as NVRTC kernels and cuBLAS calls on the lane's stream. Every
-//! pointer is device memory from the caching allocator (or the model's weights);
-//! ops are enqueued on the lane and never wait on the host.
+//! the CUDA backend as NVRTC kernels and cuBLAS calls on the lane's stream. Ops take
+//! typed, size-checked views of device buffers ([`Tensor`], [`TensorMut`]); the
+//! `check_*` functions here validate them once for both backends. Ops are enqueued
+//! on the lane and never wait on the host.
 
-use lanes::{DevicePtr, Lease};
+use lanes::Lease;
 
+use crate::tensor::{Check, DType, Tensor, TensorMut};
 use crate::Result;
 
 pub mod host;
@@ -15,116 +17,306 @@ pub mod host;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
-/// Shape of one forward pass.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Dims {
-    /// Sequences in the batch.
-    pub batch: usize,
-    /// Tokens per sequence (padded).
-    pub seq: usize,
-    /// Hidden size.
-    pub hidden: usize,
-    /// Attention heads.
-    pub heads: usize,
-}
-
-impl Dims {
-    /// `batch * seq`: the rows of every activation.
-    pub fn rows(&self) -> usize {
-        self.batch * self.seq
-    }
-    /// Size of one head.
-    pub fn head_dim(&self) -> usize {
-        self.hidden / self.heads
-    }
-}
-
-/// The embedding tables on the device.
+/// The embedding tables and their LayerNorm on the device.
 #[derive(Clone, Copy, Debug)]
-pub struct EmbedTables {
+pub struct EmbedTables<'a> {
     /// `[vocab, hidden]`.
-    pub word: DevicePtr,
+    pub word: Tensor<'a>,
     /// `[max_pos, hidden]`.
-    pub position: DevicePtr,
+    pub position: Tensor<'a>,
     /// `[type_vocab, hidden]`.
-    pub token_type: DevicePtr,
+    pub token_type: Tensor<'a>,
     /// LayerNorm scale `[hidden]`.
-    pub gamma: DevicePtr,
+    pub gamma: Tensor<'a>,
     /// LayerNorm shift `[hidden]`.
-    pub beta: DevicePtr,
+    pub beta: Tensor<'a>,
 }
 
-/// A backend's implementation of the fused ops. All pointers are valid device
-/// memory of the lane's device sized as documented; the caller keeps them alive
-/// (stream-ordered) until the work has run.
+/// A backend's implementation of the fused ops of a BERT forward over a packed
+/// batch ([`crate::Tokens`]): activations are `[tokens, dim]`, the sequences back
+/// to back, and `offsets` (`u32 [batch + 1]`, on the device) mark where each
+/// starts and ends.
+///
+/// Every op checks the tensors it is given against each other (shapes, dtypes,
+/// device) and fails with [`crate::NnError::OpMismatch`] naming the op and the
+/// tensor; it never reads or writes outside a tensor's buffer, whatever the
+/// *values* of ids and offsets (out-of-range ones are clamped or skipped by the
+/// kernels; the encoder range-checks them on the host first). Work is enqueued on
+/// the lane; the buffers are stream-ordered, so they may be dropped once the op
+/// returns.
 pub trait Exec: Send + Sync + 'static {
-    /// `out[r] = LayerNorm(word[ids[r]] + position[r % seq] + token_type[types[r]])`;
-    /// `ids`, `types` are `u32 [rows]`, `out` is `[rows, hidden]`.
+    /// `out[t] = LayerNorm(word[ids[t]] + token_type[types[t]] + position[p(t)])`
+    /// where `p(t)` is `t`'s index within its sequence; `ids`, `types` are
+    /// `u32 [tokens]`, `offsets` `u32 [batch + 1]`, `out` `[tokens, hidden]`.
     #[allow(clippy::too_many_arguments)]
     fn embed_ln(
         &self,
         lane: &Lease,
-        d: Dims,
-        ids: DevicePtr,
-        types: DevicePtr,
-        t: &EmbedTables,
+        ids: Tensor<'_>,
+        types: Tensor<'_>,
+        offsets: Tensor<'_>,
+        tables: &EmbedTables<'_>,
         eps: f32,
-        out: DevicePtr,
+        out: TensorMut<'_>,
     ) -> Result<()>;
 
-    /// `out = act(x · wᵀ + b)` with `x [rows, k]`, `w [n, k]`, `b [n]`, `out [rows, n]`;
-    /// `gelu` selects the exact (erf) GELU.
-    #[allow(clippy::too_many_arguments)]
+    /// `out = act(x · wᵀ + b)` with `x [rows, k]`, `w [n, k]`, `b [n]`,
+    /// `out [rows, n]`; `gelu` selects the exact (erf) GELU.
     fn linear(
         &self,
         lane: &Lease,
-        rows: usize,
-        k: usize,
-        n: usize,
-        x: DevicePtr,
-        w: DevicePtr,
-        b: DevicePtr,
+        x: Tensor<'_>,
+        w: Tensor<'_>,
+        b: Tensor<'_>,
         gelu: bool,
-        out: DevicePtr,
+        out: TensorMut<'_>,
     ) -> Result<()>;
 
-    /// Multi-head self-attention from the fused projection `qkv [rows, 3*hidden]`
-    /// (q, k, v side by side per row) with the key mask `mask f32 [batch, seq]`
-    /// (1 = token, 0 = padding); writes the context `out [rows, hidden]`.
+    /// Multi-head self-attention within each sequence from the fused projection
+    /// `qkv [tokens, 3 * hidden]` (q, k, v side by side per row); writes the
+    /// context `out [tokens, hidden]`. `max_len` bounds every sequence's length
+    /// (the kernels size their work by it and clamp longer ones).
     fn attention(
         &self,
         lane: &Lease,
-        d: Dims,
-        qkv: DevicePtr,
-        mask: DevicePtr,
-        out: DevicePtr,
+        qkv: Tensor<'_>,
+        offsets: Tensor<'_>,
+        max_len: usize,
+        heads: usize,
+        out: TensorMut<'_>,
     ) -> Result<()>;
 
-    /// `out = LayerNorm(x + residual)` over rows of `dim`.
+    /// `out = LayerNorm(x + residual)` over rows of `x [rows, dim]`.
     #[allow(clippy::too_many_arguments)]
     fn add_layer_norm(
         &self,
         lane: &Lease,
-        rows: usize,
-        dim: usize,
-        x: DevicePtr,
-        residual: DevicePtr,
-        gamma: DevicePtr,
-        beta: DevicePtr,
+        x: Tensor<'_>,
+        residual: Tensor<'_>,
+        gamma: Tensor<'_>,
+        beta: Tensor<'_>,
         eps: f32,
-        out: DevicePtr,
+        out: TensorMut<'_>,
     ) -> Result<()>;
 
-    /// Mean of `hidden [batch, seq, dim]` over the mask, then L2-normalized:
-    /// `out [batch, dim]`.
+    /// Mean of `hidden [tokens, dim]` over each sequence of `offsets`, then
+    /// L2-normalized: `out [batch, dim]`.
     fn pool_normalize(
         &self,
         lane: &Lease,
-        d: Dims,
-        hidden: DevicePtr,
-        mask: DevicePtr,
-        out: DevicePtr,
+        hidden: Tensor<'_>,
+        offsets: Tensor<'_>,
+        out: TensorMut<'_>,
     ) -> Result<()>;
+}
+
+/// The validated dimensions of an [`Exec::embed_ln`] call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EmbedDims {
+    /// Tokens of the batch.
+    pub tokens: usize,
+    /// Sequences of the batch.
+    pub batch: usize,
+    /// Hidden size.
+    pub hidden: usize,
+    /// Rows of the word, position and token-type tables.
+    pub vocab: usize,
+    /// Rows of the position table.
+    pub max_pos: usize,
+    /// Rows of the token-type table.
+    pub type_vocab: usize,
+}
+
+/// Checks the tensors of [`Exec::embed_ln`]; `floats` are the dtypes the backend
+/// takes for the tables and the output.
+pub fn check_embed_ln(
+    lane: &Lease,
+    ids: &Tensor<'_>,
+    types: &Tensor<'_>,
+    offsets: &Tensor<'_>,
+    t: &EmbedTables<'_>,
+    out: &TensorMut<'_>,
+    floats: &[DType],
+) -> Result<EmbedDims> {
+    let c = Check { op: "embed_ln" };
+    let [tokens] = c.shape("ids", ids.shape(), [None])?;
+    c.shape("types", types.shape(), [Some(tokens)])?;
+    let [n_off] = c.shape("offsets", offsets.shape(), [None])?;
+    let [vocab, hidden] = c.shape("word", t.word.shape(), [None, None])?;
+    let [max_pos, _] = c.shape("position", t.position.shape(), [None, Some(hidden)])?;
+    let [type_vocab, _] = c.shape("token_type", t.token_type.shape(), [None, Some(hidden)])?;
+    c.shape("gamma", t.gamma.shape(), [Some(hidden)])?;
+    c.shape("beta", t.beta.shape(), [Some(hidden)])?;
+    c.shape(out.name(), out.shape(), [Some(tokens), Some(hidden)])?;
+    for x in [ids, types, offsets] {
+        c.dtype(x.name(), x.dtype(), &[DType::U32])?;
+    }
+    for x in [&t.word, &t.position, &t.token_type, &t.gamma, &t.beta] {
+        c.dtype(x.name(), x.dtype(), floats)?;
+    }
+    c.dtype(out.name(), out.dtype(), floats)?;
+    if n_off == 0 {
+        return Err(empty_offsets(&c, offsets));
+    }
+    c.on_lane(
+        lane,
+        &[
+            ids,
+            types,
+            offsets,
+            &t.word,
+            &t.position,
+            &t.token_type,
+            &t.gamma,
+            &t.beta,
+            &out.as_tensor(),
+        ],
+    )?;
+    Ok(EmbedDims {
+        tokens,
+        batch: n_off - 1,
+        hidden,
+        vocab,
+        max_pos,
+        type_vocab,
+    })
+}
+
+fn empty_offsets(c: &Check, offsets: &Tensor<'_>) -> crate::NnError {
+    crate::NnError::OpMismatch {
+        op: c.op,
+        tensor: offsets.name().to_string(),
+        expected: "batch + 1 >= 1 entries".into(),
+        actual: "none".into(),
+    }
+}
+
+/// Checks the tensors of [`Exec::linear`]; returns `(rows, k, n)`.
+pub fn check_linear(
+    lane: &Lease,
+    x: &Tensor<'_>,
+    w: &Tensor<'_>,
+    b: &Tensor<'_>,
+    out: &TensorMut<'_>,
+    floats: &[DType],
+) -> Result<(usize, usize, usize)> {
+    let c = Check { op: "linear" };
+    let [rows, k] = c.shape(x.name(), x.shape(), [None, None])?;
+    let [n, _] = c.shape(w.name(), w.shape(), [None, Some(k)])?;
+    c.shape(b.name(), b.shape(), [Some(n)])?;
+    c.shape(out.name(), out.shape(), [Some(rows), Some(n)])?;
+    for t in [x, w, b] {
+        c.dtype(t.name(), t.dtype(), floats)?;
+    }
+    c.dtype(out.name(), out.dtype(), floats)?;
+    c.on_lane(lane, &[x, w, b, &out.as_tensor()])?;
+    Ok((rows, k, n))
+}
+
+/// The validated dimensions of an [`Exec::attention`] call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionDims {
+    /// Tokens of the batch.
+    pub tokens: usize,
+    /// Sequences of the batch.
+    pub batch: usize,
+    /// Hidden size.
+    pub hidden: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Size of one head.
+    pub head_dim: usize,
+    /// The bound on sequence lengths.
+    pub max_len: usize,
+}
+
+/// Checks the tensors of [`Exec::attention`].
+pub fn check_attention(
+    lane: &Lease,
+    qkv: &Tensor<'_>,
+    offsets: &Tensor<'_>,
+    max_len: usize,
+    heads: usize,
+    out: &TensorMut<'_>,
+    floats: &[DType],
+) -> Result<AttentionDims> {
+    let c = Check { op: "attention" };
+    let [tokens, hidden] = c.shape(out.name(), out.shape(), [None, None])?;
+    c.shape(qkv.name(), qkv.shape(), [Some(tokens), Some(3 * hidden)])?;
+    let [n_off] = c.shape(offsets.name(), offsets.shape(), [None])?;
+    if n_off == 0 {
+        return Err(empty_offsets(&c, offsets));
+    }
+    if heads == 0 || hidden % heads != 0 {
+        return Err(crate::NnError::OpMismatch {
+            op: c.op,
+            tensor: out.name().to_string(),
+            expected: format!("a width that {heads} heads divide"),
+            actual: format!("width {hidden}"),
+        });
+    }
+    c.dtype(qkv.name(), qkv.dtype(), floats)?;
+    c.dtype(out.name(), out.dtype(), floats)?;
+    c.dtype(offsets.name(), offsets.dtype(), &[DType::U32])?;
+    c.on_lane(lane, &[qkv, offsets, &out.as_tensor()])?;
+    Ok(AttentionDims {
+        tokens,
+        batch: n_off - 1,
+        hidden,
+        heads,
+        head_dim: hidden / heads,
+        max_len,
+    })
+}
+
+/// Checks the tensors of [`Exec::add_layer_norm`]; returns `(rows, dim)`.
+pub fn check_add_layer_norm(
+    lane: &Lease,
+    x: &Tensor<'_>,
+    residual: &Tensor<'_>,
+    gamma: &Tensor<'_>,
+    beta: &Tensor<'_>,
+    out: &TensorMut<'_>,
+    floats: &[DType],
+) -> Result<(usize, usize)> {
+    let c = Check {
+        op: "add_layer_norm",
+    };
+    let [rows, dim] = c.shape(x.name(), x.shape(), [None, None])?;
+    c.shape(residual.name(), residual.shape(), [Some(rows), Some(dim)])?;
+    c.shape(gamma.name(), gamma.shape(), [Some(dim)])?;
+    c.shape(beta.name(), beta.shape(), [Some(dim)])?;
+    c.shape(out.name(), out.shape(), [Some(rows), Some(dim)])?;
+    for t in [x, residual, gamma, beta] {
+        c.dtype(t.name(), t.dtype(), floats)?;
+    }
+    c.dtype(out.name(), out.dtype(), floats)?;
+    c.on_lane(lane, &[x, residual, gamma, beta, &out.as_tensor()])?;
+    Ok((rows, dim))
+}
+
+/// Checks the tensors of [`Exec::pool_normalize`]; returns `(tokens, batch, dim)`.
+pub fn check_pool(
+    lane: &Lease,
+    hidden: &Tensor<'_>,
+    offsets: &Tensor<'_>,
+    out: &TensorMut<'_>,
+    floats: &[DType],
+) -> Result<(usize, usize, usize)> {
+    let c = Check {
+        op: "pool_normalize",
+    };
+    let [tokens, dim] = c.shape(hidden.name(), hidden.shape(), [None, None])?;
+    let [n_off] = c.shape(offsets.name(), offsets.shape(), [None])?;
+    if n_off == 0 {
+        return Err(empty_offsets(&c, offsets));
+    }
+    c.shape(out.name(), out.shape(), [Some(n_off - 1), Some(dim)])?;
+    c.dtype(hidden.name(), hidden.dtype(), floats)?;
+    c.dtype(offsets.name(), offsets.dtype(), &[DType::U32])?;
+    c.dtype(out.name(), out.dtype(), &[DType::F32])?;
+    c.on_lane(lane, &[hidden, offsets, &out.as_tensor()])?;
+    Ok((tokens, n_off - 1, dim))
 }
 
 /// The executor for a device.

@@ -249,6 +249,42 @@ impl Allocator {
         }
     }
 
+    /// Allocates `bytes` on `lane` while the lane is capturing a graph: from the
+    /// lane's cache, else from a new segment, never by waiting for other lanes or
+    /// releasing cached segments (both would synchronize lanes, which a capture
+    /// forbids). Fails with [`Error::OutOfMemory`] where a normal allocation would
+    /// have reclaimed memory first.
+    pub(crate) fn alloc_captured(&self, lane: usize, bytes: usize) -> Result<Block> {
+        if lane >= self.lanes.len() {
+            return Err(Error::NoSuchLane {
+                device: self.device.clone(),
+                lane,
+                lanes: self.lanes.len(),
+            });
+        }
+        let Some(size) = round_size(bytes) else {
+            return Err(self.oom(bytes));
+        };
+        let pool = Pool::of_request(size);
+        let cached = {
+            let mut cache = self.cache(lane);
+            let got = cache.take_best_fit(pool, size);
+            match got {
+                Some(_) => cache.counters.cache_hits += 1,
+                None => cache.counters.cache_misses += 1,
+            }
+            got
+        };
+        if let Some(g) = cached {
+            return Ok(self.block(lane, g, bytes));
+        }
+        match self.grow(lane, size) {
+            Ok(g) => Ok(self.block(lane, g, bytes)),
+            Err(Error::BackendOutOfMemory { .. }) => Err(self.oom(size)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The handle of a grant (already counted in its lane's counters).
     #[inline]
     fn block(&self, lane: usize, g: Grant, requested: usize) -> Block {

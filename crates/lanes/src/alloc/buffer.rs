@@ -16,6 +16,13 @@ pub trait BufferOwner: Send + Sync {
 
     /// Records a marker after all work enqueued so far on `lane`.
     fn pending_on(&self, lane: usize) -> Result<Box<dyn PendingUse>>;
+
+    /// Takes back a freed buffer's block, with a marker for each other lane that used
+    /// it. The default frees it into the allocator at once; a graph's owner keeps it
+    /// for the graph's life instead.
+    fn release(&self, block: Block, markers: Vec<Box<dyn PendingUse>>) -> Result<()> {
+        self.allocator().free(block, markers)
+    }
 }
 
 /// Device memory owned by one handle; freed into its home lane's cache on drop.
@@ -43,11 +50,17 @@ impl Buffer {
     /// Allocates `bytes` on `lane` from `owner`'s allocator.
     pub fn alloc(owner: Arc<dyn BufferOwner>, lane: usize, bytes: usize) -> Result<Buffer> {
         let block = owner.allocator().alloc(lane, bytes)?;
-        Ok(Buffer {
+        Ok(Buffer::from_block(owner, block))
+    }
+
+    /// The handle of `block`, which `owner`'s allocator handed out; freed through
+    /// `owner` ([`BufferOwner::release`]) on drop.
+    pub fn from_block(owner: Arc<dyn BufferOwner>, block: Block) -> Buffer {
+        Buffer {
             owner,
             block: Some(block),
             uses: AtomicU64::new(0),
-        })
+        }
     }
 
     fn block(&self) -> &Block {
@@ -144,7 +157,7 @@ fn release(owner: &dyn BufferOwner, block: Block, uses: u64) -> Result<()> {
             }
         }
     }
-    owner.allocator().free(block, markers)?;
+    owner.release(block, markers)?;
     first_err.map_or(Ok(()), Err)
 }
 

@@ -50,6 +50,7 @@
 mod allocator;
 mod block;
 mod buffer;
+mod graph_pool;
 mod index;
 mod size;
 mod stats;
@@ -60,4 +61,5 @@ mod scenarios;
 pub use self::allocator::{AllocConfig, Allocator, Block, BlockId, ReleaseFence};
 pub use self::block::PendingUse;
 pub use self::buffer::{Buffer, BufferOwner};
+pub use self::graph_pool::GraphPool;
 pub use self::stats::{AllocStats, BlockInfo, BlockState, SegmentInfo};

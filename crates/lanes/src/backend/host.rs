@@ -419,6 +419,13 @@ impl RawLane for HostLane {
         Ok(())
     }
 
+    fn begin_capture(&self) -> Result<()> {
+        Err(Error::Unsupported {
+            device: "cpu".into(),
+            what: "graph capture (CPU lanes run their jobs eagerly)".into(),
+        })
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }

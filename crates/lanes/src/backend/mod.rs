@@ -129,7 +129,53 @@ pub trait RawLane: Send + Sync + 'static {
     /// Both ranges are allocated device memory of this backend and do not overlap.
     unsafe fn copy_dtod(&self, src: DevicePtr, dst: DevicePtr, bytes: usize) -> Result<()>;
 
+    /// Starts capturing the work enqueued on this lane into a graph (nothing runs
+    /// until the graph is launched). Backends without graphs return
+    /// [`crate::Error::Unsupported`] (the default).
+    fn begin_capture(&self) -> Result<()> {
+        Err(crate::Error::Unsupported {
+            device: "this backend".into(),
+            what: "graph capture".into(),
+        })
+    }
+
+    /// Ends the capture begun by [`RawLane::begin_capture`] and instantiates the graph.
+    /// With `keep == false` the capture is discarded (the closure failed) and
+    /// `Ok(None)` is returned.
+    fn end_capture(&self, keep: bool) -> Result<Option<Box<dyn RawGraph>>> {
+        let _ = keep;
+        Err(crate::Error::Unsupported {
+            device: "this backend".into(),
+            what: "graph capture".into(),
+        })
+    }
+
+    /// `true` while a capture is in progress on this lane.
+    fn is_capturing(&self) -> bool {
+        false
+    }
+
+    /// Enqueues one replay of `graph` on this lane.
+    fn launch_graph(&self, graph: &dyn RawGraph) -> Result<()> {
+        let _ = graph;
+        Err(crate::Error::Unsupported {
+            device: "this backend".into(),
+            what: "graph launch".into(),
+        })
+    }
+
     /// Downcasting to the concrete lane.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Work captured on a lane, instantiated and ready to replay
+/// ([`RawLane::launch_graph`]). Dropping it is legal while a replay is in flight
+/// (the backend frees it once the replay is done).
+pub trait RawGraph: Send + Sync + 'static {
+    /// Nodes (kernels, copies) in the graph.
+    fn nodes(&self) -> usize;
+
+    /// Downcasting to the concrete graph.
     fn as_any(&self) -> &dyn Any;
 }
 

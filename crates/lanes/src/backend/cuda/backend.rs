@@ -10,6 +10,7 @@ use cudarc::driver::{result, sys, CudaContext, CudaFunction, DriverError};
 
 use super::driver::{bind, describe, driver_err, guarded, Shared};
 use super::event::{CudaEvent, EventHandle};
+use super::graph::capturing_here;
 use super::lane::CudaLane;
 use super::module_cache::{CompileStats, ModuleCache};
 use crate::backend::host::panic_message;
@@ -313,6 +314,26 @@ impl CudaBackend {
         self.modules.stats()
     }
 
+    /// `cuMemAlloc` on the calling thread.
+    fn alloc_now(&self, bytes: usize) -> Result<DevicePtr> {
+        let name = &self.shared.name;
+        guarded(name, "cuMemAlloc", || {
+            bind(&self.shared.ctx).map_err(driver_err(name, "cuCtxSetCurrent"))?;
+            // SAFETY: the context is current; the returned memory is uninitialized,
+            // which raw device bytes may be.
+            match unsafe { result::malloc_sync(bytes.max(1)) } {
+                Ok(p) => Ok(DevicePtr(p)),
+                Err(DriverError(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => {
+                    Err(Error::BackendOutOfMemory {
+                        device: name.to_string(),
+                        bytes,
+                    })
+                }
+                Err(e) => Err(driver_err(name, "cuMemAlloc")(e)),
+            }
+        })
+    }
+
     /// `cuMemFree` calls that failed (`free` cannot report them otherwise).
     pub fn free_errors(&self) -> usize {
         self.free_errors.load(Ordering::Relaxed)
@@ -342,22 +363,19 @@ impl Backend for CudaBackend {
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
-        let name = &self.shared.name;
-        guarded(name, "cuMemAlloc", || {
-            bind(&self.shared.ctx).map_err(driver_err(name, "cuCtxSetCurrent"))?;
-            // SAFETY: the context is current; the returned memory is uninitialized,
-            // which raw device bytes may be.
-            match unsafe { result::malloc_sync(bytes.max(1)) } {
-                Ok(p) => Ok(DevicePtr(p)),
-                Err(DriverError(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => {
-                    Err(Error::BackendOutOfMemory {
-                        device: name.to_string(),
-                        bytes,
-                    })
-                }
-                Err(e) => Err(driver_err(name, "cuMemAlloc")(e)),
-            }
-        })
+        if capturing_here() {
+            // cuMemAlloc is barred on a thread capturing a graph (thread-local mode):
+            // a cache miss during a capture takes its segment on a helper thread.
+            return std::thread::scope(|s| match s.spawn(|| self.alloc_now(bytes)).join() {
+                Ok(r) => r,
+                Err(p) => Err(Error::Cuda {
+                    device: self.shared.name.to_string(),
+                    op: "cuMemAlloc".into(),
+                    message: format!("the allocating thread panicked: {}", panic_message(&*p)),
+                }),
+            });
+        }
+        self.alloc_now(bytes)
     }
 
     unsafe fn free(&self, ptr: DevicePtr, _bytes: usize) {

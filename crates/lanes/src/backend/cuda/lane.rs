@@ -4,7 +4,7 @@
 use std::any::Any;
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, ThreadId};
@@ -14,8 +14,9 @@ use cudarc::driver::{result, sys, CudaFunction, CudaStream, DriverError};
 use super::blas::{LaneBlas, Op};
 use super::driver::{bind, describe, driver_err, guarded, Shared};
 use super::event::{CudaEvent, EventHandle};
+use super::graph::{CaptureMark, CudaGraph};
 use crate::backend::host::panic_message;
-use crate::backend::{DevicePtr, HostFn, RawEvent, RawLane};
+use crate::backend::{DevicePtr, HostFn, RawEvent, RawGraph, RawLane};
 use crate::{Error, Result};
 
 /// Smallest pinned staging chunk (a typical request's inputs and outputs fit).
@@ -49,6 +50,11 @@ pub struct CudaLane {
     /// The thread that runs this lane's completion callbacks (spawned on the first
     /// `host_fn`).
     runner: OnceLock<Runner>,
+    /// `true` from `begin_capture` to `end_capture`: calls that cannot be captured
+    /// fail with [`Error::Capture`] instead of breaking the capture.
+    capturing: AtomicBool,
+    /// The capturing thread's mark, held between `begin_capture` and `end_capture`.
+    mark: Mutex<Option<CaptureMark>>,
 }
 
 impl CudaLane {
@@ -68,7 +74,21 @@ impl CudaLane {
             staging: Mutex::new(Vec::new()),
             host: Arc::new(HostFnState::default()),
             runner: OnceLock::new(),
+            capturing: AtomicBool::new(false),
+            mark: Mutex::new(None),
         })
+    }
+
+    /// Fails with [`Error::Capture`] naming `call` while the lane is capturing.
+    fn not_capturing(&self, call: &str, why: &str) -> Result<()> {
+        if self.capturing.load(Ordering::Acquire) {
+            return Err(Error::Capture {
+                device: self.shared.name.to_string(),
+                lane: self.index,
+                message: format!("`{call}` cannot be captured into a graph: {why}"),
+            });
+        }
+        Ok(())
     }
 
     /// The lane's index in its pool.
@@ -337,6 +357,10 @@ impl CudaLane {
 
 impl RawLane for CudaLane {
     fn record(&self, event: &dyn RawEvent) -> Result<()> {
+        self.not_capturing(
+            "record",
+            "a captured event can only be waited for inside the same capture",
+        )?;
         let ev = self.native_event(event)?;
         if ev.context().cu_ctx() != self.shared.ctx.cu_ctx() {
             return Err(Error::InvalidArgument(format!(
@@ -350,6 +374,10 @@ impl RawLane for CudaLane {
     }
 
     fn wait(&self, event: &dyn RawEvent) -> Result<()> {
+        self.not_capturing(
+            "wait",
+            "make the lane wait before the capture (or before the graph's launch)",
+        )?;
         let ev = self.native_event(event)?;
         guarded(&self.shared.name, "cuStreamWaitEvent", || {
             bind(&self.shared.ctx).map_err(self.err("cuCtxSetCurrent"))?;
@@ -362,6 +390,10 @@ impl RawLane for CudaLane {
     }
 
     fn synchronize(&self) -> Result<()> {
+        self.not_capturing(
+            "synchronize",
+            "nothing runs during a capture; synchronize after the graph's launch",
+        )?;
         guarded(&self.shared.name, "cuStreamSynchronize", || {
             let target = self.host.enqueued.load(Ordering::Acquire);
             bind(&self.shared.ctx).map_err(self.err("cuCtxSetCurrent"))?;
@@ -390,6 +422,10 @@ impl RawLane for CudaLane {
     }
 
     fn host_fn(&self, f: HostFn) -> Result<()> {
+        self.not_capturing(
+            "on_complete",
+            "a captured host function would run its (one-shot) closure on every replay",
+        )?;
         guarded(&self.shared.name, "cuLaunchHostFunc", || {
             let runner = Runner::get(&self.runner, &self.shared.name, self.index)?;
             let call = Box::new(HostCall {
@@ -419,6 +455,11 @@ impl RawLane for CudaLane {
     }
 
     unsafe fn copy_htod(&self, src: &[u8], dst: DevicePtr) -> Result<()> {
+        self.not_capturing(
+            "upload",
+            "a captured copy would replay from a reused staging buffer; upload into the \
+             graph's input buffers before each launch",
+        )?;
         guarded(&self.shared.name, "copy host to device", || {
             for (i, piece) in src.chunks(STAGING_MAX).enumerate() {
                 self.htod_piece(piece, dst.offset(i * STAGING_MAX))?;
@@ -428,6 +469,11 @@ impl RawLane for CudaLane {
     }
 
     unsafe fn copy_dtoh(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+        self.not_capturing(
+            "download",
+            "it waits for the copy, and nothing runs during a capture; download the \
+             graph's output buffers after each launch",
+        )?;
         guarded(&self.shared.name, "copy device to host", || {
             for (i, piece) in dst.chunks_mut(STAGING_MAX).enumerate() {
                 self.dtoh_piece(src.offset(i * STAGING_MAX), piece)?;
@@ -446,6 +492,79 @@ impl RawLane for CudaLane {
             // backend, `bytes` long, disjoint and allocated until the copy has run.
             unsafe { result::memcpy_dtod_async(dst.0, src.0, bytes, self.stream.cu_stream()) }
                 .map_err(self.err("cuMemcpyDtoDAsync"))
+        })
+    }
+
+    fn begin_capture(&self) -> Result<()> {
+        if self.capturing.swap(true, Ordering::AcqRel) {
+            return Err(Error::Capture {
+                device: self.shared.name.to_string(),
+                lane: self.index,
+                message: "the lane is already capturing a graph".into(),
+            });
+        }
+        let r = guarded(&self.shared.name, "cuStreamBeginCapture", || {
+            bind(&self.shared.ctx).map_err(self.err("cuCtxSetCurrent"))?;
+            // SAFETY: the stream is this lane's live stream; thread-local mode bars
+            // only this thread from capture-unsafe calls, so other lanes' threads
+            // keep allocating and synchronizing.
+            unsafe {
+                sys::cuStreamBeginCapture_v2(
+                    self.stream.cu_stream(),
+                    sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+                )
+            }
+            .result()
+            .map_err(self.err("cuStreamBeginCapture"))
+        });
+        match r {
+            Ok(()) => {
+                *lock(&self.mark) = Some(CaptureMark::new());
+                Ok(())
+            }
+            Err(e) => {
+                self.capturing.store(false, Ordering::Release);
+                Err(e)
+            }
+        }
+    }
+
+    fn end_capture(&self, keep: bool) -> Result<Option<Box<dyn RawGraph>>> {
+        if !self.capturing.load(Ordering::Acquire) {
+            return Err(Error::Capture {
+                device: self.shared.name.to_string(),
+                lane: self.index,
+                message: "end_capture without begin_capture".into(),
+            });
+        }
+        let r = guarded(&self.shared.name, "cuStreamEndCapture", || {
+            CudaGraph::end_capture(&self.shared, self.index, self.stream.cu_stream(), keep)
+        });
+        drop(lock(&self.mark).take());
+        self.capturing.store(false, Ordering::Release);
+        Ok(r?.map(|g| Box::new(g) as Box<dyn RawGraph>))
+    }
+
+    fn is_capturing(&self) -> bool {
+        self.capturing.load(Ordering::Acquire)
+    }
+
+    fn launch_graph(&self, graph: &dyn RawGraph) -> Result<()> {
+        self.not_capturing("launch", "launch the graph after the capture has ended")?;
+        let g = graph.as_any().downcast_ref::<CudaGraph>().ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "a non-CUDA graph was launched on lane {} of {}",
+                self.index, self.shared.name
+            ))
+        })?;
+        if g.context() != self.shared.ctx.cu_ctx() {
+            return Err(Error::InvalidArgument(format!(
+                "a graph of another CUDA device was launched on lane {} of {}",
+                self.index, self.shared.name
+            )));
+        }
+        guarded(&self.shared.name, "cuGraphLaunch", || {
+            g.launch_on(self.index, self.stream.cu_stream())
         })
     }
 

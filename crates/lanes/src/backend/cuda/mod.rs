@@ -23,14 +23,14 @@ mod backend;
 mod blas;
 mod driver;
 mod event;
-
+mod graph;
 mod lane;
 mod module_cache;
 
 pub use backend::{CudaBackend, SyncMode};
 pub use blas::{LaneBlas, Op};
 pub use event::CudaEvent;
-
+pub use graph::CudaGraph;
 pub use lane::CudaLane;
 pub use module_cache::{kernel_arg, CompileStats, ModuleCache, ModuleCompile};
 
