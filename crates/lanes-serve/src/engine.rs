@@ -277,3 +277,20 @@ impl Drop for Handle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_send<T: Send>() {}
+
+    #[test]
+    fn engine_and_handles_cross_threads_for_bindings() {
+        // A Python binding shares one engine between threads and moves a
+        // handle to whichever thread (or event loop) waits on it.
+        assert_send_sync::<Engine>();
+        assert_send::<Handle>();
+        assert_send_sync::<crate::Codec>();
+    }
+}

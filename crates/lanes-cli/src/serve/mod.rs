@@ -64,7 +64,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
     /// Inference worker threads, each holding one lane for its lifetime
-    /// [default: 4 on the CPU, 8 on CUDA].
+    /// [default: one per core, at most 4, on the CPU; 8 on CUDA].
     #[arg(long)]
     pub workers: Option<usize>,
     /// Token budget of one forward pass (sum of the texts' lengths; batches
@@ -258,7 +258,12 @@ fn load(args: &ServeArgs, dir: PathBuf) -> Result<Ready> {
     let t = Instant::now();
     let device = common::open_device(&args.device, args.workers.unwrap_or(8))?;
     let cuda = matches!(device.kind(), DeviceKind::Cuda(_));
-    let workers = args.workers.unwrap_or(if cuda { 8 } else { 4 });
+    // On the CPU one worker per core (at most 4): more would only share the
+    // cores and make every pass, hence a small request's wait, longer.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = args
+        .workers
+        .unwrap_or(if cuda { 8 } else { cores.clamp(1, 4) });
     let max_batch_tokens = args
         .max_batch_tokens
         .unwrap_or(if cuda { 16384 } else { 2048 });
