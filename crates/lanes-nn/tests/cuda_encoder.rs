@@ -19,7 +19,9 @@ use std::sync::Arc;
 use lanes::{Buffer, Device, DeviceConfig, Lease};
 use lanes_nn::exec::cuda::{CudaExec, Gemm};
 use lanes_nn::exec::{EmbedTables, Exec};
-use lanes_nn::{cpu, reference, DType, Encoder, Model, Tensor, TensorMut, Tokens};
+use lanes_nn::{
+    cpu, reference, DType, Encoder, EncoderOptions, Model, Precision, Tensor, TensorMut, Tokens,
+};
 
 mod common;
 
@@ -382,7 +384,7 @@ fn encoder_matches_fixture_and_reference() {
     let Some(dir) = model_dir() else { return };
     let fx = fixtures();
     let model = Model::load(&dir).expect("load the model on the host");
-    let enc = Encoder::load(&dir, &dev).expect("load the model on the GPU");
+    let enc = load_f32(&dir, &dev).expect("load the model on the GPU");
     let lane = dev.lease().unwrap();
     let h = model.config.hidden_size;
     let (mut vs_fixture, mut vs_reference) = (Stats::new(), Stats::new());
@@ -450,7 +452,7 @@ fn sixteen_threads_share_one_encoder() {
     let Some(dev) = cuda() else { return };
     let Some(dir) = model_dir() else { return };
     let fx = fixtures();
-    let enc = Arc::new(Encoder::load(&dir, &dev).expect("load the model on the GPU"));
+    let enc = Arc::new(load_f32(&dir, &dev).expect("load the model on the GPU"));
     let texts: Arc<Vec<String>> = Arc::new(fx.iter().map(|f| f.text.clone()).collect());
 
     // Requests: every text alone, then mixed batches.
@@ -542,7 +544,7 @@ fn throughput_report() {
     }
     let Some(dev) = cuda() else { return };
     let Some(dir) = model_dir() else { return };
-    let enc = Arc::new(Encoder::load(&dir, &dev).expect("load the model on the GPU"));
+    let enc = Arc::new(load_f32(&dir, &dev).expect("load the model on the GPU"));
     eprintln!(
         "linear path: {:?} (LANES_NN_GEMM)",
         Gemm::from_env().unwrap()
@@ -766,4 +768,13 @@ fn op_timing_report() {
             .unwrap()
         });
     }
+}
+
+/// These tests hold the float32 path to the fixture's tolerances; `Encoder::load`
+/// resolves to float16 on CUDA (cuda_precision.rs covers the half precisions).
+fn load_f32(dir: &std::path::Path, dev: &Device) -> lanes_nn::Result<Encoder> {
+    let options = EncoderOptions {
+        precision: Precision::F32,
+    };
+    Encoder::load_with(dir, dev, options)
 }

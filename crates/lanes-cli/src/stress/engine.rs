@@ -58,6 +58,9 @@ pub fn run_stress(encoder: &Encoder, suite: &Suite, cfg: &RunConfig) -> Result<S
     if let Some(p) = progress {
         p.finish_and_clear();
     }
+    // Cached CUDA graphs keep their activation memory reserved by design (until
+    // evicted or cleared): drop them so the check sees whether they give it back.
+    device.clear_graphs();
     let after = settle(device, &base);
     let injected_failures = after.alloc.injected_failures - base.alloc.injected_failures;
     // Every allocation while armed drew: those served plus those failed.
