@@ -424,7 +424,11 @@ fn normalize_false_is_refused_naming_the_field() {
     // available in this build: a clear 400 naming the field, never a wrong vector.
     let resp = server.post("/embed", &json!({"inputs": texts, "normalize": false}));
     assert_eq!(resp.status, 400, "normalize:false: {}", resp.body);
-    assert!(resp.body.contains("normalize"), "error names the field: {}", resp.body);
+    assert!(
+        resp.body.contains("normalize"),
+        "error names the field: {}",
+        resp.body
+    );
 }
 
 #[test]

@@ -32,6 +32,9 @@ pub fn run_stress(encoder: &Encoder, suite: &Suite, cfg: &RunConfig) -> Result<S
         device.lanes()
     );
     anyhow::ensure!(!suite.requests.is_empty(), "the suite has no requests");
+    // The reference run may have cached CUDA graphs (their memory stays reserved
+    // until cleared): the baseline is taken without them, and so is the final count.
+    device.clear_graphs();
     device
         .synchronize()
         .context("cannot synchronize the device before the run")?;
