@@ -14,7 +14,7 @@ use serde_json::Value;
 
 mod cli_support;
 
-use cli_support::{model_dir, workspace_root};
+use cli_support::{cosine, floats, max_abs_diff, model_dir, workspace_root};
 
 /// (text, sentence-transformers embedding) of the 25 fixture lines.
 fn fixtures() -> Vec<(String, Vec<f32>)> {
@@ -42,34 +42,6 @@ fn fixtures() -> Vec<(String, Vec<f32>)> {
         .collect();
     assert_eq!(lines.len(), 25, "{}", path.display());
     lines
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .expect("an array of numbers")
-        .iter()
-        .map(|x| x.as_f64().expect("a number") as f32)
-        .collect()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| f64::from(x) * f64::from(y))
-        .sum();
-    let na: f64 = a.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 /// Batches of different shapes may round differently in the last bits.
