@@ -289,6 +289,8 @@ fn memory_stays_bounded_on_a_large_input() {
                 "jsonl",
             ])
             .args(["--window", "64", "--model"])
+            // Fewer malloc arenas: less run-to-run noise in the peak.
+            .env("MALLOC_ARENA_MAX", "2")
             .arg(&model)
             .arg("--input")
             .arg(input)
@@ -309,10 +311,10 @@ fn memory_stays_bounded_on_a_large_input() {
         big_size >> 20,
         growth >> 10
     );
-    // Reading it whole would add the input's size; streamed, the peak moves by
-    // the baseline's noise (about 10 MiB from run to run here).
+    // Reading it whole would add at least the input's size; streamed, the peak
+    // moves by the baseline's noise (2.7 MiB in one run, 22 MiB in a loaded CI run).
     assert!(
-        growth < big_size / 3,
+        growth < big_size * 2 / 3,
         "peak RSS grew by {growth} B for {} B more input: the input is not streamed",
         big_size - small_size
     );
