@@ -620,10 +620,10 @@ fn bad_inputs_are_refused_with_a_message_naming_the_field() {
         ),
         (
             "/embed",
-            r#"{"inputs": "a", "normalize": false}"#,
+            r#"{"inputs": "a", "normalize": "no"}"#,
             400,
             "",
-            "`normalize: false` is not supported",
+            "`normalize` must be a boolean",
         ),
         (
             "/embed",

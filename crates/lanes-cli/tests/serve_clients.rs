@@ -18,8 +18,8 @@ mod server;
 
 use cli_support::workspace_root;
 use server::{
-    assert_close, decode_words, fixture_texts, floats, lanes_embed, norm, prefix_unit, sentences,
-    tokenizer, Server,
+    assert_close, cosine, decode_words, fixture_texts, floats, lanes_embed, norm, prefix_unit,
+    raw_means, sentences, tokenizer, Server,
 };
 
 /// Same text, same model: only float rounding may differ.
@@ -238,21 +238,14 @@ fn huggingface_inference_client_posts_to_root_like_lanes_embed() {
         all.len(),
         out["long_refused_error"]
     );
-    // This build refuses normalize=False with a 400 naming the field (the encoder
-    // fuses pooling and L2 normalization; docs/serving.md): the client must see it.
-    assert_eq!(
-        out["raw_error"]["status"].as_u64(),
-        Some(400),
-        "normalize=False must be refused: {}",
-        out["raw_error"]
-    );
-    assert!(
-        out["raw_error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("normalize")),
-        "the refusal names `normalize`: {}",
-        out["raw_error"]
-    );
+    // normalize=False: the raw mean-pooled vectors, through the real client.
+    let raw: Vec<Vec<f32>> = out["raw"]
+        .as_array()
+        .unwrap_or_else(|| panic!("normalize=False failed: {}", out["raw_error"]))
+        .iter()
+        .map(floats)
+        .collect();
+    assert_close("hf normalize=False", &raw, &raw_means(&texts), SAME);
 }
 
 #[test]
@@ -410,7 +403,7 @@ fn dimensions_cut_and_renormalize() {
 }
 
 #[test]
-fn normalize_false_is_refused_naming_the_field() {
+fn normalize_false_returns_the_raw_mean() {
     let Some(server) = Server::start(&[]) else {
         return;
     };
@@ -420,15 +413,39 @@ fn normalize_false_is_refused_naming_the_field() {
         .post("/embed", &json!({"inputs": texts, "normalize": true}))
         .tei_vectors();
     assert_close("normalize:true", &unit, &reference, SAME);
-    // The encoder fuses pooling and L2 normalization, so the raw mean is not
-    // available in this build: a clear 400 naming the field, never a wrong vector.
-    let resp = server.post("/embed", &json!({"inputs": texts, "normalize": false}));
-    assert_eq!(resp.status, 400, "normalize:false: {}", resp.body);
-    assert!(
-        resp.body.contains("normalize"),
-        "error names the field: {}",
-        resp.body
-    );
+    // The raw mean-pooled vector: the encoder's `forward_mean` in this process,
+    // not of unit length, and in the normalized vector's direction.
+    let raw = server
+        .post("/embed", &json!({"inputs": texts, "normalize": false}))
+        .tei_vectors();
+    let want = raw_means(&texts);
+    assert_close("normalize:false", &raw, &want, SAME);
+    for ((r, w), u) in raw.iter().zip(&want).zip(&unit) {
+        let rel = (norm(r) - norm(w)).abs() / norm(w);
+        assert!(rel < 1e-4, "raw norm {} vs reference {}", norm(r), norm(w));
+        assert!(
+            (norm(r) - 1.0).abs() > 1e-2,
+            "raw vector has unit length: {}",
+            norm(r)
+        );
+        assert!(cosine(r, u) > SAME, "raw and normalized point the same way");
+    }
+    // `dimensions` with `normalize: false`: the first N raw components.
+    let cut = server
+        .post(
+            "/embed",
+            &json!({"inputs": texts, "normalize": false, "dimensions": 64}),
+        )
+        .tei_vectors();
+    for (c, w) in cut.iter().zip(&want) {
+        assert_eq!(c.len(), 64);
+        let diff = c
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff <= 1e-4 * norm(w) as f32, "cut raw differs by {diff}");
+    }
 }
 
 #[test]

@@ -232,7 +232,7 @@ fn bench(dev: &Device, ex: &CudaExec, dt: DType, batch: usize, seq: usize, iters
     report("linear_down", us);
     let pool = |lane: &Lease, h: &Buffer, out: &mut Buffer| -> R<()> {
         let out = TensorMut::new("pooled", out, f32t, &[batch, HIDDEN])?;
-        Ok(ex.pool_normalize(
+        Ok(ex.pool_mean(
             lane,
             Tensor::new("hidden", h, dt, &[tokens, HIDDEN])?,
             Tensor::new("offsets", &offsets, DType::U32, &[batch + 1])?,
@@ -240,7 +240,7 @@ fn bench(dev: &Device, ex: &CudaExec, dt: DType, batch: usize, seq: usize, iters
         )?)
     };
     let us = time(&lane, iters, || pool(&lane, &x, &mut pooled))?;
-    report("pool_normalize", us);
+    report("pool_mean", us);
 
     // The whole forward (x -> x through every layer; buffers reused).
     let us = time(&lane, iters, || {

@@ -35,7 +35,8 @@ use crate::weights::HostWeights;
 pub struct Embedding {
     /// Tokens the model saw (with [CLS] and [SEP], after truncation).
     pub tokens: usize,
-    /// The L2-normalized sentence embedding.
+    /// The sentence embedding: L2-normalized, except where a caller built it
+    /// from [`Encoder::forward_mean`]'s raw mean.
     pub vector: Vec<f32>,
 }
 
@@ -214,10 +215,20 @@ impl Encoder {
     }
 
     /// Runs the encoder on a packed batch; returns `batch × hidden` embeddings
-    /// (f32 whatever the precision, L2-normalized, row-major). Only the batch's
-    /// real tokens are computed (plus, when a CUDA graph replays, the padding of
-    /// its token bucket).
+    /// (f32 whatever the precision, L2-normalized, row-major): sentence-transformers'
+    /// output. Only the batch's real tokens are computed (plus, when a CUDA graph
+    /// replays, the padding of its token bucket).
     pub fn forward(&self, lane: &Lease, tokens: &Tokens) -> Result<Vec<f32>> {
+        let mut out = self.forward_mean(lane, tokens)?;
+        crate::cpu::l2_normalize(&mut out, tokens.batch(), self.config.hidden_size);
+        Ok(out)
+    }
+
+    /// As [`Encoder::forward`], but returns the raw mean-pooled vectors (the
+    /// mean of the last hidden states over each sequence's tokens, before L2
+    /// normalization). [`Encoder::forward`] is this followed by
+    /// [`crate::cpu::l2_normalize`] on the host, so the two agree exactly.
+    pub fn forward_mean(&self, lane: &Lease, tokens: &Tokens) -> Result<Vec<f32>> {
         self.check_input(lane, tokens)?;
         let (batch, n, h) = (
             tokens.batch(),
@@ -226,7 +237,7 @@ impl Encoder {
         );
         if n == 0 {
             // No tokens at all (an empty batch, or only empty sequences): every
-            // mean is over nothing, zero, and stays zero when normalized.
+            // mean is over nothing, zero.
             return Ok(vec![0.0; batch * h]);
         }
         self.prepare_lane(lane)?;

@@ -28,7 +28,7 @@ pub(crate) struct Inputs<'a> {
 }
 
 /// Enqueues the whole encoder on `lane`: embeddings, every layer, then mean
-/// pooling and L2 normalization into `pooled` (f32 `[batch, hidden]`).
+/// pooling into `pooled` (f32 `[batch, hidden]`, not normalized).
 pub(crate) fn enqueue(
     ex: &dyn Exec,
     lane: &Lease,
@@ -138,7 +138,7 @@ pub(crate) fn enqueue(
         // ordered after the ops above, so reuse is safe without a wait.
         x = h2;
     }
-    ex.pool_normalize(lane, act_in("x", n, &x, h, t)?, offsets, pooled)?;
+    ex.pool_mean(lane, act_in("x", n, &x, h, t)?, offsets, pooled)?;
     Ok(())
 }
 

@@ -512,7 +512,7 @@ fn embed_layer_norm_uses_positions_within_each_sequence() {
 }
 
 #[test]
-fn pool_normalize_matches_cpu() {
+fn pool_mean_matches_cpu() {
     let Some(gpu) = Gpu::open() else { return };
     let dim = 384usize;
     for dt in DTYPES {
@@ -522,7 +522,6 @@ fn pool_normalize_matches_cpu() {
         let hidden = rng.vec(dt, rows * dim, -1.0, 1.0);
         let mut want = vec![0f32; LENS.len() * dim];
         cpu::mean_pool(&hidden, &offs, dim, &mut want);
-        cpu::l2_normalize(&mut want, LENS.len(), dim);
         let (hb, ob) = (gpu.up_t(dt, &hidden), gpu.up_u32(&offs));
         let out = gpu.zeros(LENS.len() * dim * 4);
         let (hp, op, outp, dim_u) = (hb.ptr().0, ob.ptr().0, out.ptr().0, dim as u32);
@@ -535,16 +534,16 @@ fn pool_normalize_matches_cpu() {
             kernel_arg(&dim_u),
         ];
         gpu.launch(
-            &format!("pool_normalize_{}", dt.suffix()),
+            &format!("pool_mean_{}", dt.suffix()),
             (LENS.len() as u32, 1, 1),
             dim.div_ceil(32) as u32 * 32,
-            (32 * 8 + 4 * dim) as u32,
+            0,
             &mut args,
         );
         // The output is f32 for every input dtype, computed from the T inputs
         // exactly as the CPU does: tight for all.
         let got = gpu.down_t(Dt::F32, &out, LENS.len() * dim);
-        check("pool_normalize", Dt::F32, &got, &want, Some(1e-6));
+        check("pool_mean", Dt::F32, &got, &want, Some(1e-6));
     }
 }
 
@@ -788,16 +787,16 @@ fn bad_offsets_and_ids_stay_in_bounds() {
             kernel_arg(&dim_u),
         ];
         gpu.launch(
-            &format!("pool_normalize_{}", dt.suffix()),
+            &format!("pool_mean_{}", dt.suffix()),
             (batch_u, 1, 1),
             dim as u32,
-            (32 * 8 + 4 * dim) as u32,
+            0,
             &mut args,
         );
         let got = gpu.down_t(Dt::F32, &pooled, batch * dim);
         assert!(
             got.iter().all(|v| v.is_finite()),
-            "pool_normalize {dt:?}: non-finite output"
+            "pool_mean {dt:?}: non-finite output"
         );
     }
 }
@@ -994,14 +993,16 @@ fn forward_exec(gpu: &Gpu, ex: &CudaExec, model: &Model, dt: Dt, seqs: &[Vec<u32
         x = h2;
     }
     let mut pooled = gpu.lease.alloc(batch * h * 4).expect("alloc");
-    ex.pool_normalize(
+    ex.pool_mean(
         lane,
         Tensor::new("x", &x, ty, &[n, h]).unwrap(),
         Tensor::new("offsets", &offs_b, DType::U32, &[batch + 1]).unwrap(),
         TensorMut::new("pooled", &mut pooled, DType::F32, &[batch, h]).unwrap(),
     )
     .expect("pool");
-    gpu.down_t(Dt::F32, &pooled, batch * h)
+    let mut out = gpu.down_t(Dt::F32, &pooled, batch * h);
+    cpu::l2_normalize(&mut out, batch, h);
+    out
 }
 
 #[test]

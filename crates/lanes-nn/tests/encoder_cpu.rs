@@ -92,6 +92,40 @@ fn device_forward_equals_the_reference_forward() {
 }
 
 #[test]
+fn forward_mean_is_the_raw_mean_that_forward_normalizes() {
+    let Some(dir) = model_dir() else { return };
+    let device = cpu(1);
+    let enc = Encoder::load(&dir, &device).expect("load");
+    let texts = ["a", "The quick brown fox jumps over the lazy dog.", ""];
+    let encoded = enc.tokenizer().encode_batch(&texts).expect("tokenize");
+    let lane = device.lease().expect("lease");
+    let raw = enc.forward_mean(&lane, &encoded).expect("forward_mean");
+    let unit = enc.forward(&lane, &encoded).expect("forward");
+    let h = enc.config().hidden_size;
+    // The raw rows are not unit vectors (MiniLM's means have norms of a few units).
+    for row in raw.chunks_exact(h) {
+        let norm = row
+            .iter()
+            .map(|&v| f64::from(v).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!((norm - 1.0).abs() > 0.05, "raw row of norm {norm}");
+    }
+    // `forward` is exactly `forward_mean` normalized on the host.
+    let mut normalized = raw.clone();
+    lanes_nn::cpu::l2_normalize(&mut normalized, texts.len(), h);
+    assert_eq!(normalized, unit);
+    // And the raw mean is the reference's hidden-state mean: its direction is
+    // the reference embedding's.
+    for (i, (r, u)) in raw.chunks_exact(h).zip(unit.chunks_exact(h)).enumerate() {
+        assert!(
+            cosine(r, u) > 0.999_999,
+            "text {i}: raw vs normalized direction"
+        );
+    }
+}
+
+#[test]
 fn sixteen_threads_sharing_one_model_match_one_thread() {
     let Some(dir) = model_dir() else { return };
     let device = cpu(16);

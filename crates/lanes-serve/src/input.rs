@@ -51,11 +51,10 @@ pub struct Options {
     pub truncate: bool,
     /// Which end truncation cuts.
     pub direction: Direction,
-    /// L2-normalize the vectors (`false`: the raw mean-pooled vector, where the
-    /// encoder provides it).
+    /// L2-normalize the vectors (`false`: the raw mean-pooled vector).
     pub normalize: bool,
-    /// Keep only the first N components (Matryoshka), renormalized when
-    /// `normalize`.
+    /// Keep only the first N components (Matryoshka), normalized after the
+    /// cut when `normalize`.
     pub dimensions: Option<usize>,
     /// Answer or give up by then; queued work is dropped at the deadline.
     pub deadline: Option<Instant>,
@@ -225,25 +224,17 @@ fn fit(
     Ok((ids, types))
 }
 
-/// Applies `dimensions` (first N components) and the normalization `options`
-/// ask for to one vector. `normalized` says whether `vector` already has
-/// unit length.
+/// Applies `dimensions` (first N components) and then, when `options`
+/// ask for it, L2 normalization to one raw mean-pooled vector (the same
+/// arithmetic as [`lanes_nn::Encoder::forward`]'s, so a request with the
+/// defaults gets exactly the encoder's normalized embedding).
 pub fn finish(mut vector: Vec<f32>, options: &Options) -> Vec<f32> {
-    let cut = options.dimensions.is_some_and(|d| d < vector.len());
     if let Some(d) = options.dimensions {
         vector.truncate(d);
     }
-    if options.normalize && cut {
-        let norm = vector
-            .iter()
-            .map(|&x| f64::from(x).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        if norm > 0.0 {
-            for x in &mut vector {
-                *x = (f64::from(*x) / norm) as f32;
-            }
-        }
+    if options.normalize && !vector.is_empty() {
+        let dim = vector.len();
+        lanes_nn::cpu::l2_normalize(&mut vector, 1, dim);
     }
     vector
 }
@@ -341,6 +332,15 @@ mod tests {
         };
         assert_eq!(finish(vec![3.0, 4.0], &raw), vec![3.0]);
         assert_eq!(finish(v.clone(), &Options::default()), v);
+        // The worker hands over raw means: the defaults normalize them, `normalize:
+        // false` leaves them as they are.
+        assert_eq!(finish(vec![3.0, 4.0], &Options::default()), vec![0.6, 0.8]);
+        let keep = Options {
+            normalize: false,
+            ..Options::default()
+        };
+        assert_eq!(finish(vec![3.0, 4.0], &keep), vec![3.0, 4.0]);
+        assert_eq!(finish(vec![0.0, 0.0], &Options::default()), vec![0.0, 0.0]);
     }
 
     #[test]

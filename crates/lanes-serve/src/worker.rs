@@ -188,8 +188,9 @@ fn encode(encoder: &Encoder, lease: &Lease, seqs: &[&Seq]) -> Result<Vec<Embeddi
             .push(&s.ids, &s.types)
             .map_err(|e| format!("cannot form a batch: {e}"))?;
     }
+    // The raw means: each request's `finish` normalizes (or not) as it asked.
     let flat = encoder
-        .forward(lease, &tokens)
+        .forward_mean(lease, &tokens)
         .map_err(|e| format!("inference failed: {e}"))?;
     let hidden = encoder.config().hidden_size;
     if hidden == 0 || flat.len() != seqs.len() * hidden {

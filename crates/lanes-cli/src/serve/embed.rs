@@ -257,13 +257,6 @@ async fn tei(app: &App, req: Request) -> Result<Response, ApiError> {
     }
     let input = inputs(&mut map, "inputs", app.limits.max_client_batch_size, F)?;
     let normalize = opt_bool(&map, "normalize", F)?.unwrap_or(true);
-    if !normalize && !RAW_POOLING {
-        return Err(ApiError::bad(
-            F,
-            "normalize",
-            "`normalize: false` is not supported by this build's encoder: it returns L2-normalized embeddings only",
-        ));
-    }
     let options = Options {
         truncate: opt_bool(&map, "truncate", F)?.unwrap_or(app.limits.auto_truncate),
         direction: direction(&map, F)?,
@@ -277,6 +270,3 @@ async fn tei(app: &App, req: Request) -> Result<Response, ApiError> {
     let vectors: Vec<Vec<f32>> = embeddings.into_iter().map(|e| e.vector).collect();
     Ok(json_response(vectors, usage, F).await)
 }
-
-/// Whether the encoder can return raw (unnormalized) mean-pooled vectors.
-const RAW_POOLING: bool = false;

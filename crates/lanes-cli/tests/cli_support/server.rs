@@ -169,6 +169,21 @@ pub fn lanes_embed(texts: &[String]) -> Vec<Vec<f32>> {
     vectors
 }
 
+/// The raw (unnormalized) mean-pooled vectors of `texts`, from the encoder on the
+/// CPU in this process: the reference for `normalize: false`.
+pub fn raw_means(texts: &[String]) -> Vec<Vec<f32>> {
+    let model = model_dir().expect("model");
+    let device = lanes::Device::cpu(lanes::DeviceConfig::default()).expect("cpu device");
+    let encoder = lanes_nn::Encoder::load(&model, &device).expect("load the model");
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let tokens = encoder.tokenizer().encode_batch(&refs).expect("tokenize");
+    let lane = device.lease().expect("lane");
+    let flat = encoder.forward_mean(&lane, &tokens).expect("forward_mean");
+    flat.chunks_exact(encoder.config().hidden_size)
+        .map(<[f32]>::to_vec)
+        .collect()
+}
+
 /// The model's tokenizer without truncation (ids include `[CLS]`/`[SEP]`).
 pub fn tokenizer() -> lanes_nn::Tokenizer {
     let model = model_dir().expect("model");

@@ -7,7 +7,7 @@
 //! | `linear` | 2: cuBLAS SGEMM + bias (+ GELU) kernel; for small outputs ([`Gemm::Auto`]) the fused `linear_tn`, 1 (+ 1 split-K reduce) |
 //! | `attention` | 1 (scores, softmax and `P·V` per query tile of a sequence, straight from `qkv`) |
 //! | `add_layer_norm` | 1 (a warp per row) |
-//! | `pool_normalize` | 1 (a block per sequence) |
+//! | `pool_mean` | 1 (a block per sequence; `fused.cu`'s kernel for every dtype) |
 //!
 //! A MiniLM forward is at most `1 + 6 × 11 + 1 = 68` launches (fewer where a fused
 //! linear needs no K split). Numerics follow
@@ -140,7 +140,6 @@ pub struct CudaExec {
     splitk_reduce: CudaFunction,
     /// `attention_q{Q}_c{C}`, indexed `[log2 C][log2 Q]` (Q, C in 1, 2, 4).
     attention: [[CudaFunction; 3]; 3],
-    pool_normalize: CudaFunction,
     /// The f16 / bf16 path.
     fused: fused::Fused,
 }
@@ -200,7 +199,6 @@ impl CudaExec {
             linear_tn: f("linear_tn")?,
             splitk_reduce: f("splitk_reduce")?,
             attention: [att(1)?, att(2)?, att(4)?],
-            pool_normalize: f("pool_normalize")?,
             fused: fused::Fused::load(backend)?,
         })
     }
@@ -702,7 +700,7 @@ impl Exec for CudaExec {
         }
     }
 
-    fn pool_normalize(
+    fn pool_mean(
         &self,
         lease: &Lease,
         hidden: Tensor<'_>,
@@ -714,56 +712,17 @@ impl Exec for CudaExec {
             return Ok(());
         }
         let lane = self.lane(lease)?;
-        let dt =
-            fused::activation_dtype("pool_normalize", &[(hidden.name(), hidden.dtype())], &[])?;
-        if dt != DType::F32 {
-            // SAFETY: `check_pool` validated the shapes (hidden [tokens, dim], offsets
-            // batch + 1 u32s, out [batch, dim] f32) and device, `activation_dtype`
-            // hidden's dtype: `Fused::pool_normalize`'s contract.
-            return unsafe {
-                self.fused.pool_normalize(
-                    lane,
-                    dt,
-                    (tokens, batch, dim),
-                    [hidden.ptr(), offsets.ptr(), out.ptr()],
-                )
-            };
-        }
-        let (batch_u, tokens_u, dim_u) = (
-            u32_of("batch", batch)?,
-            u32_of("tokens", tokens)?,
-            u32_of("hidden", dim)?,
-        );
-        u32_of("tokens * hidden", tokens.saturating_mul(dim))?;
-        // The means of one sequence and 32 f64 partial sums live in shared memory.
-        let smem = 32 * 8 + 4 * dim;
-        if smem > SMEM_LIMIT {
-            return Err(NnError::Unsupported(format!(
-                "pool_normalize: hidden size {dim}"
-            )));
-        }
-        let threads = (dim_u.div_ceil(32) * 32).min(1024);
-        let (h, offs, o) = (hidden.ptr().0, offsets.ptr().0, out.ptr().0);
-        let mut args = [
-            kernel_arg(&h),
-            kernel_arg(&offs),
-            kernel_arg(&o),
-            kernel_arg(&tokens_u),
-            kernel_arg(&dim_u),
-        ];
-        // SAFETY: the arguments match `pool_normalize(hidden, offsets, out, tokens,
-        // dim)`; `check_pool` proved hidden holds tokens*dim f32s, offsets batch + 1
-        // u32s, out batch*dim, all memory of this device; one block per sequence
-        // (so offsets[b + 1] exists), each clamped to [0, tokens), with the shared
-        // memory sized above.
+        let dt = fused::activation_dtype("pool_mean", &[(hidden.name(), hidden.dtype())], &[])?;
+        // SAFETY: `check_pool` validated the shapes (hidden [tokens, dim], offsets
+        // batch + 1 u32s, out [batch, dim] f32) and device, `activation_dtype`
+        // hidden's dtype: `Fused::pool_mean`'s contract. (One kernel for every
+        // dtype: for f32 it is the same arithmetic as `cpu::mean_pool`.)
         unsafe {
-            launch(
+            self.fused.pool_mean(
                 lane,
-                &self.pool_normalize,
-                (batch_u, 1, 1),
-                threads,
-                smem as u32,
-                &mut args,
+                dt,
+                (tokens, batch, dim),
+                [hidden.ptr(), offsets.ptr(), out.ptr()],
             )
         }
     }
@@ -788,13 +747,7 @@ mod tests {
                 );
             }
         }
-        for name in [
-            "bias_act(",
-            "bias_act4(",
-            "pool_normalize(",
-            "linear_tn(",
-            "splitk_reduce(",
-        ] {
+        for name in ["bias_act(", "bias_act4(", "linear_tn(", "splitk_reduce("] {
             assert!(SOURCE.contains(&format!(" {name}")), "{name}");
         }
         assert!(SOURCE.contains(&format!("#define LN_WARPS {LN_WARPS}")));

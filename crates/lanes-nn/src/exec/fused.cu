@@ -13,7 +13,7 @@
 //   activations, qkv, embedding tables, GEMM weights: T
 //   biases, LayerNorm gamma/beta: f32 (always)
 //   ids, token types, offsets: u32
-//   pooled embeddings (pool_normalize's output): f32 (always)
+//   pooled embeddings (pool_mean's output): f32 (always)
 // Math is f32 everywhere (f64 for LayerNorm statistics, softmax sums and pooling
 // sums, as `crate::cpu`); T values are converted on load and rounded (nearest-even)
 // on store. For T = f32 the arithmetic is the same, op for op, as kernels.cu's
@@ -695,54 +695,32 @@ TC_KERNEL(bf16, bf16, 32)
 TC_KERNEL(bf16, bf16, 64)
 
 // ---------------------------------------------------------------------------
-// Mean pooling over each sequence's rows, then L2 normalization; out f32
+// Mean pooling over each sequence's rows; out f32
 // [batch, dim]. One block per sequence, the threads spread over the hidden dim
-// (each sums its columns over the sequence's rows in f64, coalesced row by row);
-// dynamic shared memory: 32 doubles + dim floats. As `cpu::mean_pool` +
-// `cpu::l2_normalize`: count clamped to 1e-9, norm to 1e-12,
-// out = (float)(mean * (1 / norm)). An empty sequence gives zeros.
+// (each sums its columns over the sequence's rows in f64, coalesced row by row).
+// As `cpu::mean_pool`: count clamped to 1e-9, out = (float)(sum / count). An
+// empty sequence gives zeros. (The encoder L2-normalizes on the host, after the
+// copy, unless the caller asked for the raw mean.)
 
 template <class T>
 __device__ __forceinline__ void fpool(const T* __restrict__ hidden, const unsigned* __restrict__ offsets,
                                       float* __restrict__ out, unsigned tokens, unsigned dim) {
-    extern __shared__ double fp_smem[];
-    double* partial = fp_smem;                // [32]
-    float* means = (float*)(fp_smem + 32);    // [dim]
     const unsigned b = blockIdx.x;
     unsigned start, len;
     fseq_range(offsets, b, tokens, &start, &len);
     const T* hb = hidden + (size_t)start * dim;
     const double count = (double)len;
     const double denom = count > 1e-9 ? count : 1e-9;
-    double sq = 0.0;
     for (unsigned i = threadIdx.x; i < dim; i += blockDim.x) {
         double acc = 0.0;
         for (unsigned s = 0; s < len; s++) acc += (double)to_f(hb[(size_t)s * dim + i]);
-        const float mean = (float)(acc / denom);
-        means[i] = mean;
-        const double md = (double)mean;
-        sq += md * md;
+        out[(size_t)b * dim + i] = (float)(acc / denom);
     }
-    const unsigned warp = threadIdx.x >> 5, lane = threadIdx.x & 31u;
-    const unsigned nwarps = (blockDim.x + 31) >> 5;
-    sq = fw_sum_d(sq);
-    if (lane == 0) partial[warp] = sq;
-    __syncthreads();
-    if (warp == 0) {
-        double t = lane < nwarps ? partial[lane] : 0.0;
-        t = fw_sum_d(t);
-        if (lane == 0) partial[0] = t;
-    }
-    __syncthreads();
-    const double norm = sqrt(partial[0]);
-    const double inv = 1.0 / (norm > 1e-12 ? norm : 1e-12);
-    for (unsigned i = threadIdx.x; i < dim; i += blockDim.x) out[(size_t)b * dim + i] = (float)((double)means[i] * inv);
 }
 
 #define FPOOL_KERNEL(T, S)                                                                                    \
-    extern "C" __global__ void pool_normalize_##S(const T* __restrict__ hidden,                              \
-                                                  const unsigned* __restrict__ offsets, float* __restrict__ out, \
-                                                  unsigned tokens, unsigned dim) {                            \
+    extern "C" __global__ void pool_mean_##S(const T* __restrict__ hidden, const unsigned* __restrict__ offsets, \
+                                             float* __restrict__ out, unsigned tokens, unsigned dim) {        \
         fpool<T>(hidden, offsets, out, tokens, dim);                                                          \
     }
 FPOOL_KERNEL(float, f32)

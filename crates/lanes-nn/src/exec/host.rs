@@ -241,14 +241,14 @@ impl Exec for HostExec {
         })
     }
 
-    fn pool_normalize(
+    fn pool_mean(
         &self,
         lane: &Lease,
         hidden: Tensor<'_>,
         offsets: Tensor<'_>,
         out: TensorMut<'_>,
     ) -> Result<()> {
-        let (tokens, batch, dim) = super::check_pool(lane, &hidden, &offsets, &out, FLOATS)?;
+        let (tokens, _batch, dim) = super::check_pool(lane, &hidden, &offsets, &out, FLOATS)?;
         if dim == 0 {
             return Ok(());
         }
@@ -264,7 +264,6 @@ impl Exec for HostExec {
             };
             cpu::check_offsets(offsets, tokens)?;
             cpu::mean_pool(hidden, offsets, dim, o);
-            cpu::l2_normalize(o, batch, dim);
             Ok(())
         })
     }
@@ -402,9 +401,7 @@ mod tests {
         let h = Tensor::new("hidden", &hidden, DType::F32, &[4, 2]).unwrap();
         let o_t = Tensor::new("offsets", &offs, DType::U32, &[2]).unwrap();
         let o = TensorMut::new("pooled", &mut out, DType::F32, &[1, 2]).unwrap();
-        HostExec
-            .pool_normalize(&lane, h, o_t, o)
-            .expect("shapes agree");
+        HostExec.pool_mean(&lane, h, o_t, o).expect("shapes agree");
         let err = down(&lane, &out, 2).expect_err("the job refuses the offsets");
         assert!(err.to_string().contains("offsets"), "{err}");
     }

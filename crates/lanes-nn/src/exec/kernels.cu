@@ -1,7 +1,7 @@
 // The fused ops of a BERT forward on CUDA (NVRTC source of `exec::cuda`).
 //
 // Numerics follow `crate::cpu` (the reference forward): fp32 data; LayerNorm
-// statistics, softmax sums, mean pooling and the L2 norm accumulated in f64; the
+// statistics, softmax sums, and mean pooling accumulated in f64; the
 // exact (erfc) GELU evaluated in f64; products that the CPU rounds before an add
 // are written with __fmul_rn/__fadd_rn so that NVRTC's default FMA contraction
 // cannot fuse them. Compiled without --use_fast_math.
@@ -426,45 +426,20 @@ ATT_KERNEL(2, 4)
 ATT_KERNEL(4, 4)
 
 // ---------------------------------------------------------------------------
-// Mean pooling over each packed sequence, then L2 normalization; one block per
-// sequence, dynamic shared memory: dim floats (the means) + 32 doubles (partial
-// sums). As `cpu::mean_pool` + `cpu::l2_normalize`: f64 sums, count clamped to
-// 1e-9, norm clamped to 1e-12, out = (float)(mean * (1 / norm)).
+// Mean pooling over each packed sequence; one block per sequence, the threads
+// spread over the hidden dim. As `cpu::mean_pool`: f64 sums, count clamped to
+// 1e-9, out = (float)(sum / count); an empty sequence gives zeros.
 
-extern "C" __global__ void pool_normalize(const float* __restrict__ hidden, const unsigned* __restrict__ offsets,
-                                          float* __restrict__ out, unsigned tokens, unsigned dim) {
-    extern __shared__ double pool_smem[];
-    double* partial = pool_smem;                 // [32]
-    float* means = (float*)(pool_smem + 32);     // [dim]
+extern "C" __global__ void pool_mean(const float* __restrict__ hidden, const unsigned* __restrict__ offsets,
+                                     float* __restrict__ out, unsigned tokens, unsigned dim) {
     const unsigned b = blockIdx.x;
     unsigned start, end;
     seq_range(offsets, b, tokens, &start, &end);
     const double count = (double)(end - start);
     const double denom = count > 1e-9 ? count : 1e-9;
-    double sq = 0.0;
     for (unsigned i = threadIdx.x; i < dim; i += blockDim.x) {
         double acc = 0.0;
         for (unsigned t = start; t < end; t++) acc += (double)hidden[(size_t)t * dim + i];
-        float mean = (float)(acc / denom);
-        means[i] = mean;
-        double md = (double)mean;
-        sq += md * md;
-    }
-    // Block sum of squares: warps, then warp 0 over the warps' partials.
-    const unsigned warp = threadIdx.x >> 5, lane = threadIdx.x & 31u;
-    const unsigned nwarps = (blockDim.x + 31) >> 5;
-    sq = warp_sum_d(sq);
-    if (lane == 0) partial[warp] = sq;
-    __syncthreads();
-    if (warp == 0) {
-        double t = lane < nwarps ? partial[lane] : 0.0;
-        t = warp_sum_d(t);
-        if (lane == 0) partial[0] = t;
-    }
-    __syncthreads();
-    const double norm = sqrt(partial[0]);
-    const double inv = 1.0 / (norm > 1e-12 ? norm : 1e-12);
-    for (unsigned i = threadIdx.x; i < dim; i += blockDim.x) {
-        out[(size_t)b * dim + i] = (float)((double)means[i] * inv);
+        out[(size_t)b * dim + i] = (float)(acc / denom);
     }
 }

@@ -103,9 +103,10 @@ pub trait Exec: Send + Sync + 'static {
         out: TensorMut<'_>,
     ) -> Result<()>;
 
-    /// Mean of `hidden [tokens, dim]` over each sequence of `offsets`, then
-    /// L2-normalized: `out [batch, dim]`.
-    fn pool_normalize(
+    /// Mean of `hidden [tokens, dim]` over each sequence of `offsets` (f64 sums,
+    /// as `cpu::mean_pool`; an empty sequence gives zeros): `out [batch, dim]`,
+    /// not normalized (the encoder normalizes on the host after the copy).
+    fn pool_mean(
         &self,
         lane: &Lease,
         hidden: Tensor<'_>,
@@ -308,7 +309,7 @@ pub fn check_add_layer_norm(
     Ok((rows, dim))
 }
 
-/// Checks the tensors of [`Exec::pool_normalize`]; returns `(tokens, batch, dim)`.
+/// Checks the tensors of [`Exec::pool_mean`]; returns `(tokens, batch, dim)`.
 pub fn check_pool(
     lane: &Lease,
     hidden: &Tensor<'_>,
@@ -316,9 +317,7 @@ pub fn check_pool(
     out: &TensorMut<'_>,
     floats: &[DType],
 ) -> Result<(usize, usize, usize)> {
-    let c = Check {
-        op: "pool_normalize",
-    };
+    let c = Check { op: "pool_mean" };
     let [tokens, dim] = c.shape(hidden.name(), hidden.shape(), [None, None])?;
     let [n_off] = c.shape(offsets.name(), offsets.shape(), [None])?;
     if n_off == 0 {

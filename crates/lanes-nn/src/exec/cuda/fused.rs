@@ -12,7 +12,7 @@
 //! | `linear` | 2 (`cublasGemmEx` on tensor cores + `bias_act_vec_{T}`, bias and GELU in place) |
 //! | `attention` | 1 (`tc_attn_{T}_d{32,64}`: mma.sync flash attention; other head sizes `flash_attn_{T}_c{C}`) |
 //! | `add_layer_norm` | 1 (`add_ln_{T}_{V}`) |
-//! | `pool_normalize` | 1 (`pool_normalize_{T}`, f32 out) |
+//! | `pool_mean` | 1 (`pool_mean_{T}`, f32 out; also the f32 path's) |
 //!
 //! The f32 instantiations of the same kernels are loaded too (the GPU tests compare
 //! them with the CPU), but [`super::CudaExec`] keeps its own f32 kernels for f32.
@@ -146,7 +146,7 @@ impl Fused {
             bias_act: per_dtype(&|s| f(format!("bias_act_{s}")))?,
             flash: [flash("f32")?, flash("f16")?, flash("bf16")?],
             tc: [tc("f16")?, tc("bf16")?],
-            pool: per_dtype(&|s| f(format!("pool_normalize_{s}")))?,
+            pool: per_dtype(&|s| f(format!("pool_mean_{s}")))?,
         })
     }
 
@@ -453,12 +453,12 @@ impl Fused {
         }
     }
 
-    /// `pool_normalize` of `hidden` in `dt`; out f32.
+    /// `pool_mean` of `hidden` in `dt`; out f32.
     ///
     /// # Safety
     /// `check_pool` validated the tensors: hidden `[tokens, dim]` of `dt`, offsets
     /// `batch + 1` u32s, out `[batch, dim]` f32s, all memory of the lane's device.
-    pub(super) unsafe fn pool_normalize(
+    pub(super) unsafe fn pool_mean(
         &self,
         lane: &CudaLane,
         dt: DType,
@@ -466,12 +466,6 @@ impl Fused {
         [hidden, offsets, out]: [DevicePtr; 3],
     ) -> Result<()> {
         let d = dtype_index(dt)?;
-        let smem = 32 * 8 + 4 * dim;
-        if smem > SMEM_LIMIT {
-            return Err(NnError::Unsupported(format!(
-                "pool_normalize: hidden size {dim}"
-            )));
-        }
         let (tok_u, batch_u, dim_u) = (
             u32_of("tokens", tokens)?,
             u32_of("batch", batch)?,
@@ -487,20 +481,10 @@ impl Fused {
             kernel_arg(&tok_u),
             kernel_arg(&dim_u),
         ];
-        // SAFETY: the arguments match `pool_normalize_{T}(hidden, offsets, out,
-        // tokens, dim)`; the extents are this function's contract; one block per
-        // sequence (so offsets[b + 1] exists), each clamped to [0, tokens); the
-        // shared memory is 32 doubles + dim floats, as the kernel lays it out.
-        unsafe {
-            launch(
-                lane,
-                &self.pool[d],
-                (batch_u, 1, 1),
-                threads,
-                smem as u32,
-                &mut args,
-            )
-        }
+        // SAFETY: the arguments match `pool_mean_{T}(hidden, offsets, out, tokens,
+        // dim)`; the extents are this function's contract; one block per sequence
+        // (so offsets[b + 1] exists), each clamped to [0, tokens); no shared memory.
+        unsafe { launch(lane, &self.pool[d], (batch_u, 1, 1), threads, 0, &mut args) }
     }
 }
 
