@@ -1258,6 +1258,26 @@ fn the_port_is_bound_before_the_model_loads() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("listening on http://127.0.0.1:"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot load the model"));
+    // A precision the device cannot compute in: a clear error naming both, exit 1.
+    let out = Command::new(env!("CARGO_BIN_EXE_lanes"))
+        .args([
+            "serve",
+            "--device",
+            "cpu",
+            "--dtype",
+            "float16",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--model",
+        ])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("float16") && err.contains("cpu"), "{err}");
 }
 
 #[test]

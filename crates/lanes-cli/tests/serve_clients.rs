@@ -326,6 +326,8 @@ fn info_models_tokenize_and_decode_describe_this_model() {
         "{info}"
     );
     assert_eq!(info["max_input_length"], 256, "{info}");
+    // The CPU computes in float32 (`--dtype auto`); /info says so.
+    assert_eq!(info["model_dtype"], "float32", "{info}");
     assert_eq!(info["max_client_batch_size"], 2048, "{info}");
 
     let models = server.get("/v1/models");

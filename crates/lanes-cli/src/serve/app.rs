@@ -19,6 +19,8 @@ pub struct Ready {
     pub engine: Engine,
     /// The device's name (`cpu`, `NVIDIA H200`).
     pub device: String,
+    /// The precision the model computes in (`float32`, `float16`, `bfloat16`).
+    pub dtype: &'static str,
     /// Worker threads.
     pub workers: usize,
     /// Token budget of one forward pass.

@@ -83,7 +83,7 @@ pub async fn info(State(app): State<Arc<App>>) -> Response {
     Json(json!({
         "model_id": app.model_name,
         "model_sha": null,
-        "model_dtype": "float32",
+        "model_dtype": r.dtype,
         "model_type": {"embedding": {"pooling": "mean"}},
         "max_concurrent_requests": l.max_connections,
         "max_input_length": r.engine.max_input_length(),

@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use lanes::DeviceKind;
-use lanes_nn::Encoder;
 use lanes_serve::{Codec, Engine, EngineConfig};
 
 use crate::common;
+use crate::dtype::{self, Dtype};
 
 mod access;
 mod api;
@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Precision: auto (float16 on CUDA, float32 on the CPU), float32, float16,
+    /// bfloat16 (half precisions on CUDA only). `/info` reports it as `model_dtype`.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub dtype: Dtype,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -269,8 +273,8 @@ fn load(args: &ServeArgs, dir: PathBuf) -> Result<Ready> {
     let max_batch_tokens = args
         .max_batch_tokens
         .unwrap_or(if cuda { 16384 } else { 2048 });
-    let encoder = Encoder::load(&dir, &device)
-        .with_context(|| format!("cannot load the model from {}", dir.display()))?;
+    let encoder = dtype::load_encoder(&dir, &device, args.dtype)?;
+    let precision = encoder.precision();
     let codec =
         Codec::from_file(&dir.join(lanes_nn::TOKENIZER_FILE)).map_err(anyhow::Error::msg)?;
     let config = EngineConfig {
@@ -282,7 +286,8 @@ fn load(args: &ServeArgs, dir: PathBuf) -> Result<Ready> {
         inject_faults: args.inject_faults,
     };
     let engine =
-        Engine::start(Arc::new(encoder), codec, config).context("cannot start the engine")?;
+        // (The engine's error already says "cannot start the engine".)
+        Engine::start(Arc::new(encoder), codec, config)?;
     let batching = if args.no_batching {
         "off (one request per forward pass)".to_string()
     } else {
@@ -292,7 +297,7 @@ fn load(args: &ServeArgs, dir: PathBuf) -> Result<Ready> {
         )
     };
     tracing::info!(
-        "lanes serve: model on {} loaded in {:.2} s; {workers} workers; batching {batching}; queue {} tokens",
+        "lanes serve: model on {} ({precision}) loaded in {:.2} s; {workers} workers; batching {batching}; queue {} tokens",
         device.name(),
         t.elapsed().as_secs_f64(),
         args.max_queue_tokens
@@ -300,6 +305,7 @@ fn load(args: &ServeArgs, dir: PathBuf) -> Result<Ready> {
     Ok(Ready {
         engine,
         device: device.name().to_string(),
+        dtype: precision.name(),
         workers,
         max_batch_tokens,
     })

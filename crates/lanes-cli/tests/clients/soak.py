@@ -23,6 +23,7 @@ import random
 import statistics
 import struct
 import threading
+import urllib.request
 import time
 from urllib.parse import urlparse
 
@@ -131,6 +132,31 @@ def rss_mb(pid):
     return float("nan")
 
 
+def reserved_mb(base):
+    """The device allocator's reserved bytes (`lanes_alloc_reserved_bytes` on
+    /metrics), in MB: on the CPU backend part of the RSS, so a growing RSS can be
+    told apart from a growing allocator cache. None if unavailable."""
+    try:
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("lanes_alloc_reserved_bytes "):
+                    return float(line.split()[1]) / 1e6
+    except Exception:
+        return None
+    return None
+
+
+def slope_mb_per_min(points):
+    """Least-squares slope of (seconds, MB) points, in MB per minute."""
+    if len(points) < 2:
+        return 0.0
+    n = len(points)
+    mt = sum(t for t, _ in points) / n
+    mm = sum(m for _, m in points) / n
+    var = sum((t - mt) ** 2 for t, _ in points)
+    return 0.0 if var == 0 else 60.0 * sum((t - mt) * (m - mm) for t, m in points) / var
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", required=True)
@@ -146,6 +172,7 @@ def main():
     stats = {"requests": 0, "by_kind": {}, "statuses": {}, "unexpected": [], "errors": [], "bad_answers": []}
     latencies = []
     rss = []
+    reserved = []
     start = time.monotonic()
     end = start + a.seconds
     tick = [0]
@@ -200,6 +227,9 @@ def main():
                 rss.append((round(time.monotonic() - start, 1), rss_mb(a.pid)))
             except OSError:
                 return
+            r = reserved_mb(a.base)
+            if r is not None:
+                reserved.append((rss[-1][0], r))
             if time.monotonic() + 10 > end:
                 return
             time.sleep(10)
@@ -239,6 +269,12 @@ def main():
             "max": round(max(values), 1),
             "flat": rss_flat,
             "series": [[t, round(m, 1)] for t, m in rss],
+            # Growth over the second half (after warm-up), for the record.
+            "second_half_slope_mb_per_min": round(slope_mb_per_min(rss[len(rss) // 2:]), 2),
+        },
+        "alloc_reserved_mb": {
+            "series": [[t, round(m, 1)] for t, m in reserved],
+            "second_half_slope_mb_per_min": round(slope_mb_per_min(reserved[len(reserved) // 2:]), 2),
         },
     }
     ok = (
