@@ -18,7 +18,8 @@
 //! at most [`MAX_GRAPH_TOKENS`] (bigger batches are not launch-bound), and a
 //! lane that has run one forward eagerly (kernels and cuBLAS set themselves up
 //! on first use, which must not happen inside a capture; the lane's cuBLAS
-//! handle is also created before each capture). Otherwise, and when a capture fails,
+//! handle, and for f16 / bf16 its cuBLASLt handle and workspace, are also created
+//! before each capture). Otherwise, and when a capture fails,
 //! the forward runs eagerly; [`GraphCounts`] says how often each happened.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -146,7 +147,7 @@ impl Graphs {
             return Ok(None);
         };
         let max_len = bucket.min(model.max_positions);
-        set_up_blas(lane)?;
+        set_up_blas(lane, model.dtype)?;
         let mut captured = false;
         let graph = lane.graph(key, |l| {
             captured = true;
@@ -206,9 +207,15 @@ fn key(encoder: u64, batch: usize, bucket: usize, dtype: DType) -> Option<u64> {
 }
 
 /// Creates the lane's cuBLAS handle now if no eager forward did (one that only
-/// took the fused GEMM kernel never needed it): creating it inside a capture
-/// would fail.
-fn set_up_blas(lane: &Lease) -> Result<()> {
+/// took the fused GEMM kernel never needed it), and for 16-bit forwards with
+/// cuBLASLt on its cuBLASLt handle and workspace: creating them inside a capture
+/// would fail. (A lane whose cuBLASLt cannot be created runs its 16-bit GEMMs
+/// through cuBLAS, so that failure is not one.) cuBLASLt's per-shape plans
+/// (descriptors and a heuristic query, host-only) may still be built during the
+/// capture, for the bucket's row count when it differs from the eager forward's:
+/// `cublasGemmEx` runs the same heuristic internally on every call, captured or
+/// not.
+fn set_up_blas(lane: &Lease, dtype: DType) -> Result<()> {
     #[cfg(feature = "cuda")]
     if let Some(cuda) = lane
         .raw()
@@ -216,9 +223,12 @@ fn set_up_blas(lane: &Lease) -> Result<()> {
         .downcast_ref::<lanes::backend::cuda::CudaLane>()
     {
         cuda.blas()?;
+        if matches!(dtype, DType::F16 | DType::BF16) && crate::exec::cuda::blaslt_from_env() {
+            let _ = cuda.blas_lt();
+        }
     }
     #[cfg(not(feature = "cuda"))]
-    let _ = lane;
+    let _ = (lane, dtype);
     Ok(())
 }
 

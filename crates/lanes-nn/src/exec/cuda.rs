@@ -17,8 +17,11 @@
 //!
 //! Every op dispatches on its tensors' dtype: f32 runs the kernels above; f16 and
 //! bf16 (activations, tables and GEMM weights; biases and LayerNorm parameters
-//! stay f32) run `fused.cu` and tensor-core GEMMs ([`fused`]), 54 launches a
-//! MiniLM forward (`1 + 6 × 9 + 1`).
+//! stay f32) run `fused.cu` and tensor-core GEMMs ([`fused`]): by default a
+//! cuBLASLt matmul with the bias (and the tanh-approximated GELU) fused into its
+//! epilogue, 44 launches a MiniLM forward (`1 + 6 × 7 + 1`); with
+//! `LANES_CUBLASLT=off` ([`blaslt_from_env`]) `cublasGemmEx` plus a bias (+ exact
+//! GELU) kernel, 68 launches (`1 + 6 × 11 + 1`).
 
 use std::ffi::c_void;
 
@@ -115,6 +118,22 @@ impl Gemm {
     }
 }
 
+/// Whether 16-bit `linear`s use cuBLASLt's fused-epilogue matmul: `false` when
+/// `LANES_CUBLASLT` is `off` (or `0`, `false`, `no`), else `true`. Read once per
+/// process.
+pub fn blaslt_from_env() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("LANES_CUBLASLT").map_or(true, |v| blaslt_setting(&v)))
+}
+
+/// `LANES_CUBLASLT`'s value as a switch: off for `off`, `0`, `false`, `no`.
+fn blaslt_setting(v: &str) -> bool {
+    !matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "off" | "0" | "false" | "no"
+    )
+}
+
 /// `(kchunk, splits)` of `linear_tn` for `rows × k → n`: K is split until about
 /// [`TARGET_BLOCKS`] blocks run, each split at least [`MIN_K_PER_SPLIT`] deep (one
 /// split when K is shallower); `kchunk` is a multiple of [`GK`] and the last split
@@ -131,6 +150,8 @@ fn split_k(rows: usize, k: usize, n: usize) -> (usize, usize) {
 pub struct CudaExec {
     ordinal: usize,
     gemm: Gemm,
+    /// 16-bit `linear` through cuBLASLt's fused epilogue ([`CudaExec::blaslt`]).
+    blaslt: bool,
     /// `add_ln_{V}` and `embed_ln_{V}` per [`LN_VARIANTS`] entry.
     add_ln: [CudaFunction; 3],
     embed_ln: [CudaFunction; 3],
@@ -152,7 +173,8 @@ impl CudaExec {
         CudaExec::with_gemm(device, Gemm::from_env()?)
     }
 
-    /// As [`CudaExec::new`], with `linear` on the given path.
+    /// As [`CudaExec::new`], with `linear` on the given path (for f32; 16-bit
+    /// `linear` follows `LANES_CUBLASLT`, see [`CudaExec::with_blaslt`]).
     pub fn with_gemm(device: &lanes::Device, gemm: Gemm) -> Result<CudaExec> {
         let ordinal = match device.kind() {
             DeviceKind::Cuda(n) => n,
@@ -192,6 +214,7 @@ impl CudaExec {
         Ok(CudaExec {
             ordinal,
             gemm,
+            blaslt: blaslt_from_env(),
             add_ln: ln("add_ln")?,
             embed_ln: ln("embed_ln")?,
             bias_act: f("bias_act")?,
@@ -225,6 +248,20 @@ impl CudaExec {
     /// The path `linear` takes.
     pub fn gemm(&self) -> Gemm {
         self.gemm
+    }
+
+    /// This executor with 16-bit `linear` on cuBLASLt's fused-epilogue matmul
+    /// (`true`, where the lane's cuBLASLt takes the problem; else, transparently,
+    /// the next path) or on `cublasGemmEx` + the bias (+ exact GELU) kernel
+    /// (`false`). The default is [`blaslt_from_env`]. f32 is not affected.
+    pub fn with_blaslt(mut self, on: bool) -> CudaExec {
+        self.blaslt = on;
+        self
+    }
+
+    /// Whether 16-bit `linear` tries cuBLASLt first (see [`CudaExec::with_blaslt`]).
+    pub fn blaslt(&self) -> bool {
+        self.blaslt
     }
 
     /// `linear` as `linear_tn` (+ `splitk_reduce` when K is split).
@@ -506,7 +543,7 @@ impl Exec for CudaExec {
             // the inputs: `Fused::linear`'s contract.
             return unsafe {
                 self.fused
-                    .linear(lane, dt, (rows, k, n), x, w, b, gelu, out)
+                    .linear(lane, dt, self.blaslt, (rows, k, n), x, w, b, gelu, out)
             };
         }
         if self.gemm.fused(rows, n) {
@@ -791,6 +828,16 @@ mod tests {
         // Batch 1 × 128 tokens: the down projection (1536 → 384, 12 tiles) splits 11 ways.
         assert_eq!(split_k(128, 1536, 384).1, 11);
         assert_eq!(split_k(4096, 384, 1152).1, 1);
+    }
+
+    #[test]
+    fn blaslt_switch() {
+        for off in ["off", " OFF ", "0", "false", "no"] {
+            assert!(!blaslt_setting(off), "{off}");
+        }
+        for on in ["on", "1", "", "yes", "auto"] {
+            assert!(blaslt_setting(on), "{on}");
+        }
     }
 
     #[test]

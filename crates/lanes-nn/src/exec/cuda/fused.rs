@@ -1,15 +1,28 @@
 //! The 16-bit path of [`super::CudaExec`]: the packed kernels of `fused.cu` (NVRTC
 //! module `lanes_nn_fused`, one kernel per activation dtype) and tensor-core GEMMs
-//! ([`lanes::backend::cuda::LaneBlas::gemm_ex`], f32 accumulation).
+//! with f32 accumulation: cuBLASLt with the bias and GELU fused into the GEMM's
+//! epilogue ([`lanes::backend::cuda::LaneBlasLt::matmul_bias`]), else
+//! [`lanes::backend::cuda::LaneBlas::gemm_ex`] and a bias (+ GELU) kernel.
 //!
 //! Dtypes: activations, embedding tables and GEMM weights are the forward's dtype
 //! `T` (f16 or bf16); biases and LayerNorm parameters are f32; the pooled output
 //! is f32. Math is f32 (f64 for LayerNorm statistics and pooling sums).
 //!
+//! GELU: the cuBLASLt epilogue computes the **tanh approximation** of GELU, the
+//! model (and the `bias_act` kernels, and the f32 path) the exact erf GELU. The two
+//! differ by at most 4.7e-4 in absolute value (at x ≈ ±2.70): a quarter of the
+//! f16 output's rounding step at x ≈ 2.7 (2e-3; bf16's is 1.6e-2), and at x ≈
+//! −2.7 (GELU ≈ −0.009) about f16's resolution near 1 (4.9e-4), i.e. an error of
+//! the size 16-bit activations of order 1 carry anyway. `LANES_CUBLASLT=off` (read once,
+//! [`super::blaslt_from_env`]) or [`super::CudaExec::with_blaslt`]`(false)` keep
+//! the exact GELU (`cublasGemmEx` + `bias_act_vec_{T}`); so does every problem
+//! cuBLASLt declines (no library, no algorithm, operands not 256-byte aligned),
+//! transparently. The f32 path never uses cuBLASLt.
+//!
 //! | op | launches |
 //! | --- | --- |
 //! | `embed_ln` | 1 (`embed_ln_{T}_{V}`) |
-//! | `linear` | 2 (`cublasGemmEx` on tensor cores + `bias_act_vec_{T}`, bias and GELU in place) |
+//! | `linear` | 1 (`cublasLtMatmul`, epilogue `BIAS` or `GELU_BIAS`, f32 bias); without cuBLASLt 2 (`cublasGemmEx` + `bias_act_vec_{T}`, bias and exact GELU in place) |
 //! | `attention` | 1 (`tc_attn_{T}_d{32,64}`: mma.sync flash attention; other head sizes `flash_attn_{T}_c{C}`) |
 //! | `add_layer_norm` | 1 (`add_ln_{T}_{V}`) |
 //! | `pool_mean` | 1 (`pool_mean_{T}`, f32 out; also the f32 path's) |
@@ -17,7 +30,9 @@
 //! The f32 instantiations of the same kernels are loaded too (the GPU tests compare
 //! them with the CPU), but [`super::CudaExec`] keeps its own f32 kernels for f32.
 
-use lanes::backend::cuda::{kernel_arg, CudaBackend, CudaFunction, CudaLane, GemmType, Op};
+use lanes::backend::cuda::{
+    kernel_arg, CudaBackend, CudaFunction, CudaLane, Epilogue, GemmType, Op,
+};
 use lanes::DevicePtr;
 
 use super::{launch, u32_of, EPI_THREADS, LN_VARIANTS, LN_WARPS, SMEM_LIMIT};
@@ -228,7 +243,9 @@ impl Fused {
     }
 
     /// `linear` in `dt`: `out = act(x · wᵀ + b)` on tensor cores (f32
-    /// accumulation), then the f32 bias (+ exact GELU) in place.
+    /// accumulation). With `blaslt` (and `dt` 16-bit) one cuBLASLt matmul with the
+    /// f32 bias (+ tanh GELU) in its epilogue, where the lane's cuBLASLt takes the
+    /// problem; otherwise `cublasGemmEx`, then the f32 bias (+ exact GELU) in place.
     ///
     /// # Safety
     /// `check_linear` validated the tensors: x `[rows, k]`, w `[n, k]`, out
@@ -239,6 +256,7 @@ impl Fused {
         &self,
         lane: &CudaLane,
         dt: DType,
+        blaslt: bool,
         (rows, k, n): (usize, usize, usize),
         x: DevicePtr,
         w: DevicePtr,
@@ -249,6 +267,40 @@ impl Fused {
         let d = dtype_index(dt)?;
         let ty = gemm_type(dt)?;
         let total = u32_of("rows * n", rows.saturating_mul(n))?;
+        // (A lane without a usable cuBLASLt, e.g. no libcublasLt, takes GemmEx;
+        // with `blaslt` off the lane's cuBLASLt is never created.)
+        let lt = match (blaslt, ty) {
+            (true, GemmType::F16 | GemmType::BF16) => lane.blas_lt().ok(),
+            _ => None,
+        };
+        if let Some(lt) = lt {
+            let epilogue = if gelu {
+                Epilogue::GeluBias
+            } else {
+                Epilogue::Bias
+            };
+            // Row-major out[rows, n] = x · wᵀ + b is column-major D (n × rows) =
+            // wᵀ · x with b (n entries) added down each column: one per row of D.
+            // SAFETY: per this function's contract x holds rows*k, w n*k and out
+            // rows*n elements of `dt` and b n f32s, on this lane's device, alive
+            // until the matmul has run (stream order); out overlaps no input.
+            let done = unsafe {
+                lt.matmul_bias(
+                    (Op::T, Op::N),
+                    (n, rows, k),
+                    ty,
+                    (w, k),
+                    (x, k),
+                    ty,
+                    (out, n),
+                    b,
+                    epilogue,
+                )
+            }?;
+            if done {
+                return Ok(());
+            }
+        }
         // Row-major out[rows, n] = x · wᵀ is column-major C (n × rows) = wᵀ · x.
         // SAFETY: per this function's contract x holds rows*k, w n*k and out rows*n
         // elements of `dt`, on this lane's device, alive until the GEMM has run

@@ -1,5 +1,5 @@
-//! A CUDA lane: one non-blocking stream, its cuBLAS handle, pinned staging buffers,
-//! and completion callbacks.
+//! A CUDA lane: one non-blocking stream, its cuBLAS and cuBLASLt handles, pinned
+//! staging buffers, and completion callbacks.
 
 use std::any::Any;
 use std::ffi::c_void;
@@ -12,6 +12,7 @@ use std::thread::{self, ThreadId};
 use cudarc::driver::{result, sys, CudaFunction, CudaStream, DriverError};
 
 use super::blas::{LaneBlas, Op};
+use super::blaslt::LaneBlasLt;
 use super::driver::{bind, describe, driver_err, guarded, Shared};
 use super::event::{CudaEvent, EventHandle};
 use super::graph::{CaptureMark, CudaGraph};
@@ -38,6 +39,9 @@ pub struct CudaLane {
     stream: Arc<CudaStream>,
     /// Created on first use; bound to `stream` for its whole life.
     blas: OnceLock<LaneBlas>,
+    /// Created on first use outside a capture (with its workspace); the error
+    /// message when that failed (not retried).
+    blas_lt: OnceLock<std::result::Result<LaneBlasLt, String>>,
     /// Pinned chunks not in use by a copy being set up (their last copy may still
     /// be in flight: each carries the event recorded after it).
     staging: Mutex<Vec<Pinned>>,
@@ -66,6 +70,7 @@ impl CudaLane {
             shared: shared.clone(),
             stream,
             blas: OnceLock::new(),
+            blas_lt: OnceLock::new(),
             staging: Mutex::new(Vec::new()),
             host: Arc::new(HostFnState::default()),
             runner: OnceLock::new(),
@@ -120,6 +125,39 @@ impl CudaLane {
         })?;
         // Two threads may race here; the loser's handle is destroyed.
         Ok(self.blas.get_or_init(move || made))
+    }
+
+    /// The lane's cuBLASLt handle and workspace ([`LaneBlasLt`]), created on first
+    /// use and kept for the lane's life. Fails where cuBLASLt cannot be used
+    /// (libcublasLt missing, the workspace cannot be allocated: the first failure
+    /// is remembered, not retried) and, without caching that, while the lane is
+    /// capturing and the handle does not exist yet (creating it allocates device
+    /// memory, which a capture forbids).
+    pub fn blas_lt(&self) -> Result<&LaneBlasLt> {
+        if let Some(r) = self.blas_lt.get() {
+            return self.lt_created(r);
+        }
+        self.not_capturing(
+            "cuBLASLt set-up",
+            "it allocates the handle's workspace; use it once before the capture",
+        )?;
+        let made = guarded(&self.shared.name, "cublasLtCreate", || {
+            LaneBlasLt::new(&self.shared.ctx, &self.shared.name, &self.stream)
+        })
+        .map_err(|e| e.to_string());
+        // Two threads may race here; the loser's handle and workspace are freed.
+        self.lt_created(self.blas_lt.get_or_init(move || made))
+    }
+
+    fn lt_created<'a>(
+        &self,
+        r: &'a std::result::Result<LaneBlasLt, String>,
+    ) -> Result<&'a LaneBlasLt> {
+        r.as_ref().map_err(|m| Error::Cuda {
+            device: self.shared.name.to_string(),
+            op: "cublasLtCreate".into(),
+            message: m.clone(),
+        })
     }
 
     /// Single-precision GEMM on this lane's stream, cuBLAS (column-major) semantics:
@@ -582,7 +620,8 @@ impl Drop for CudaLane {
             // SAFETY: the stream is live until the field drops after this.
             let _ = unsafe { result::stream::synchronize(self.stream.cu_stream()) };
         }));
-        // Fields drop next: the cuBLAS handle, the staging chunks (each waits for its
+        // Fields drop next: the cuBLAS and cuBLASLt handles (and the latter's
+        // workspace), the staging chunks (each waits for its
         // event, then frees), then the stream.
     }
 }

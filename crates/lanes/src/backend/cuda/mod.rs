@@ -11,7 +11,9 @@
 //! - [`ModuleCache`]: CUDA C modules compiled once per device with NVRTC
 //!   ([`CudaBackend::function`]).
 //! - [`CudaLane`]: one non-blocking stream, a lazily created cuBLAS handle bound to it
-//!   ([`CudaLane::blas`], [`CudaLane::sgemm`]), pinned staging buffers for host↔device
+//!   ([`CudaLane::blas`], [`CudaLane::sgemm`]), a lazily created cuBLASLt handle
+//!   with a fixed workspace for GEMMs with fused bias / GELU epilogues
+//!   ([`CudaLane::blas_lt`], [`LaneBlasLt`]), pinned staging buffers for host↔device
 //!   copies, completion callbacks (`cuLaunchHostFunc`), kernel launches
 //!   ([`CudaLane::launch`]).
 //! - [`CudaEvent`]: a native event (`CU_EVENT_DISABLE_TIMING`).
@@ -23,6 +25,7 @@
 
 mod backend;
 mod blas;
+mod blaslt;
 mod driver;
 mod event;
 mod graph;
@@ -31,6 +34,7 @@ mod module_cache;
 
 pub use backend::{CudaBackend, SyncMode};
 pub use blas::{GemmType, LaneBlas, Op};
+pub use blaslt::{Epilogue, LaneBlasLt, LtStats, Rejection, MAX_PLANS, WORKSPACE_BYTES};
 pub use event::CudaEvent;
 pub use graph::CudaGraph;
 pub use lane::CudaLane;
