@@ -24,6 +24,8 @@ use std::ffi::c_void;
 
 mod fused;
 
+pub use fused::AttnKernel;
+
 use lanes::backend::cuda::{kernel_arg, CudaBackend, CudaFunction, CudaLane, Op};
 use lanes::{DeviceKind, DevicePtr, Lease};
 
@@ -227,6 +229,19 @@ impl CudaExec {
     /// The path `linear` takes.
     pub fn gemm(&self) -> Gemm {
         self.gemm
+    }
+
+    /// This executor with f16 / bf16 attention (head_dim 32 or 64) on `kernel`
+    /// (the default is `LANES_ATTN`, read by [`CudaExec::with_gemm`], else
+    /// [`AttnKernel::V2`]); for comparing the kernels.
+    pub fn with_attention(mut self, kernel: AttnKernel) -> CudaExec {
+        self.fused.attn = kernel;
+        self
+    }
+
+    /// The tensor-core attention kernel f16 / bf16 `attention` takes.
+    pub fn attention_kernel(&self) -> AttnKernel {
+        self.fused.attn
     }
 
     /// `linear` as `linear_tn` (+ `splitk_reduce` when K is split).
