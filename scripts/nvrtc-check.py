@@ -2,7 +2,9 @@
 """Compiles the CUDA sources with NVRTC to a cubin for sm_90, as the runtime does,
 and prints the register and error log: a compile check that needs no GPU.
 
-    python3 scripts/nvrtc-check.py [--arch sm_90] [FILE.cu ...]
+    python3 scripts/nvrtc-check.py [--arch sm_90] [-v] [FILE.cu ...]
+
+-v passes --ptxas-options=-v: registers, shared memory and spills per kernel.
 
 libnvrtc comes from $LANES_NVRTC_LIB, else the pip wheel nvidia-cuda-nvrtc
 (`pip download --no-deps nvidia-cuda-nvrtc==13.0.88`, unzip, point
@@ -27,13 +29,15 @@ def load():
     sys.exit("nvrtc-check: libnvrtc not found (set LANES_NVRTC_LIB)")
 
 
-def compile_one(lib, path, arch):
+def compile_one(lib, path, arch, verbose=False):
     src = open(path, "rb").read()
     prog = ctypes.c_void_p()
     rc = lib.nvrtcCreateProgram(ctypes.byref(prog), src, os.path.basename(path).encode(), 0, None, None)
     if rc:
         return f"{path}: nvrtcCreateProgram failed ({rc})"
     opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++17", b"-lineinfo"]
+    if verbose:
+        opts.append(b"--ptxas-options=-v")
     arr = (ctypes.c_char_p * len(opts))(*opts)
     rc = lib.nvrtcCompileProgram(prog, len(opts), arr)
     size = ctypes.c_size_t()
@@ -53,10 +57,14 @@ def compile_one(lib, path, arch):
 def main():
     args = sys.argv[1:]
     arch = "sm_90"
-    if args[:1] == ["--arch"]:
-        arch, args = args[1], args[2:]
+    verbose = False
+    while args[:1] in (["--arch"], ["-v"]):
+        if args[0] == "-v":
+            verbose, args = True, args[1:]
+        else:
+            arch, args = args[1], args[2:]
     lib = load()
-    errors = [e for e in (compile_one(lib, p, arch) for p in (args or DEFAULT)) if e]
+    errors = [e for e in (compile_one(lib, p, arch, verbose) for p in (args or DEFAULT)) if e]
     for e in errors:
         print(e, file=sys.stderr)
     sys.exit(1 if errors else 0)

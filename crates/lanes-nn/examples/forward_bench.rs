@@ -8,11 +8,15 @@
 //! (dtype, batch) with ms per forward and sequences per second. Each figure is the
 //! host wall time of `iters` back-to-back enqueues followed by one synchronize,
 //! divided by `iters` (after two warm-up rounds). Needs CUDA device 0.
+//!
+//! Attention: op `attention` is the executor's kernel (`LANES_ATTN=v1|v2`, default
+//! v2, also used by the whole forward); for f16 / bf16 the ops `attention_v1` and
+//! `attention_v2` time both tensor-core kernels on the same input.
 
 use std::time::Instant;
 
 use lanes::{Buffer, Device, DeviceConfig, Lease};
-use lanes_nn::exec::cuda::CudaExec;
+use lanes_nn::exec::cuda::{AttnKernel, CudaExec};
 use lanes_nn::exec::{EmbedTables, Exec};
 use lanes_nn::tensor::{DType, Tensor, TensorMut};
 
@@ -78,7 +82,16 @@ fn time(lane: &Lease, iters: usize, mut f: impl FnMut() -> R<()>) -> R<f64> {
     Ok(t.elapsed().as_secs_f64() * 1e6 / iters as f64)
 }
 
-fn bench(dev: &Device, ex: &CudaExec, dt: DType, batch: usize, seq: usize, iters: usize) -> R<()> {
+/// `ex` runs everything; `by_kernel` holds an executor per attention kernel.
+fn bench(
+    dev: &Device,
+    ex: &CudaExec,
+    by_kernel: &[(&str, &CudaExec)],
+    dt: DType,
+    batch: usize,
+    seq: usize,
+    iters: usize,
+) -> R<()> {
     let lane = dev.lease()?;
     let tokens = batch * seq;
     let f32t = DType::F32;
@@ -175,7 +188,7 @@ fn bench(dev: &Device, ex: &CudaExec, dt: DType, batch: usize, seq: usize, iters
         )
     })?;
     report("linear_qkv", us);
-    let attention = |lane: &Lease, qkv: &Buffer, out: &mut Buffer| -> R<()> {
+    let attention_on = |ex: &CudaExec, lane: &Lease, qkv: &Buffer, out: &mut Buffer| -> R<()> {
         let out = TensorMut::new("ctx", out, dt, &[tokens, HIDDEN])?;
         Ok(ex.attention(
             lane,
@@ -186,8 +199,15 @@ fn bench(dev: &Device, ex: &CudaExec, dt: DType, batch: usize, seq: usize, iters
             out,
         )?)
     };
+    let attention = |lane: &Lease, qkv: &Buffer, out: &mut Buffer| attention_on(ex, lane, qkv, out);
     let us = time(&lane, iters, || attention(&lane, &qkv, &mut ctx))?;
     report("attention", us);
+    if dt != DType::F32 {
+        for &(op, kex) in by_kernel {
+            let us = time(&lane, iters, || attention_on(kex, &lane, &qkv, &mut ctx))?;
+            report(op, us);
+        }
+    }
     let us = time(&lane, iters, || {
         linear(
             &lane,
@@ -326,6 +346,9 @@ fn main() -> R<()> {
     }
     let dev = Device::cuda(0, DeviceConfig::default())?;
     let ex = CudaExec::new(&dev)?;
+    let ex_v1 = CudaExec::new(&dev)?.with_attention(AttnKernel::V1);
+    let ex_v2 = CudaExec::new(&dev)?.with_attention(AttnKernel::V2);
+    let by_kernel = [("attention_v1", &ex_v1), ("attention_v2", &ex_v2)];
     for &dt in &dtypes {
         for &batch in &batches {
             let n = if iters > 0 {
@@ -335,7 +358,7 @@ fn main() -> R<()> {
             } else {
                 200
             };
-            bench(&dev, &ex, dt, batch, seq, n)?;
+            bench(&dev, &ex, &by_kernel, dt, batch, seq, n)?;
         }
     }
     Ok(())

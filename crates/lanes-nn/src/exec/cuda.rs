@@ -27,6 +27,8 @@ use std::ffi::c_void;
 
 mod fused;
 
+pub use fused::AttnKernel;
+
 use lanes::backend::cuda::{kernel_arg, CudaBackend, CudaFunction, CudaLane, Op};
 use lanes::{DeviceKind, DevicePtr, Lease};
 
@@ -262,6 +264,19 @@ impl CudaExec {
     /// Whether 16-bit `linear` tries cuBLASLt first (see [`CudaExec::with_blaslt`]).
     pub fn blaslt(&self) -> bool {
         self.blaslt
+    }
+
+    /// This executor with f16 / bf16 attention (head_dim 32 or 64) on `kernel`
+    /// (the default is `LANES_ATTN`, read by [`CudaExec::with_gemm`], else
+    /// [`AttnKernel::V2`]); for comparing the kernels.
+    pub fn with_attention(mut self, kernel: AttnKernel) -> CudaExec {
+        self.fused.attn = kernel;
+        self
+    }
+
+    /// The tensor-core attention kernel f16 / bf16 `attention` takes.
+    pub fn attention_kernel(&self) -> AttnKernel {
+        self.fused.attn
     }
 
     /// `linear` as `linear_tn` (+ `splitk_reduce` when K is split).

@@ -478,7 +478,8 @@ FA_KERNEL(bf16, bf16, 4)
 
 // ---------------------------------------------------------------------------
 // Tensor-core flash attention for 16-bit data (f16 / bf16), head_dim D in {32, 64}:
-// mma.sync m16n8k16 with f32 accumulation. One block per (64-query tile, head,
+// mma.sync m16n8k16 with f32 accumulation. v1, kept for comparison (`LANES_ATTN=v1`,
+// `AttnKernel::V1`); `tc2_attn` below is the default. One block per (64-query tile, head,
 // sequence), TC_WARPS warps of 16 queries. Per 64-key tile: K [key][D] and Vᵀ
 // [D][key] staged in shared memory as T (bias added in f32 on load, rounded to
 // T); S = Q·Kᵀ in f32 registers, scaled, keys past the sequence at -inf; online
@@ -693,6 +694,324 @@ TC_KERNEL(f16, f16, 32)
 TC_KERNEL(f16, f16, 64)
 TC_KERNEL(bf16, bf16, 32)
 TC_KERNEL(bf16, bf16, 64)
+
+// ---------------------------------------------------------------------------
+// Tensor-core flash attention v2 for 16-bit data (f16 / bf16), head_dim D in {32, 64}
+// (`tc2_attn_{T}_d{D}`, the default; `tc_attn` above stays as v1). Same signature,
+// contract and numerics as `tc_attn` (f32 accumulation, f32 online softmax, P rounded
+// to T for the P·V mma, output rounded to T), laid out for bandwidth:
+//   * one block per (128-query tile, head, sequence), TC2_WARPS = 8 warps of 16 queries;
+//   * Q, K and V rows move as 16-byte cp.async copies (global -> shared, no register
+//     staging) into padded shared rows of D + 8 halves (conflict-free ldmatrix);
+//   * K and V in 64-key tiles, two stages (the next tile loads while this one
+//     computes); the Q tile first lands in stage 1, is read into registers with
+//     ldmatrix, then stage 1 takes key tile 1; a tile is consumed in 32-key softmax
+//     steps (fewer live scores: 80 registers a thread for D = 32, 3 blocks an SM);
+//   * B fragments of K via ldmatrix, of V via ldmatrix.trans (V stays [key][d]);
+//   * exp2 with log2(e) folded into the scale (ex2.approx.ftz: |rel err| < 2^-22);
+//   * the output tile goes through shared memory to 16-byte global stores.
+// Needs qkv and out 16-byte aligned (the host checks; hidden = heads * D is a
+// multiple of 8, so every row and head offset is too). Keys past the sequence are
+// masked (their K and V rows are zero-filled), rows past it are neither loaded nor
+// written; sequences are clamped to [0, tokens) and to max_len as everywhere.
+
+#define TC2_WARPS 8
+#define TC2_BQ (TC2_WARPS * 16)
+#define TC2_BK 64
+#define TC2_SK 32
+// Blocks per SM the register budget allows: 80 registers a thread for D = 32 (no
+// spills with ptxas 13), 128 for D = 64.
+#define TC2_MIN_BLOCKS(D) ((D) == 32 ? 3 : 2)
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+    unsigned r;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
+    return r;
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+// Waits until at most one committed group of this thread is pending.
+__device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+
+__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], const u16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p))
+                 : "memory");
+}
+
+__device__ __forceinline__ void ldsm_x4_t(unsigned (&r)[4], const u16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p))
+                 : "memory");
+}
+
+__device__ __forceinline__ float ex2f(float x) {
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+
+// 8 T values in shared memory += 8 f32 biases, rounded back to T.
+template <class T>
+__device__ __forceinline__ void add_bias8(u16* p, const float* __restrict__ bias) {
+    uint4 raw = *reinterpret_cast<const uint4*>(p);
+    unsigned w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        T lo, hi;
+        lo.b = (u16)(w[i] & 0xffffu);
+        hi.b = (u16)(w[i] >> 16);
+        w[i] = pack2<T>(__fadd_rn(to_f(lo), bias[2 * i]), __fadd_rn(to_f(hi), bias[2 * i + 1]));
+    }
+    *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+template <class T, int D>
+__device__ __forceinline__ void tc2_attn(const T* __restrict__ qkv, const float* __restrict__ bias,
+                                         const unsigned* __restrict__ offsets, T* __restrict__ out,
+                                         unsigned tokens, unsigned max_len, unsigned heads, float scale) {
+    constexpr unsigned BQ = TC2_BQ, BK = TC2_BK, SK = TC2_SK, NT = TC2_WARPS * 32;
+    constexpr unsigned LD = D + 8;           // halves per shared row
+    constexpr unsigned CH = D / 8;           // 16-byte chunks per row
+    constexpr unsigned STAGE = 2 * BK * LD;  // halves per stage: BK K rows, then BK V rows
+    static_assert(STAGE == BQ * LD, "the Q tile fills one stage exactly");
+    static_assert(D == 32 || D == 64, "D is 32 or 64");
+    constexpr unsigned Q_PER_THREAD = BQ * CH / NT, KV_PER_THREAD = 2 * BK * CH / NT;
+    static_assert(Q_PER_THREAD * NT == BQ * CH && KV_PER_THREAD * NT == 2 * BK * CH, "whole chunks a thread");
+    __shared__ __align__(16) u16 sm[2 * STAGE];
+    const unsigned b = blockIdx.z, h = blockIdx.y;
+    unsigned start, len;
+    fseq_range(offsets, b, tokens, &start, &len);
+    len = min(len, max_len);
+    const unsigned q0 = blockIdx.x * BQ;
+    if (q0 >= len) return;  // uniform over the block
+    const unsigned tid = threadIdx.x, warp = tid >> 5, lane = tid & 31u;
+    const unsigned g = lane >> 2, tig = lane & 3u;
+    const unsigned hidden = heads * D;
+    const size_t rs = 3 * (size_t)hidden;
+    // Row 0 of the sequence, head h: q at +0, k at +hidden, v at +2 * hidden.
+    const T* base = qkv + (size_t)start * rs + (size_t)h * D;
+    const unsigned nq = min(BQ, len - q0);  // query rows of this block
+    const unsigned ntiles = (len - 1) / BK + 1;
+
+    // Stage s: K rows [s * STAGE, + BK * LD), V rows after them.
+    auto load_kv = [&](unsigned tile, u16* st) {
+        const unsigned k0 = tile * BK, kn = min(BK, len - k0);
+#pragma unroll
+        for (unsigned n = 0; n < KV_PER_THREAD; n++) {
+            const unsigned i = tid + n * NT;
+            const unsigned r = i / CH, c = (i % CH) * 8;  // r < BK: K row r, else V row r - BK
+            const unsigned part = r / BK, j = r % BK;
+            u16* dst = st + r * LD + c;
+            if (j < kn)
+                cp_async16(dst, base + (size_t)(k0 + j) * rs + (part + 1) * hidden + c);
+            else
+                *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
+        }
+    };
+    // The bias of the chunks this thread copied (visible to it after the wait).
+    auto bias_kv = [&](unsigned tile, u16* st) {
+        const unsigned k0 = tile * BK, kn = min(BK, len - k0);
+#pragma unroll
+        for (unsigned n = 0; n < KV_PER_THREAD; n++) {
+            const unsigned i = tid + n * NT;
+            const unsigned r = i / CH, c = (i % CH) * 8;
+            const unsigned part = r / BK, j = r % BK;
+            if (j < kn) add_bias8<T>(st + r * LD + c, bias + (part + 1) * hidden + h * D + c);
+        }
+    };
+
+    // Q tile -> stage 1 (rows past the sequence zeroed), key tile 0 -> stage 0.
+    u16* qs = sm + STAGE;
+#pragma unroll
+    for (unsigned n = 0; n < Q_PER_THREAD; n++) {
+        const unsigned i = tid + n * NT;
+        const unsigned r = i / CH, c = (i % CH) * 8;
+        u16* dst = qs + r * LD + c;
+        if (r < nq)
+            cp_async16(dst, base + (size_t)(q0 + r) * rs + c);
+        else
+            *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
+    }
+    cp_async_commit();
+    load_kv(0, sm);
+    cp_async_commit();
+    cp_async_wait1();  // the Q group is done
+    if (bias) {
+#pragma unroll
+        for (unsigned n = 0; n < Q_PER_THREAD; n++) {
+            const unsigned i = tid + n * NT;
+            const unsigned r = i / CH, c = (i % CH) * 8;
+            if (r < nq) add_bias8<T>(qs + r * LD + c, bias + h * D + c);
+        }
+    }
+    __syncthreads();
+    // Q A fragments (16 × 16 per k step): matrices rows 0-7 / 8-15 × cols 0-7 / 8-15.
+    unsigned qa[D / 16][4];
+    {
+        const u16* p = qs + (warp * 16 + (lane & 7u) + ((lane >> 3) & 1u) * 8) * LD + (lane >> 4) * 8;
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ks++) ldsm_x4(qa[ks], p + ks * 16);
+    }
+    __syncthreads();  // every warp has its Q: stage 1 is free
+    if (ntiles > 1) load_kv(1, sm + STAGE);
+    cp_async_commit();
+
+    // Warps whose 16 rows all lie past the sequence only help load.
+    const bool active = q0 + warp * 16 < len;
+    const float sl2 = scale * 1.44269504088896340736f;  // scores in log2 units
+    float m0 = -__int_as_float(0x7f800000), m1 = m0;     // running max (log2 units), rows g, g + 8
+    float l0 = 0.0f, l1 = 0.0f;                          // this lane's share of the row sums
+    float o[D / 8][4];
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[dt][e] = 0.0f;
+
+    for (unsigned it = 0; it < ntiles; it++) {
+        u16* st = sm + (it & 1u) * STAGE;
+        const unsigned kn = min(BK, len - it * BK);
+        cp_async_wait1();  // this tile's group is done (the newest may still fly)
+        if (bias) bias_kv(it, st);
+        __syncthreads();
+        if (active) {
+            // The tile in steps of SK keys (online softmax per step; steps past the
+            // tile's keys are skipped).
+#pragma unroll
+            for (int sub = 0; sub < (int)(BK / SK); sub++) {
+                const unsigned kb = sub * SK;
+                if (kb >= kn) break;  // uniform
+                const unsigned skn = min(SK, kn - kb);  // keys of this step, >= 1
+                const u16* ksm = st + kb * LD;
+                const u16* vsm = st + (BK + kb) * LD;
+                // S = Q · Kᵀ over 8-key tiles; ldmatrix x4 gives b0, b1 of two k steps.
+                float s[SK / 8][4];
+#pragma unroll
+                for (int nt = 0; nt < (int)(SK / 8); nt++) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) s[nt][e] = 0.0f;
+                    if (nt * 8u < skn) {
+#pragma unroll
+                        for (int kp = 0; kp < D / 32; kp++) {
+                            unsigned kf[4];
+                            ldsm_x4(kf, ksm + (nt * 8 + (lane & 7u)) * LD + kp * 32 + (lane >> 3) * 8);
+                            mma16816<T>(s[nt], qa[2 * kp], kf[0], kf[1]);
+                            mma16816<T>(s[nt], qa[2 * kp + 1], kf[2], kf[3]);
+                        }
+                    }
+                }
+                float mt0 = -__int_as_float(0x7f800000), mt1 = mt0;
+#pragma unroll
+                for (int nt = 0; nt < (int)(SK / 8); nt++) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const unsigned key = nt * 8 + tig * 2 + (e & 1);
+                        s[nt][e] = key < skn ? s[nt][e] * sl2 : -__int_as_float(0x7f800000);
+                    }
+                    mt0 = fmaxf(mt0, fmaxf(s[nt][0], s[nt][1]));
+                    mt1 = fmaxf(mt1, fmaxf(s[nt][2], s[nt][3]));
+                }
+#pragma unroll
+                for (int x = 1; x <= 2; x <<= 1) {
+                    mt0 = fmaxf(mt0, __shfl_xor_sync(0xffffffffu, mt0, x));
+                    mt1 = fmaxf(mt1, __shfl_xor_sync(0xffffffffu, mt1, x));
+                }
+                const float mn0 = fmaxf(m0, mt0), mn1 = fmaxf(m1, mt1);  // finite: skn >= 1
+                const float a0 = ex2f(m0 - mn0), a1 = ex2f(m1 - mn1);    // 0 on the first step
+                m0 = mn0;
+                m1 = mn1;
+                // P rounded to T, packed as the A fragments of P · V: for 16-key step kk,
+                // {p[2kk][0], p[2kk][1], p[2kk+1][0], p[2kk+1][1]} (the m16n8 C fragment
+                // of two adjacent 8-key tiles is the A fragment of one k16 step).
+                unsigned p[SK / 8][2];
+                float ls0 = 0.0f, ls1 = 0.0f;
+#pragma unroll
+                for (int nt = 0; nt < (int)(SK / 8); nt++) {
+                    const float e0 = ex2f(s[nt][0] - mn0), e1 = ex2f(s[nt][1] - mn0);  // 0 if masked
+                    const float e2 = ex2f(s[nt][2] - mn1), e3 = ex2f(s[nt][3] - mn1);
+                    ls0 += e0 + e1;
+                    ls1 += e2 + e3;
+                    p[nt][0] = pack2<T>(e0, e1);
+                    p[nt][1] = pack2<T>(e2, e3);
+                }
+                l0 = l0 * a0 + ls0;
+                l1 = l1 * a1 + ls1;
+#pragma unroll
+                for (int dt = 0; dt < D / 8; dt++) {
+                    o[dt][0] *= a0;
+                    o[dt][1] *= a0;
+                    o[dt][2] *= a1;
+                    o[dt][3] *= a1;
+                }
+                // O += P · V per 16 keys (16-key steps past the keys hold P = 0 and are
+                // skipped); ldmatrix.trans x4 gives b0, b1 of two 8-column tiles of V.
+#pragma unroll
+                for (int kk = 0; kk < (int)(SK / 16); kk++) {
+                    if (kk * 16u < skn) {
+                        const unsigned pa[4] = {p[2 * kk][0], p[2 * kk][1], p[2 * kk + 1][0], p[2 * kk + 1][1]};
+#pragma unroll
+                        for (int dp = 0; dp < D / 16; dp++) {
+                            unsigned vf[4];
+                            ldsm_x4_t(vf, vsm + (kk * 16 + (lane & 7u) + ((lane >> 3) & 1u) * 8) * LD + dp * 16 +
+                                              (lane >> 4) * 8);
+                            mma16816<T>(o[2 * dp], pa, vf[0], vf[1]);
+                            mma16816<T>(o[2 * dp + 1], pa, vf[2], vf[3]);
+                        }
+                    }
+                }
+            }
+        }
+        __syncthreads();  // every warp is done with this stage
+        if (it + 2 < ntiles) load_kv(it + 2, st);
+        cp_async_commit();
+    }
+
+    if (!active) return;
+    // No copy is in flight (the newest groups are empty) and the last barrier above
+    // ended every read of the stages: this warp's 16 rows of stage 0 take its output.
+#pragma unroll
+    for (int x = 1; x <= 2; x <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, x);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, x);
+    }
+    const float i0 = 1.0f / l0, i1 = 1.0f / l1;
+    u16* os = sm + warp * 16 * LD;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++) {
+        const unsigned c = dt * 8 + tig * 2;
+        *reinterpret_cast<unsigned*>(os + g * LD + c) = pack2<T>(o[dt][0] * i0, o[dt][1] * i0);
+        *reinterpret_cast<unsigned*>(os + (g + 8) * LD + c) = pack2<T>(o[dt][2] * i1, o[dt][3] * i1);
+    }
+    __syncwarp();
+#pragma unroll
+    for (unsigned n = 0; n < CH / 2; n++) {
+        const unsigned i = lane + n * 32;  // 16 rows × CH chunks
+        const unsigned r = i / CH, c = (i % CH) * 8;
+        const unsigned q = q0 + warp * 16 + r;
+        if (q < len)
+            *reinterpret_cast<uint4*>(out + (size_t)(start + q) * hidden + (size_t)h * D + c) =
+                *reinterpret_cast<const uint4*>(os + r * LD + c);
+    }
+}
+
+#define TC2_KERNEL(T, S, D)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(TC2_WARPS * 32, TC2_MIN_BLOCKS(D))                           \
+        tc2_attn_##S##_d##D(                                                                                  \
+        const T* __restrict__ qkv, const float* __restrict__ bias, const unsigned* __restrict__ offsets,      \
+        T* __restrict__ out, unsigned tokens, unsigned max_len, unsigned heads, float scale) {                \
+        tc2_attn<T, D>(qkv, bias, offsets, out, tokens, max_len, heads, scale);                               \
+    }
+TC2_KERNEL(f16, f16, 32)
+TC2_KERNEL(f16, f16, 64)
+TC2_KERNEL(bf16, bf16, 32)
+TC2_KERNEL(bf16, bf16, 64)
 
 // ---------------------------------------------------------------------------
 // Mean pooling over each sequence's rows; out f32

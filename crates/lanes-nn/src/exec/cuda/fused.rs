@@ -23,7 +23,7 @@
 //! | --- | --- |
 //! | `embed_ln` | 1 (`embed_ln_{T}_{V}`) |
 //! | `linear` | 1 (`cublasLtMatmul`, epilogue `BIAS` or `GELU_BIAS`, f32 bias); without cuBLASLt 2 (`cublasGemmEx` + `bias_act_vec_{T}`, bias and exact GELU in place) |
-//! | `attention` | 1 (`tc_attn_{T}_d{32,64}`: mma.sync flash attention; other head sizes `flash_attn_{T}_c{C}`) |
+//! | `attention` | 1 (`tc2_attn_{T}_d{32,64}`: mma.sync flash attention, [`AttnKernel::V2`]; `tc_attn_{T}_d{32,64}` under [`AttnKernel::V1`]; other head sizes `flash_attn_{T}_c{C}`) |
 //! | `add_layer_norm` | 1 (`add_ln_{T}_{V}`) |
 //! | `pool_mean` | 1 (`pool_mean_{T}`, f32 out; also the f32 path's) |
 //!
@@ -49,6 +49,42 @@ const ATT_THREADS: u32 = 128;
 /// Queries per block of `flash_attn` (`FA_WARPS * FA_Q`) and of `tc_attn`.
 const FA_QB: usize = 16;
 const TC_QB: usize = 64;
+/// Threads (`TC2_WARPS` warps) and queries (`TC2_BQ`) per block of `tc2_attn`.
+const TC2_THREADS: u32 = 256;
+const TC2_QB: usize = 128;
+
+/// Which tensor-core attention kernel runs for f16 / bf16 with head_dim 32 or 64.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnKernel {
+    /// `tc_attn`: 64 queries and 4 warps a block, K / Vᵀ staged with scalar loads
+    /// (kept for comparison).
+    V1,
+    /// `tc2_attn` (the default): 128 queries and 8 warps a block, 16-byte
+    /// `cp.async` staging of Q / K / V in two stages, `ldmatrix(.trans)` fragments,
+    /// exp2. Needs 16-byte aligned `qkv` and `out` (else `tc_attn` runs).
+    V2,
+}
+
+impl AttnKernel {
+    /// The kernel named by `LANES_ATTN` (`v1`, `v2`), else [`AttnKernel::V2`].
+    pub fn from_env() -> Result<AttnKernel> {
+        match std::env::var("LANES_ATTN") {
+            Err(_) => Ok(AttnKernel::V2),
+            Ok(v) => AttnKernel::parse(&v),
+        }
+    }
+
+    /// Parses `v1` or `v2` (any case).
+    pub fn parse(s: &str) -> Result<AttnKernel> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "v1" => Ok(AttnKernel::V1),
+            "v2" => Ok(AttnKernel::V2),
+            other => Err(NnError::InvalidInput(format!(
+                "LANES_ATTN={other}: expected v1 or v2"
+            ))),
+        }
+    }
+}
 
 /// The index of a float dtype in the kernel tables (f32, f16, bf16).
 fn dtype_index(dt: DType) -> Result<usize> {
@@ -118,14 +154,19 @@ pub(super) struct Fused {
     bias_act: [CudaFunction; 3],
     /// `[dtype][log2 C]`, head_dim <= 32 * C.
     flash: [[CudaFunction; 3]; 3],
-    /// `[f16, bf16][D = 32, 64]`.
+    /// `[f16, bf16][D = 32, 64]`: `tc_attn` (v1) and `tc2_attn` (v2).
     tc: [[CudaFunction; 2]; 2],
+    tc2: [[CudaFunction; 2]; 2],
+    /// The tensor-core attention kernel `attention` takes.
+    pub(super) attn: AttnKernel,
     pool: [CudaFunction; 3],
 }
 
 impl Fused {
-    /// Compiles (once per device) and loads every kernel.
+    /// Compiles (once per device) and loads every kernel; attention as
+    /// [`AttnKernel::from_env`] says.
     pub(super) fn load(backend: &CudaBackend) -> Result<Fused> {
+        let attn = AttnKernel::from_env()?;
         let f =
             |name: String| -> Result<CudaFunction> { Ok(backend.function(MODULE, SOURCE, &name)?) };
         let per_dtype = |make: &dyn Fn(&str) -> Result<CudaFunction>| -> Result<[CudaFunction; 3]> {
@@ -148,10 +189,10 @@ impl Fused {
                 f(format!("flash_attn_{s}_c4"))?,
             ])
         };
-        let tc = |s: &str| -> Result<[CudaFunction; 2]> {
+        let tc = |prefix: &str, s: &str| -> Result<[CudaFunction; 2]> {
             Ok([
-                f(format!("tc_attn_{s}_d32"))?,
-                f(format!("tc_attn_{s}_d64"))?,
+                f(format!("{prefix}_{s}_d32"))?,
+                f(format!("{prefix}_{s}_d64"))?,
             ])
         };
         Ok(Fused {
@@ -160,7 +201,9 @@ impl Fused {
             bias_act_vec: per_dtype(&|s| f(format!("bias_act_vec_{s}")))?,
             bias_act: per_dtype(&|s| f(format!("bias_act_{s}")))?,
             flash: [flash("f32")?, flash("f16")?, flash("bf16")?],
-            tc: [tc("f16")?, tc("bf16")?],
+            tc: [tc("tc_attn", "f16")?, tc("tc_attn", "bf16")?],
+            tc2: [tc("tc2_attn", "f16")?, tc("tc2_attn", "bf16")?],
+            attn,
             pool: per_dtype(&|s| f(format!("pool_mean_{s}")))?,
         })
     }
@@ -348,7 +391,8 @@ impl Fused {
     }
 
     /// `attention` in `dt`: the tensor-core kernel for f16 / bf16 with head_dim 32
-    /// or 64, else the CUDA-core flash kernel (head_dim <= 128).
+    /// or 64 (`tc2_attn`, or `tc_attn` under [`AttnKernel::V1`] or for pointers
+    /// not 16-byte aligned), else the CUDA-core flash kernel (head_dim <= 128).
     ///
     /// # Safety
     /// `check_attention` validated the tensors: qkv `[tokens, 3 * hidden]` and out
@@ -387,11 +431,6 @@ impl Fused {
             _ => None,
         };
         if let (Some(t), true) = (tc_idx, d > 0) {
-            let grid = (
-                u32_of("query tiles", max_len.div_ceil(TC_QB))?,
-                heads_u,
-                batch_u,
-            );
             let mut args = [
                 kernel_arg(&qkv_p),
                 kernel_arg(&null),
@@ -402,6 +441,29 @@ impl Fused {
                 kernel_arg(&heads_u),
                 kernel_arg(&scale),
             ];
+            if self.attn == AttnKernel::V2 && (qkv_p | out_p) % 16 == 0 {
+                let grid = (
+                    u32_of("query tiles", max_len.div_ceil(TC2_QB))?,
+                    heads_u,
+                    batch_u,
+                );
+                // SAFETY: the arguments match `tc2_attn_{T}_d{D}(qkv, bias = null,
+                // offsets, out, tokens, max_len, heads, scale)` with D = head_dim; the
+                // extents are this function's contract; qkv and out are 16-byte
+                // aligned (checked) and hidden = heads * D is a multiple of 8, so every
+                // 16-byte copy of a row's head slice is aligned and inside its row; the
+                // kernel clamps every sequence to [0, tokens) and to max_len and uses
+                // static shared memory only (36 KiB at most); the grid's z is the
+                // batch, so offsets[b + 1] exists.
+                return unsafe {
+                    launch(lane, &self.tc2[d - 1][t], grid, TC2_THREADS, 0, &mut args)
+                };
+            }
+            let grid = (
+                u32_of("query tiles", max_len.div_ceil(TC_QB))?,
+                heads_u,
+                batch_u,
+            );
             // SAFETY: the arguments match `tc_attn_{T}_d{D}(qkv, bias = null, offsets,
             // out, tokens, max_len, heads, scale)` with D = head_dim; the extents are
             // this function's contract; the kernel clamps every sequence to [0,
@@ -580,6 +642,10 @@ mod tests {
                     SOURCE.contains(&format!("TC_KERNEL({s}, {s}, {d})")),
                     "{s} d{d}"
                 );
+                assert!(
+                    SOURCE.contains(&format!("TC2_KERNEL({s}, {s}, {d})")),
+                    "tc2 {s} d{d}"
+                );
             }
         }
         assert!(SOURCE.contains(&format!("#define FLN_WARPS {LN_WARPS}")));
@@ -587,6 +653,16 @@ mod tests {
         assert!(SOURCE.contains(&format!("#define TC_WARPS {}", ATT_THREADS / 32)));
         assert_eq!(FA_QB, 16);
         assert_eq!(TC_QB, 16 * (ATT_THREADS as usize / 32));
+        assert!(SOURCE.contains(&format!("#define TC2_WARPS {}", TC2_THREADS / 32)));
+        assert!(SOURCE.contains("#define TC2_BQ (TC2_WARPS * 16)"));
+        assert_eq!(TC2_QB, 16 * (TC2_THREADS as usize / 32));
+    }
+
+    #[test]
+    fn attn_kernel_parses() {
+        assert_eq!(AttnKernel::parse("v1").unwrap(), AttnKernel::V1);
+        assert_eq!(AttnKernel::parse(" V2 ").unwrap(), AttnKernel::V2);
+        assert!(AttnKernel::parse("v3").is_err());
     }
 
     #[test]
