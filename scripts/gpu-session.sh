@@ -96,7 +96,7 @@ check)
     [ -x "$B/$t" ] || continue
     step "memcheck-$t" compute-sanitizer --tool memcheck --error-exitcode 9 "$B/$t" --test-threads=1
     # racecheck is slow: our kernels only (RACECHECK_FILTER picks the tests).
-    [ "$t" = cuda_blaslt ] || step "racecheck-$t" racecheck_ours "$B/$t" ${RACECHECK_FILTER:-} --test-threads=1
+    [ "$t" = cuda_blaslt ] || step "racecheck-$t" bash -c "$(declare -f racecheck_ours); o='$o'; racecheck_ours '$B/$t' ${RACECHECK_FILTER:-} --test-threads=1"
   done
   grep -h '^{' "$o"/stress-*.log > "$res/check.jsonl" 2>/dev/null
   cat "$o"/compare-*.log > "$res/compare.txt" 2>/dev/null
