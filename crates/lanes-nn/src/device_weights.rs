@@ -1,9 +1,11 @@
 //! The encoder's weights on a device, converted once to the forward's dtype.
 //!
-//! Per the kernels' dtype table: the GEMM weight matrices and the three embedding
-//! tables are stored in the activation dtype `T` (f32, f16 or bf16, converted on
-//! the host with the `half` crate); biases and LayerNorm parameters stay f32. Each
-//! weight knows its dtype and shape, so it hands ops a [`Tensor`] that says so.
+//! Per the kernels' dtype table: the GEMM weight matrices, their biases and the
+//! three embedding tables are stored in the activation dtype `T` (f32, f16 or
+//! bf16, converted on the host with the `half` crate: cuBLASLt's fused bias
+//! epilogue takes a 16-bit output's bias only in that type); LayerNorm parameters
+//! stay f32. Each weight knows its dtype and shape, so it hands ops a [`Tensor`]
+//! that says so.
 
 use lanes::{Buffer, Lease};
 
@@ -161,15 +163,15 @@ impl DeviceWeights {
             let qkv_b: Vec<f32> = [&l.q_b.data[..], &l.k_b.data, &l.v_b.data].concat();
             layers.push(DeviceLayer {
                 qkv_w: Weight::upload(lane, "qkv_w", &qkv_w, &[3 * h, h], dtype)?,
-                qkv_b: Weight::upload(lane, "qkv_b", &qkv_b, &[3 * h], f32)?,
+                qkv_b: Weight::upload(lane, "qkv_b", &qkv_b, &[3 * h], dtype)?,
                 o_w: Weight::of(lane, "attn_out_w", &l.o_w, dtype)?,
-                o_b: Weight::of(lane, "attn_out_b", &l.o_b, f32)?,
+                o_b: Weight::of(lane, "attn_out_b", &l.o_b, dtype)?,
                 ln1_g: Weight::of(lane, "attn_ln_gamma", &l.ln1_g, f32)?,
                 ln1_b: Weight::of(lane, "attn_ln_beta", &l.ln1_b, f32)?,
                 i_w: Weight::of(lane, "ffn_in_w", &l.i_w, dtype)?,
-                i_b: Weight::of(lane, "ffn_in_b", &l.i_b, f32)?,
+                i_b: Weight::of(lane, "ffn_in_b", &l.i_b, dtype)?,
                 out_w: Weight::of(lane, "ffn_out_w", &l.out_w, dtype)?,
-                out_b: Weight::of(lane, "ffn_out_b", &l.out_b, f32)?,
+                out_b: Weight::of(lane, "ffn_out_b", &l.out_b, dtype)?,
                 ln2_g: Weight::of(lane, "ffn_ln_gamma", &l.ln2_g, f32)?,
                 ln2_b: Weight::of(lane, "ffn_ln_beta", &l.ln2_b, f32)?,
             });

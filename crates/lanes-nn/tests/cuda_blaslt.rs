@@ -112,7 +112,8 @@ fn down(lane: &Lease, h: Half, buf: &Buffer, n: usize) -> Vec<f32> {
     h.decode(&bytes)
 }
 
-/// `ex.linear` on device inputs; returns the output.
+/// `ex.linear` on device inputs (the bias in `h`, as the encoder keeps it);
+/// returns the output.
 #[allow(clippy::too_many_arguments)]
 fn run_linear(
     ex: &CudaExec,
@@ -124,13 +125,28 @@ fn run_linear(
     b: &Buffer,
     gelu: bool,
 ) -> Vec<f32> {
+    run_linear_bias(ex, lane, h, (rows, k, n), x, w, (b, h.dtype()), gelu)
+}
+
+/// `ex.linear` with the bias of dtype `bias_dt` (f32 or `h`).
+#[allow(clippy::too_many_arguments)]
+fn run_linear_bias(
+    ex: &CudaExec,
+    lane: &Lease,
+    h: Half,
+    (rows, k, n): (usize, usize, usize),
+    x: &Buffer,
+    w: &Buffer,
+    (b, bias_dt): (&Buffer, DType),
+    gelu: bool,
+) -> Vec<f32> {
     let mut out = lane.alloc(rows * n * 2).expect("alloc");
     let dt = h.dtype();
     ex.linear(
         lane,
         Tensor::new("x", x, dt, &[rows, k]).unwrap(),
         Tensor::new("w", w, dt, &[n, k]).unwrap(),
-        Tensor::new("b", b, DType::F32, &[n]).unwrap(),
+        Tensor::new("b", b, bias_dt, &[n]).unwrap(),
         gelu,
         TensorMut::new("out", &mut out, dt, &[rows, n]).unwrap(),
     )
@@ -216,10 +232,11 @@ fn lt_linear_matches_host_and_gemm_ex() {
                     // Weights scaled so outputs reach |x| ~ 2-4, where the
                     // tanh and erf GELUs differ most.
                     let w = h.vec(&mut rng, n * k, -0.15, 0.15);
-                    let b = rng.vec(n, -0.5, 0.5);
+                    // The bias in `h` (as the encoder's 16-bit weights keep it).
+                    let b = h.vec(&mut rng, n, -0.5, 0.5);
                     let want = reference(h, (rows, k, n), &x, &w, &b, gelu);
                     let (xb, wb) = (up(&lane, &h.encode(&x)), up(&lane, &h.encode(&w)));
-                    let bb = up(&lane, bytemuck::cast_slice(&b));
+                    let bb = up(&lane, &h.encode(&b));
 
                     let before = lt_stats(&lane);
                     let got_gemm = run_linear(&gemm, &lane, h, (rows, k, n), &xb, &wb, &bb, gelu);
@@ -247,6 +264,26 @@ fn lt_linear_matches_host_and_gemm_ex() {
                             }
                         );
                     }
+                    // An f32 bias: cuBLASLt is not asked (it refuses an f32 bias
+                    // with a 16-bit output); GemmEx + the f32-bias kernel instead.
+                    let bf = up(&lane, bytemuck::cast_slice(&b));
+                    let pre = lt_stats(&lane);
+                    let got_f32b = run_linear_bias(
+                        &lt,
+                        &lane,
+                        h,
+                        (rows, k, n),
+                        &xb,
+                        &wb,
+                        (&bf, DType::F32),
+                        gelu,
+                    );
+                    assert_eq!(
+                        lt_stats(&lane).matmuls,
+                        pre.matmuls,
+                        "{what} {h:?}: an f32 bias went to cuBLASLt"
+                    );
+                    check(&format!("GemmEx f32 bias {what}"), h, &got_f32b, &want);
                     check(&format!("GemmEx {what}"), h, &got_gemm, &want);
                     check(&format!("cuBLASLt {what}"), h, &got_lt, &want);
                     let d = check(&format!("cuBLASLt vs GemmEx {what}"), h, &got_lt, &got_gemm);
@@ -314,11 +351,8 @@ fn captured_lt_matmul_replays() {
         let (k, n) = (384, 1536);
         let mut rng = Rng(11);
         let w = h.vec(&mut rng, n * k, -0.15, 0.15);
-        let b = rng.vec(n, -0.5, 0.5);
-        let (wb, bb) = (
-            up(&lane, &h.encode(&w)),
-            up(&lane, bytemuck::cast_slice(&b)),
-        );
+        let b = h.vec(&mut rng, n, -0.5, 0.5);
+        let (wb, bb) = (up(&lane, &h.encode(&w)), up(&lane, &h.encode(&b)));
         // One eager linear first: creates the lane's cuBLASLt handle and workspace
         // (as the encoder's eager forward does before its first capture).
         let x0 = h.vec(&mut rng, 64 * k, -1.0, 1.0);
@@ -336,7 +370,7 @@ fn captured_lt_matmul_replays() {
                     l,
                     Tensor::new("x", &x, dt, &[rows, k]).unwrap(),
                     Tensor::new("w", &wb, dt, &[n, k]).unwrap(),
-                    Tensor::new("b", &bb, DType::F32, &[n]).unwrap(),
+                    Tensor::new("b", &bb, dt, &[n]).unwrap(),
                     true,
                     TensorMut::new("out", &mut out, dt, &[rows, n]).unwrap(),
                 )

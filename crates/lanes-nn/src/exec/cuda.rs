@@ -548,17 +548,28 @@ impl Exec for CudaExec {
                 (w.name(), w.dtype()),
                 (out.name(), out.dtype()),
             ],
-            &[(b.name(), b.dtype())],
+            // (The bias is f32 or `dt`: `check_linear` checked it.)
+            &[],
         )?;
         let total = u32_of("rows * n", rows.saturating_mul(n))?;
+        let bias_dt = b.dtype();
         let (x, w, b, out) = (x.ptr(), w.ptr(), b.ptr(), out.ptr());
         if dt != DType::F32 {
             // SAFETY: `check_linear` validated the shapes and device, `activation_dtype`
-            // the dtypes (x, w, out `dt`, b f32); out is a unique borrow, distinct from
-            // the inputs: `Fused::linear`'s contract.
+            // the dtypes (x, w, out `dt`; b f32 or `dt`, as `bias_dt` says); out is a
+            // unique borrow, distinct from the inputs: `Fused::linear`'s contract.
             return unsafe {
-                self.fused
-                    .linear(lane, dt, self.blaslt, (rows, k, n), x, w, b, gelu, out)
+                self.fused.linear(
+                    lane,
+                    dt,
+                    self.blaslt,
+                    (rows, k, n),
+                    x,
+                    w,
+                    (b, bias_dt),
+                    gelu,
+                    out,
+                )
             };
         }
         if self.gemm.fused(rows, n) {

@@ -11,7 +11,8 @@
 //
 // Dtypes (`T` = the activation dtype, one kernel per dtype, suffix _f32/_f16/_bf16):
 //   activations, qkv, embedding tables, GEMM weights: T
-//   biases, LayerNorm gamma/beta: f32 (always)
+//   GEMM biases: f32, or T (`bias_act*_t`; the encoder's 16-bit weights keep theirs in T)
+//   attention bias, LayerNorm gamma/beta: f32 (always)
 //   ids, token types, offsets: u32
 //   pooled embeddings (pool_mean's output): f32 (always)
 // Math is f32 everywhere (f64 for LayerNorm statistics, softmax sums and pooling
@@ -236,13 +237,13 @@ FLN_ALL(f16, f16)
 FLN_ALL(bf16, bf16)
 
 // ---------------------------------------------------------------------------
-// GEMM epilogue, in place: out[r, j] = T(act(out[r, j] + bias[j])), bias f32.
+// GEMM epilogue, in place: out[r, j] = T(act(out[r, j] + bias[j])), bias f32 or T.
 // `bias_act_vec` moves 16 bytes a thread (4 f32 or 8 halves): n % (16 / sizeof T)
 // == 0 and `out` 16-byte aligned (the host checks); `bias_act` is the scalar
 // fallback. total = rows * n < 2^31.
 
-template <class T>
-__device__ __forceinline__ void fbias_act_vec(T* __restrict__ out, const float* __restrict__ bias, unsigned total,
+template <class T, class B>
+__device__ __forceinline__ void fbias_act_vec(T* __restrict__ out, const B* __restrict__ bias, unsigned total,
                                               unsigned n, int gelu) {
     constexpr unsigned VEC = 16 / sizeof(T);
     const unsigned nv = total / VEC;
@@ -253,7 +254,7 @@ __device__ __forceinline__ void fbias_act_vec(T* __restrict__ out, const float* 
         const unsigned col = (i * VEC) % n;
 #pragma unroll
         for (unsigned e = 0; e < VEC; e++) {
-            float f = __fadd_rn(to_f(v[e]), bias[col + e]);
+            float f = __fadd_rn(to_f(v[e]), to_f(bias[col + e]));
             if (gelu) f = gelu_t<T>(f);
             v[e] = from_f<T>(f);
         }
@@ -261,28 +262,32 @@ __device__ __forceinline__ void fbias_act_vec(T* __restrict__ out, const float* 
     }
 }
 
-template <class T>
-__device__ __forceinline__ void fbias_act(T* __restrict__ out, const float* __restrict__ bias, unsigned total,
+template <class T, class B>
+__device__ __forceinline__ void fbias_act(T* __restrict__ out, const B* __restrict__ bias, unsigned total,
                                           unsigned n, int gelu) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-        float f = __fadd_rn(to_f(out[i]), bias[i % n]);
+        float f = __fadd_rn(to_f(out[i]), to_f(bias[i % n]));
         if (gelu) f = gelu_t<T>(f);
         out[i] = from_f<T>(f);
     }
 }
 
-#define FBIAS_KERNELS(T, S)                                                                                   \
-    extern "C" __global__ void bias_act_vec_##S(T* __restrict__ out, const float* __restrict__ bias,         \
-                                                unsigned total, unsigned n, int gelu) {                       \
-        fbias_act_vec<T>(out, bias, total, n, gelu);                                                          \
+// bias_act[_vec]_{S}: f32 bias; bias_act[_vec]_{S}_t: the bias in T (the 16-bit
+// models keep their biases in the activation dtype, as cuBLASLt's epilogue needs).
+#define FBIAS_KERNELS(T, S, B, BS)                                                                            \
+    extern "C" __global__ void bias_act_vec_##S##BS(T* __restrict__ out, const B* __restrict__ bias,         \
+                                                    unsigned total, unsigned n, int gelu) {                   \
+        fbias_act_vec<T, B>(out, bias, total, n, gelu);                                                       \
     }                                                                                                         \
-    extern "C" __global__ void bias_act_##S(T* __restrict__ out, const float* __restrict__ bias, unsigned total, \
-                                            unsigned n, int gelu) {                                           \
-        fbias_act<T>(out, bias, total, n, gelu);                                                              \
+    extern "C" __global__ void bias_act_##S##BS(T* __restrict__ out, const B* __restrict__ bias,             \
+                                                unsigned total, unsigned n, int gelu) {                       \
+        fbias_act<T, B>(out, bias, total, n, gelu);                                                           \
     }
-FBIAS_KERNELS(float, f32)
-FBIAS_KERNELS(f16, f16)
-FBIAS_KERNELS(bf16, bf16)
+FBIAS_KERNELS(float, f32, float, )
+FBIAS_KERNELS(f16, f16, float, )
+FBIAS_KERNELS(bf16, bf16, float, )
+FBIAS_KERNELS(f16, f16, f16, _t)
+FBIAS_KERNELS(bf16, bf16, bf16, _t)
 
 // ---------------------------------------------------------------------------
 // Flash-style multi-head attention from the fused projection qkv [rows, 3 * hidden]

@@ -47,7 +47,8 @@ pub struct EmbedTables<'a> {
 ///
 /// Dtypes: every op computes in one activation dtype `T` (the output's, which must
 /// be one of the backend's `floats`); weight matrices and embedding tables are `T`
-/// too, biases and LayerNorm parameters always f32, the pooled output always f32.
+/// too, a linear's bias f32 or `T`, LayerNorm parameters always f32, the pooled
+/// output always f32.
 pub trait Exec: Send + Sync + 'static {
     /// `out[t] = LayerNorm(word[ids[t]] + token_type[types[t]] + position[p(t)])`
     /// where `p(t)` is `t`'s index within its sequence; `ids`, `types` are
@@ -218,7 +219,9 @@ pub fn check_linear(
     c.dtype(out.name(), act, floats)?;
     c.dtype(x.name(), x.dtype(), &[act])?;
     c.dtype(w.name(), w.dtype(), &[act])?;
-    c.dtype(b.name(), b.dtype(), &[DType::F32])?;
+    // The bias: f32, or the activation dtype (the 16-bit models keep theirs so,
+    // for cuBLASLt's fused epilogue).
+    c.dtype(b.name(), b.dtype(), &[DType::F32, act])?;
     c.on_lane(lane, &[x, w, b, &out.as_tensor()])?;
     Ok((rows, k, n))
 }

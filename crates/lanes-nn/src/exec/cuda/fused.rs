@@ -22,7 +22,7 @@
 //! | op | launches |
 //! | --- | --- |
 //! | `embed_ln` | 1 (`embed_ln_{T}_{V}`) |
-//! | `linear` | 1 (`cublasLtMatmul`, epilogue `BIAS` or `GELU_BIAS`, f32 bias); without cuBLASLt 2 (`cublasGemmEx` + `bias_act_vec_{T}`, bias and exact GELU in place) |
+//! | `linear` | 1 (`cublasLtMatmul`, epilogue `BIAS` or `GELU_BIAS`, bias in T); without cuBLASLt 2 (`cublasGemmEx` + `bias_act_vec_{T}[_t]`, bias and exact GELU in place) |
 //! | `attention` | 1 (`tc2_attn_{T}_d{32,64}`: mma.sync flash attention, [`AttnKernel::V2`]; `tc_attn_{T}_d{32,64}` under [`AttnKernel::V1`]; other head sizes `flash_attn_{T}_c{C}`) |
 //! | `add_layer_norm` | 1 (`add_ln_{T}_{V}`) |
 //! | `pool_mean` | 1 (`pool_mean_{T}`, f32 out; also the f32 path's) |
@@ -152,6 +152,9 @@ pub(super) struct Fused {
     add_ln: [[CudaFunction; 3]; 3],
     bias_act_vec: [CudaFunction; 3],
     bias_act: [CudaFunction; 3],
+    /// The same with the bias in T (f16, bf16).
+    bias_act_vec_t: [CudaFunction; 2],
+    bias_act_t: [CudaFunction; 2],
     /// `[dtype][log2 C]`, head_dim <= 32 * C.
     flash: [[CudaFunction; 3]; 3],
     /// `[f16, bf16][D = 32, 64]`: `tc_attn` (v1) and `tc2_attn` (v2).
@@ -200,6 +203,11 @@ impl Fused {
             add_ln: ln("add_ln")?,
             bias_act_vec: per_dtype(&|s| f(format!("bias_act_vec_{s}")))?,
             bias_act: per_dtype(&|s| f(format!("bias_act_{s}")))?,
+            bias_act_vec_t: [
+                f("bias_act_vec_f16_t".into())?,
+                f("bias_act_vec_bf16_t".into())?,
+            ],
+            bias_act_t: [f("bias_act_f16_t".into())?, f("bias_act_bf16_t".into())?],
             flash: [flash("f32")?, flash("f16")?, flash("bf16")?],
             tc: [tc("tc_attn", "f16")?, tc("tc_attn", "bf16")?],
             tc2: [tc("tc2_attn", "f16")?, tc("tc2_attn", "bf16")?],
@@ -286,14 +294,16 @@ impl Fused {
     }
 
     /// `linear` in `dt`: `out = act(x · wᵀ + b)` on tensor cores (f32
-    /// accumulation). With `blaslt` (and `dt` 16-bit) one cuBLASLt matmul with the
-    /// f32 bias (+ tanh GELU) in its epilogue, where the lane's cuBLASLt takes the
-    /// problem; otherwise `cublasGemmEx`, then the f32 bias (+ exact GELU) in place.
+    /// accumulation). With `blaslt`, `dt` 16-bit and the bias in `dt` (the encoder's
+    /// 16-bit weights keep their biases so), one cuBLASLt matmul with the bias (+ tanh
+    /// GELU) in its epilogue, where the lane's cuBLASLt takes the problem (it refuses
+    /// an f32 bias with a 16-bit output); otherwise `cublasGemmEx`, then the bias (+
+    /// exact GELU) in place.
     ///
     /// # Safety
     /// `check_linear` validated the tensors: x `[rows, k]`, w `[n, k]`, out
-    /// `[rows, n]` of `dt`, b `n` f32s; out is a distinct (mutably borrowed) buffer;
-    /// all memory of the lane's device.
+    /// `[rows, n]` of `dt`, b `n` values of `bias_dt` (f32 or `dt`); out is a distinct
+    /// (mutably borrowed) buffer; all memory of the lane's device.
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn linear(
         &self,
@@ -303,7 +313,7 @@ impl Fused {
         (rows, k, n): (usize, usize, usize),
         x: DevicePtr,
         w: DevicePtr,
-        b: DevicePtr,
+        (b, bias_dt): (DevicePtr, DType),
         gelu: bool,
         out: DevicePtr,
     ) -> Result<()> {
@@ -313,7 +323,7 @@ impl Fused {
         // (A lane without a usable cuBLASLt, e.g. no libcublasLt, takes GemmEx;
         // with `blaslt` off the lane's cuBLASLt is never created.)
         let lt = match (blaslt, ty) {
-            (true, GemmType::F16 | GemmType::BF16) => lane.blas_lt().ok(),
+            (true, GemmType::F16 | GemmType::BF16) if bias_dt == dt => lane.blas_lt().ok(),
             _ => None,
         };
         if let Some(lt) = lt {
@@ -325,7 +335,7 @@ impl Fused {
             // Row-major out[rows, n] = x · wᵀ + b is column-major D (n × rows) =
             // wᵀ · x with b (n entries) added down each column: one per row of D.
             // SAFETY: per this function's contract x holds rows*k, w n*k and out
-            // rows*n elements of `dt` and b n f32s, on this lane's device, alive
+            // rows*n elements of `dt` and b n of `dt` (checked above), on this lane's device, alive
             // until the matmul has run (stream order); out overlaps no input.
             let done = unsafe {
                 lt.matmul_bias(
@@ -336,7 +346,7 @@ impl Fused {
                     (x, k),
                     ty,
                     (out, n),
-                    b,
+                    (b, ty),
                     epilogue,
                 )
             }?;
@@ -364,10 +374,12 @@ impl Fused {
         }?;
         let vec = 16 / dt.size();
         let vectorized = n % vec == 0 && out.0 % 16 == 0;
-        let f = if vectorized {
-            &self.bias_act_vec[d]
-        } else {
-            &self.bias_act[d]
+        // Bias in `dt` (16-bit only): the `_t` kernels; else the f32-bias ones.
+        let f = match (vectorized, bias_dt == dt && d > 0) {
+            (true, false) => &self.bias_act_vec[d],
+            (false, false) => &self.bias_act[d],
+            (true, true) => &self.bias_act_vec_t[d - 1],
+            (false, true) => &self.bias_act_t[d - 1],
         };
         let (out_p, b_p, n_u, gelu_i) = (out.0, b.0, n as u32, i32::from(gelu));
         let mut args = [
@@ -383,8 +395,9 @@ impl Fused {
             total
         };
         let grid = work.div_ceil(EPI_THREADS).clamp(1, 8192);
-        // SAFETY: the arguments match `bias_act[_vec]_{T}(out, bias, total, n, gelu)`;
-        // out holds total = rows*n elements of `dt`, bias n f32s; the vectorized kernel
+        // SAFETY: the arguments match `bias_act[_vec]_{T}[_t](out, bias, total, n,
+        // gelu)` (`_t`: bias of `dt`, else f32, as chosen above); out holds total =
+        // rows*n elements of `dt`, bias n values; the vectorized kernel
         // moves 16 bytes a thread, so it needs n a multiple of 16 / size (every
         // 16-byte group then lies in one row) and a 16-byte aligned out (checked).
         unsafe { launch(lane, f, (grid, 1, 1), EPI_THREADS, 0, &mut args) }
@@ -622,9 +635,15 @@ mod tests {
             }
             assert!(SOURCE.contains(&format!("FLN_ALL({t}, {short})")), "{s}");
             assert!(
-                SOURCE.contains(&format!("FBIAS_KERNELS({t}, {short})")),
+                SOURCE.contains(&format!("FBIAS_KERNELS({t}, {short}, float, )")),
                 "{s}"
             );
+            if s != "f32" {
+                assert!(
+                    SOURCE.contains(&format!("FBIAS_KERNELS({t}, {short}, {t}, _t)")),
+                    "{s} with its bias in {s}"
+                );
+            }
             assert!(
                 SOURCE.contains(&format!("FPOOL_KERNEL({t}, {short})")),
                 "{s}"

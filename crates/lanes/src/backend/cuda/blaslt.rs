@@ -17,9 +17,12 @@
 //!   operands not 256-byte aligned) are not errors: [`LaneBlasLt::matmul_bias`]
 //!   answers `Ok(false)` having enqueued nothing, and the caller takes another path.
 //!
-//! Numerics: f32 accumulation (`CUBLAS_COMPUTE_32F`, f32 alpha / beta), an f32
-//! bias (`CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE = CUDA_R_32F`) added in f32 before
-//! the rounding to the output type. cuBLASLt's GELU ([`Epilogue::GeluBias`]) is the
+//! Numerics: f32 accumulation (`CUBLAS_COMPUTE_32F`, f32 alpha / beta), the bias
+//! (`CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE`, the caller's type) added in f32 before
+//! the rounding to the output type. For f16 / bf16 outputs the bias must be of
+//! the output's type: on the H200 with CUDA 13.0, an f32 bias with a 16-bit D made
+//! the heuristic answer `CUBLAS_STATUS_INVALID_VALUE` (run of 2026-12-04), so
+//! `lanes_nn` keeps its 16-bit models' biases in the activation dtype. cuBLASLt's GELU ([`Epilogue::GeluBias`]) is the
 //! tanh approximation, `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`, not the exact
 //! erf GELU: they differ by at most 4.7e-4 in absolute value (at x ≈ ±2.70; the
 //! difference is odd-symmetric since GELU(x) − GELU(−x) = x). At x ≈ 2.7 that is
@@ -99,6 +102,7 @@ struct Key {
     lds: (i64, i64, i64),
     ab: GemmType,
     d: GemmType,
+    bias: GemmType,
     epilogue: Epilogue,
 }
 
@@ -234,7 +238,7 @@ impl LaneBlasLt {
     /// `D = epilogue(op(A) · op(B), bias)`, column-major as
     /// [`super::LaneBlas::gemm_ex`]: `op(A)` is `m×k`, `op(B)` is `k×n`, D is
     /// `m×n` (leading dimension `ldd`, type `d_type`), A and B of type `ab`; f32
-    /// accumulation; `bias` holds `m` f32s, one per row of D. Enqueued on the lane's
+    /// accumulation; `bias` holds `m` values of `bias_type`, one per row of D. Enqueued on the lane's
     /// stream.
     ///
     /// Returns `Ok(false)`, having enqueued nothing, when cuBLASLt does not take the
@@ -257,7 +261,7 @@ impl LaneBlasLt {
         (b, ldb): (DevicePtr, usize),
         d_type: GemmType,
         (d, ldd): (DevicePtr, usize),
-        bias: DevicePtr,
+        (bias, bias_type): (DevicePtr, GemmType),
         epilogue: Epilogue,
     ) -> Result<bool> {
         let mut guard = lock(&self.state);
@@ -276,6 +280,7 @@ impl LaneBlasLt {
             lds: (ld(lda)?, ld(ldb)?, ld(ldd)?),
             ab,
             d: d_type,
+            bias: bias_type,
             epilogue,
         };
         bind(&self.ctx).map_err(|e| self.err("cuCtxSetCurrent", describe(e)))?;
@@ -382,7 +387,7 @@ impl LaneBlasLt {
         type A = sys::cublasLtMatmulDescAttributes_t;
         let (ta, tb) = (op_raw(key.ops.0), op_raw(key.ops.1));
         let epi = key.epilogue.raw() as u32;
-        let bias_type = sys::cudaDataType::CUDA_R_32F as i32;
+        let bias_type = data_type(key.bias) as i32;
         let bias_ptr = bias.0 as *const c_void;
         let attrs: [(A, *const c_void, usize, &'static str); 5] = [
             (
