@@ -17,8 +17,11 @@
 
 use std::ffi::c_void;
 
+mod common;
+
+use common::{cosine, cuda, Dt, Rng, HALVES as DTYPES};
 use lanes::backend::cuda::{kernel_arg, CudaBackend, CudaLane};
-use lanes::{Buffer, Device, DeviceConfig, Lease};
+use lanes::{Buffer, Device, Lease};
 use lanes_nn::exec::cuda::{AttnKernel, CudaExec};
 use lanes_nn::exec::Exec;
 use lanes_nn::{cpu, DType, Tensor, TensorMut};
@@ -28,79 +31,6 @@ const SOURCE: &str = include_str!("../src/exec/fused.cu");
 
 /// What rows the kernels must not write hold (exactly representable in f16 / bf16).
 const SENTINEL: f32 = 7.0;
-
-fn cuda() -> Option<Device> {
-    match Device::cuda(0, DeviceConfig::default()) {
-        Ok(d) => Some(d),
-        Err(e) if std::env::var("LANES_REQUIRE_CUDA").as_deref() == Ok("1") => {
-            panic!("LANES_REQUIRE_CUDA=1 but CUDA device 0 cannot be opened: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED (no CUDA): {e}");
-            None
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Dt {
-    F16,
-    Bf16,
-}
-
-const DTYPES: [Dt; 2] = [Dt::F16, Dt::Bf16];
-
-impl Dt {
-    fn suffix(self) -> &'static str {
-        match self {
-            Dt::F16 => "f16",
-            Dt::Bf16 => "bf16",
-        }
-    }
-    fn dtype(self) -> DType {
-        match self {
-            Dt::F16 => DType::F16,
-            Dt::Bf16 => DType::BF16,
-        }
-    }
-    fn round(self, x: f32) -> f32 {
-        match self {
-            Dt::F16 => half::f16::from_f32(x).to_f32(),
-            Dt::Bf16 => half::bf16::from_f32(x).to_f32(),
-        }
-    }
-    fn encode(self, v: &[f32]) -> Vec<u8> {
-        match self {
-            Dt::F16 => v
-                .iter()
-                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-                .collect(),
-            Dt::Bf16 => v
-                .iter()
-                .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
-                .collect(),
-        }
-    }
-    fn decode(self, b: &[u8]) -> Vec<f32> {
-        match self {
-            Dt::F16 => b
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dt::Bf16 => b
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-        }
-    }
-    /// Absolute tolerance per unit of magnitude; minimum cosine.
-    fn tol(self) -> (f32, f64) {
-        match self {
-            Dt::F16 => (2e-3, 0.9999),
-            Dt::Bf16 => (1.6e-2, 0.999),
-        }
-    }
-}
 
 /// Which raw kernel a case launches.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -176,27 +106,6 @@ impl Gpu {
     }
 }
 
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn vec(&mut self, dt: Option<Dt>, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                let x = lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32);
-                dt.map_or(x, |dt| dt.round(x))
-            })
-            .collect()
-    }
-}
-
 /// Lengths around the 64-key tiles and the 128-query blocks, with empty sequences.
 const LENS: [usize; 13] = [1, 7, 63, 64, 0, 65, 127, 128, 129, 200, 512, 0, 33];
 
@@ -242,8 +151,8 @@ impl Case {
             d,
             tokens,
             max_len,
-            qkv: rng.vec(Some(dt), tokens * 3 * hidden, -1.5, 1.5),
-            bias: bias.then(|| rng.vec(None, 3 * hidden, -0.3, 0.3)),
+            qkv: rng.vec_in(dt, tokens * 3 * hidden, -1.5, 1.5),
+            bias: bias.then(|| rng.vec_in(Dt::F32, 3 * hidden, -0.3, 0.3)),
             offs,
         }
     }
@@ -353,17 +262,6 @@ impl Case {
             self.bias.is_some()
         )
     }
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| f64::from(x) * f64::from(y))
-        .sum();
-    let na: f64 = a.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb).max(1e-300)
 }
 
 /// `got` matches `want`: elements holding [`SENTINEL`] in `want` hold it exactly in

@@ -19,70 +19,12 @@
 
 mod common;
 
-use common::{cosine, cuda, fixtures, max_abs_diff, model_dir, Rng};
+use common::{cosine, cuda, fixtures, max_abs_diff, model_dir, Dt as Half, Rng, HALVES};
 use lanes::backend::cuda::{CudaLane, LtStats};
 use lanes::{Buffer, Lease};
 use lanes_nn::exec::cuda::{blaslt_from_env, CudaExec};
 use lanes_nn::exec::Exec;
 use lanes_nn::{cpu, DType, Encoder, EncoderOptions, Precision, Tensor, TensorMut};
-
-/// The 16-bit activation dtypes.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Half {
-    F16,
-    Bf16,
-}
-
-const HALVES: [Half; 2] = [Half::F16, Half::Bf16];
-
-impl Half {
-    fn dtype(self) -> DType {
-        match self {
-            Half::F16 => DType::F16,
-            Half::Bf16 => DType::BF16,
-        }
-    }
-    fn round(self, x: f32) -> f32 {
-        match self {
-            Half::F16 => half::f16::from_f32(x).to_f32(),
-            Half::Bf16 => half::bf16::from_f32(x).to_f32(),
-        }
-    }
-    fn encode(self, v: &[f32]) -> Vec<u8> {
-        match self {
-            Half::F16 => v
-                .iter()
-                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-                .collect(),
-            Half::Bf16 => v
-                .iter()
-                .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
-                .collect(),
-        }
-    }
-    fn decode(self, b: &[u8]) -> Vec<f32> {
-        b.chunks_exact(2)
-            .map(|c| match self {
-                Half::F16 => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
-                Half::Bf16 => half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
-            })
-            .collect()
-    }
-    /// Absolute tolerance per unit of magnitude; minimum cosine.
-    fn tol(self) -> (f32, f64) {
-        match self {
-            Half::F16 => (2e-3, 0.9999),
-            Half::Bf16 => (1.6e-2, 0.999),
-        }
-    }
-    /// `n` values in [lo, hi), rounded to this dtype.
-    fn vec(self, rng: &mut Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        rng.vec(n, lo, hi)
-            .into_iter()
-            .map(|x| self.round(x))
-            .collect()
-    }
-}
 
 fn cuda_lane(lease: &Lease) -> &CudaLane {
     lease
@@ -228,12 +170,12 @@ fn lt_linear_matches_host_and_gemm_ex() {
                 for rows in ROWS {
                     let what = format!("{rows}x{k}x{n} gelu={gelu}");
                     let mut rng = Rng((rows * 7919 + k * 31 + n) as u64);
-                    let x = h.vec(&mut rng, rows * k, -1.0, 1.0);
+                    let x = rng.vec_in(h, rows * k, -1.0, 1.0);
                     // Weights scaled so outputs reach |x| ~ 2-4, where the
                     // tanh and erf GELUs differ most.
-                    let w = h.vec(&mut rng, n * k, -0.15, 0.15);
+                    let w = rng.vec_in(h, n * k, -0.15, 0.15);
                     // The bias in `h` (as the encoder's 16-bit weights keep it).
-                    let b = h.vec(&mut rng, n, -0.5, 0.5);
+                    let b = rng.vec_in(h, n, -0.5, 0.5);
                     let want = reference(h, (rows, k, n), &x, &w, &b, gelu);
                     let (xb, wb) = (up(&lane, &h.encode(&x)), up(&lane, &h.encode(&w)));
                     let bb = up(&lane, &h.encode(&b));
@@ -350,12 +292,12 @@ fn captured_lt_matmul_replays() {
     for h in HALVES {
         let (k, n) = (384, 1536);
         let mut rng = Rng(11);
-        let w = h.vec(&mut rng, n * k, -0.15, 0.15);
-        let b = h.vec(&mut rng, n, -0.5, 0.5);
+        let w = rng.vec_in(h, n * k, -0.15, 0.15);
+        let b = rng.vec_in(h, n, -0.5, 0.5);
         let (wb, bb) = (up(&lane, &h.encode(&w)), up(&lane, &h.encode(&b)));
         // One eager linear first: creates the lane's cuBLASLt handle and workspace
         // (as the encoder's eager forward does before its first capture).
-        let x0 = h.vec(&mut rng, 64 * k, -1.0, 1.0);
+        let x0 = rng.vec_in(h, 64 * k, -1.0, 1.0);
         let xb0 = up(&lane, &h.encode(&x0));
         run_linear(&ex, &lane, h, (64, k, n), &xb0, &wb, &bb, true);
         // A row count never run eagerly: its plan is built during the capture.
@@ -391,7 +333,7 @@ fn captured_lt_matmul_replays() {
             panic!("two graph buffers")
         };
         for replay in 0..3 {
-            let x = h.vec(&mut rng, rows * k, -1.0, 1.0);
+            let x = rng.vec_in(h, rows * k, -1.0, 1.0);
             lane.upload(gx, &h.encode(&x)).unwrap();
             graph.launch(&lane).unwrap();
             let got = down(&lane, h, gout, rows * n);

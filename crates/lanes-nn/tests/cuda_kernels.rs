@@ -22,112 +22,24 @@
 use std::ffi::c_void;
 
 use lanes::backend::cuda::{kernel_arg, CudaBackend, CudaFunction, CudaLane, GemmType, Op};
-use lanes::{Buffer, Device, DeviceConfig, Lease};
+use lanes::{Buffer, Device, Lease};
 use lanes_nn::exec::cuda::CudaExec;
 use lanes_nn::exec::{EmbedTables, Exec};
 use lanes_nn::{cpu, DType, Model, Tensor, TensorMut};
 
 mod common;
 
+use common::{cosine, cuda, Dt, Rng, DTYPES};
+
 const MODULE: &str = "lanes_nn_fused";
 const SOURCE: &str = include_str!("../src/exec/fused.cu");
 
-fn cuda() -> Option<Device> {
-    match Device::cuda(0, DeviceConfig::default()) {
-        Ok(d) => Some(d),
-        Err(e) if std::env::var("LANES_REQUIRE_CUDA").as_deref() == Ok("1") => {
-            panic!("LANES_REQUIRE_CUDA=1 but CUDA device 0 cannot be opened: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED (no CUDA): {e}");
-            None
-        }
-    }
-}
-
-/// The activation dtypes under test.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Dt {
-    F32,
-    F16,
-    Bf16,
-}
-
-const DTYPES: [Dt; 3] = [Dt::F32, Dt::F16, Dt::Bf16];
-
-impl Dt {
-    fn suffix(self) -> &'static str {
-        match self {
-            Dt::F32 => "f32",
-            Dt::F16 => "f16",
-            Dt::Bf16 => "bf16",
-        }
-    }
-    fn size(self) -> usize {
-        if self == Dt::F32 {
-            4
-        } else {
-            2
-        }
-    }
-    fn dtype(self) -> DType {
-        match self {
-            Dt::F32 => DType::F32,
-            Dt::F16 => DType::F16,
-            Dt::Bf16 => DType::BF16,
-        }
-    }
-    fn gemm(self) -> GemmType {
-        match self {
-            Dt::F32 => GemmType::F32,
-            Dt::F16 => GemmType::F16,
-            Dt::Bf16 => GemmType::BF16,
-        }
-    }
-    /// `x` rounded to this dtype (as the device stores it).
-    fn round(self, x: f32) -> f32 {
-        match self {
-            Dt::F32 => x,
-            Dt::F16 => half::f16::from_f32(x).to_f32(),
-            Dt::Bf16 => half::bf16::from_f32(x).to_f32(),
-        }
-    }
-    fn encode(self, v: &[f32]) -> Vec<u8> {
-        match self {
-            Dt::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Dt::F16 => v
-                .iter()
-                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-                .collect(),
-            Dt::Bf16 => v
-                .iter()
-                .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
-                .collect(),
-        }
-    }
-    fn decode(self, b: &[u8]) -> Vec<f32> {
-        match self {
-            Dt::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dt::F16 => b
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dt::Bf16 => b
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-        }
-    }
-    /// Absolute tolerance per unit of magnitude; minimum cosine.
-    fn tol(self) -> (f32, f64) {
-        match self {
-            Dt::F32 => (1e-5, 0.999_999),
-            Dt::F16 => (2e-3, 0.9999),
-            Dt::Bf16 => (1.6e-2, 0.999),
-        }
+/// The cuBLAS element type of `dt`.
+fn gemm_type(dt: Dt) -> GemmType {
+    match dt {
+        Dt::F32 => GemmType::F32,
+        Dt::F16 => GemmType::F16,
+        Dt::Bf16 => GemmType::BF16,
     }
 }
 
@@ -205,26 +117,6 @@ impl Gpu {
     }
 }
 
-/// A small deterministic generator (SplitMix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn f32(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
-    }
-    /// `n` values in [lo, hi), rounded to `dt`.
-    fn vec(&mut self, dt: Dt, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n).map(|_| dt.round(self.f32(lo, hi))).collect()
-    }
-}
-
 /// Sequence lengths of the packed test batches: one token, odd lengths, exactly
 /// one 128-key tile and past it.
 const LENS: [usize; 6] = [1, 7, 128, 130, 33, 64];
@@ -235,17 +127,6 @@ fn offsets(lens: &[usize]) -> Vec<u32> {
         o.push(o.last().copied().unwrap_or(0) + l as u32);
     }
     o
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| f64::from(x) * f64::from(y))
-        .sum();
-    let na: f64 = a.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb).max(1e-300)
 }
 
 /// Asserts `got` matches `want` for `dt`: `|diff| <= tol * (1 + |want|)` and the
@@ -287,8 +168,8 @@ fn attention_case(gpu: &Gpu, dt: Dt, heads: usize, d: usize, kind: Attn) {
     let offs = offsets(&LENS);
     let rows = *offs.last().unwrap() as usize;
     let mut rng = Rng(11 + d as u64);
-    let qkv = rng.vec(dt, rows * 3 * hidden, -1.5, 1.5);
-    let bias: Vec<f32> = rng.vec(Dt::F32, 3 * hidden, -0.3, 0.3);
+    let qkv = rng.vec_in(dt, rows * 3 * hidden, -1.5, 1.5);
+    let bias: Vec<f32> = rng.vec_in(Dt::F32, 3 * hidden, -0.3, 0.3);
     let mut want = vec![0f32; rows * hidden];
     let split = |part: usize| -> Vec<f32> {
         (0..rows * hidden)
@@ -385,11 +266,11 @@ fn add_layer_norm_with_bias_matches_cpu() {
         for dim in [384usize, 100, 1024] {
             let rows = 37;
             let mut rng = Rng(dim as u64);
-            let x = rng.vec(dt, rows * dim, -2.0, 2.0);
-            let res = rng.vec(dt, rows * dim, -2.0, 2.0);
-            let bias = rng.vec(Dt::F32, dim, -0.5, 0.5);
-            let g = rng.vec(Dt::F32, dim, 0.5, 1.5);
-            let be = rng.vec(Dt::F32, dim, -0.2, 0.2);
+            let x = rng.vec_in(dt, rows * dim, -2.0, 2.0);
+            let res = rng.vec_in(dt, rows * dim, -2.0, 2.0);
+            let bias = rng.vec_in(Dt::F32, dim, -0.5, 0.5);
+            let g = rng.vec_in(Dt::F32, dim, 0.5, 1.5);
+            let be = rng.vec_in(Dt::F32, dim, -0.2, 0.2);
             let summed: Vec<f32> = (0..rows * dim)
                 .map(|i| (x[i] + bias[i % dim]) + res[i])
                 .collect();
@@ -441,18 +322,18 @@ fn embed_layer_norm_uses_positions_within_each_sequence() {
     let (vocab, types, max_pos, dim) = (50usize, 2usize, 200usize, 384usize);
     for dt in DTYPES {
         let mut rng = Rng(5);
-        let word = rng.vec(dt, vocab * dim, -1.0, 1.0);
-        let tt = rng.vec(dt, types * dim, -0.3, 0.3);
-        let pos = rng.vec(dt, max_pos * dim, -0.5, 0.5);
-        let g = rng.vec(Dt::F32, dim, 0.5, 1.5);
-        let be = rng.vec(Dt::F32, dim, -0.2, 0.2);
+        let word = rng.vec_in(dt, vocab * dim, -1.0, 1.0);
+        let tt = rng.vec_in(dt, types * dim, -0.3, 0.3);
+        let pos = rng.vec_in(dt, max_pos * dim, -0.5, 0.5);
+        let g = rng.vec_in(Dt::F32, dim, 0.5, 1.5);
+        let be = rng.vec_in(Dt::F32, dim, -0.2, 0.2);
         let offs = offsets(&LENS);
         let rows = *offs.last().unwrap() as usize;
         let ids: Vec<u32> = (0..rows)
-            .map(|_| (rng.next() % vocab as u64) as u32)
+            .map(|_| (rng.next_u64() % vocab as u64) as u32)
             .collect();
         let tys: Vec<u32> = (0..rows)
-            .map(|_| (rng.next() % types as u64) as u32)
+            .map(|_| (rng.next_u64() % types as u64) as u32)
             .collect();
         let mut summed = vec![0f32; rows * dim];
         for (b, &len) in LENS.iter().enumerate() {
@@ -519,7 +400,7 @@ fn pool_mean_matches_cpu() {
         let offs = offsets(&LENS);
         let rows = *offs.last().unwrap() as usize;
         let mut rng = Rng(9);
-        let hidden = rng.vec(dt, rows * dim, -1.0, 1.0);
+        let hidden = rng.vec_in(dt, rows * dim, -1.0, 1.0);
         let mut want = vec![0f32; LENS.len() * dim];
         cpu::mean_pool(&hidden, &offs, dim, &mut want);
         let (hb, ob) = (gpu.up_t(dt, &hidden), gpu.up_u32(&offs));
@@ -558,9 +439,9 @@ fn gemm_ex_and_bias_gelu_match_cpu() {
             (5, 384, 1152, false),
         ] {
             let mut rng = Rng((rows * n) as u64);
-            let x = rng.vec(dt, rows * k, -1.0, 1.0);
-            let w = rng.vec(dt, n * k, -0.1, 0.1);
-            let b = rng.vec(Dt::F32, n, -0.5, 0.5);
+            let x = rng.vec_in(dt, rows * k, -1.0, 1.0);
+            let w = rng.vec_in(dt, n * k, -0.1, 0.1);
+            let b = rng.vec_in(Dt::F32, n, -0.5, 0.5);
             let mut want = vec![0f32; rows * n];
             cpu::linear(&x, rows, k, &w, &b, &mut want);
             if gelu {
@@ -578,11 +459,11 @@ fn gemm_ex_and_bias_gelu_match_cpu() {
                     Op::N,
                     (n, rows, k),
                     1.0,
-                    dt.gemm(),
+                    gemm_type(dt),
                     (wb.ptr(), k),
                     (xb.ptr(), k),
                     0.0,
-                    dt.gemm(),
+                    gemm_type(dt),
                     (out.ptr(), n),
                 )
             }
@@ -685,7 +566,7 @@ fn bad_offsets_and_ids_stay_in_bounds() {
         let (op, tok_u, max_u, batch_u) =
             (off_b.ptr().0, tokens as u32, max_len as u32, batch as u32);
         // Attention (both kernels where they exist).
-        let qkv = gpu.up_t(dt, &rng.vec(dt, tokens * 3 * dim, -1.0, 1.0));
+        let qkv = gpu.up_t(dt, &rng.vec_in(dt, tokens * 3 * dim, -1.0, 1.0));
         let out = gpu.zeros(tokens * dim * dt.size());
         let (qp, outp, null, h_u, d_u, scale) = (
             qkv.ptr().0,
@@ -740,7 +621,7 @@ fn bad_offsets_and_ids_stay_in_bounds() {
         );
         // Embedding with ids, types past their tables (5 rows each).
         let ids: Vec<u32> = (0..tokens as u32).map(|i| i * 1000).collect();
-        let table = gpu.up_t(dt, &rng.vec(dt, 5 * dim, -1.0, 1.0));
+        let table = gpu.up_t(dt, &rng.vec_in(dt, 5 * dim, -1.0, 1.0));
         let g = gpu.up_t(Dt::F32, &vec![1.0; dim]);
         let ids_b = gpu.up_u32(&ids);
         let emb = gpu.zeros(tokens * dim * dt.size());

@@ -172,4 +172,103 @@ impl Rng {
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n as u64) as usize
     }
+
+    /// `n` values uniform in `[lo, hi)`, rounded to `dt` (as the device stores them).
+    pub fn vec_in(&mut self, dt: Dt, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| dt.round(self.f32(lo, hi))).collect()
+    }
+}
+
+/// An activation dtype of the GPU tests, with its host encoding and tolerances.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Dt {
+    F32,
+    F16,
+    Bf16,
+}
+
+/// Every activation dtype.
+pub const DTYPES: [Dt; 3] = [Dt::F32, Dt::F16, Dt::Bf16];
+/// The 16-bit ones.
+pub const HALVES: [Dt; 2] = [Dt::F16, Dt::Bf16];
+
+impl Dt {
+    /// The kernels' name suffix.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Dt::F32 => "f32",
+            Dt::F16 => "f16",
+            Dt::Bf16 => "bf16",
+        }
+    }
+
+    /// Bytes per value.
+    pub fn size(self) -> usize {
+        if self == Dt::F32 {
+            4
+        } else {
+            2
+        }
+    }
+
+    /// The tensor dtype.
+    pub fn dtype(self) -> lanes_nn::DType {
+        match self {
+            Dt::F32 => lanes_nn::DType::F32,
+            Dt::F16 => lanes_nn::DType::F16,
+            Dt::Bf16 => lanes_nn::DType::BF16,
+        }
+    }
+
+    /// `x` rounded to this dtype (as the device stores it).
+    pub fn round(self, x: f32) -> f32 {
+        match self {
+            Dt::F32 => x,
+            Dt::F16 => half::f16::from_f32(x).to_f32(),
+            Dt::Bf16 => half::bf16::from_f32(x).to_f32(),
+        }
+    }
+
+    /// Little-endian bytes of `v` in this dtype.
+    pub fn encode(self, v: &[f32]) -> Vec<u8> {
+        match self {
+            Dt::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Dt::F16 => v
+                .iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                .collect(),
+            Dt::Bf16 => v
+                .iter()
+                .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                .collect(),
+        }
+    }
+
+    /// The values of little-endian bytes in this dtype.
+    pub fn decode(self, b: &[u8]) -> Vec<f32> {
+        match self {
+            Dt::F32 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dt::F16 => b
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dt::Bf16 => b
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        }
+    }
+
+    /// Tolerance per unit of magnitude (`|diff| <= tol * (1 + |ref|)`); minimum
+    /// cosine.
+    pub fn tol(self) -> (f32, f64) {
+        match self {
+            Dt::F32 => (1e-5, 0.999_999),
+            Dt::F16 => (2e-3, 0.9999),
+            Dt::Bf16 => (1.6e-2, 0.999),
+        }
+    }
 }
