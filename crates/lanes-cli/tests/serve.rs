@@ -4,15 +4,17 @@
 //! Needs the model: `$LANES_MODEL` or `<workspace>/models/all-MiniLM-L6-v2`
 //! (`scripts/fetch-model.sh`); `LANES_SKIP_MODEL_TESTS=1` skips instead of failing.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Barrier, Mutex};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 mod cli_support;
+#[path = "cli_support/server.rs"]
+mod server;
 
 use cli_support::{cosine, floats, max_abs_diff, model_dir, workspace_root};
 
@@ -77,99 +79,30 @@ impl Resp {
     }
 }
 
-/// A running `lanes serve`; killed on drop if still running.
+/// A running `lanes serve` (cli_support's: spawned, ready, killed on drop) with
+/// a keep-alive ureq client.
 struct Server {
-    child: Child,
+    inner: server::Server,
     base: String,
-    stderr: Arc<Mutex<String>>,
     agent: ureq::Agent,
 }
 
 impl Server {
     fn start(extra: &[&str]) -> Option<Server> {
-        let model = model_dir()?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lanes"))
-            .args([
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--device",
-                "cpu",
-                "--model",
-            ])
-            .arg(&model)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start lanes serve");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
-            panic!("no pipes")
-        };
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push_str(&format!("{line}\n"));
-            }
-        });
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(out).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "no address line from lanes serve; stderr:\n{}",
-                    stderr.lock().unwrap()
-                );
-            }
-        };
-        let base = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"));
-        assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+        let inner = server::Server::start(extra)?;
         let agent = ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(120))
             .build();
-        let server = Server {
-            child,
-            base: base.to_string(),
-            stderr,
+        Some(Server {
+            base: inner.base.clone(),
+            inner,
             agent,
-        };
-        server.wait_ready();
-        Some(server)
+        })
     }
 
-    /// Polls GET /health until 200 (the port is bound before the model loads).
-    fn wait_ready(&self) {
-        let start = Instant::now();
-        loop {
-            let status = match self.agent.get(&format!("{}/health", self.base)).call() {
-                Ok(r) => r.status(),
-                Err(ureq::Error::Status(code, _)) => code,
-                Err(e) => panic!("GET /health failed: {e}"),
-            };
-            if status == 200 {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "the server never became ready; stderr:\n{}",
-                self.stderr.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    /// Everything the server wrote on stderr so far.
+    fn stderr(&self) -> String {
+        self.inner.stderr()
     }
 
     fn send(&self, req: ureq::Request, body: Option<&[u8]>) -> Resp {
@@ -180,10 +113,7 @@ impl Server {
         let resp = match result {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!(
-                "request failed: {e}; server stderr:\n{}",
-                self.stderr.lock().unwrap()
-            ),
+            Err(e) => panic!("request failed: {e}; server stderr:\n{}", self.stderr()),
         };
         let status = resp.status();
         let retry_after = resp.header("Retry-After").map(str::to_string);
@@ -233,41 +163,20 @@ impl Server {
     }
 
     fn signal_term(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(ok.success());
+        self.inner.signal("TERM");
     }
 
     fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            if start.elapsed() > limit {
-                let _ = self.child.kill();
-                panic!(
-                    "lanes serve did not exit within {limit:?}; stderr:\n{}",
-                    self.stderr.lock().unwrap()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.inner.wait_exit(limit).unwrap_or_else(|| {
+            panic!(
+                "lanes serve did not exit within {limit:?}; stderr:\n{}",
+                self.stderr()
+            )
+        })
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// A sample's name and sorted labels.
+/// A Prometheus sample's name and sorted labels.
 fn sample_key(series: &str) -> (String, Vec<String>) {
     match series.split_once('{') {
         None => (series.to_string(), Vec::new()),
@@ -883,7 +792,7 @@ fn sigterm_finishes_every_accepted_request_and_exits_0() {
         assert!(max_abs_diff(&v[1], &expected) <= SAME);
     }
     let status = server.wait_exit(Duration::from_secs(30));
-    let stderr = server.stderr.lock().unwrap().clone();
+    let stderr = server.stderr();
     assert!(
         status.success(),
         "exit status {status:?}; stderr:\n{stderr}"
@@ -1187,7 +1096,7 @@ fn access_log_has_one_json_line_per_request() {
     assert_eq!(r.status, 400);
     let start = Instant::now();
     let lines = loop {
-        let stderr = server.stderr.lock().unwrap().clone();
+        let stderr = server.stderr();
         let lines: Vec<Value> = stderr
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -1472,7 +1381,7 @@ fn sigterm_behind_a_stalled_client_still_exits_0_at_the_deadline() {
     }
     server.signal_term();
     let status = server.wait_exit(Duration::from_secs(30));
-    let stderr = server.stderr.lock().unwrap().clone();
+    let stderr = server.stderr();
     assert!(
         status.success(),
         "exit status {status:?}; stderr:\n{stderr}"
