@@ -257,4 +257,9 @@ fn bench_launch_reports_every_case_with_every_field() {
         }
     }
     assert!(cells[1]["overhead_ns"].is_number(), "{}", cells[1]);
+    // The CUDA-graph cases need CUDA: on the CPU they are left out, and said so.
+    assert!(
+        err.contains("graph-replay, replay+copies: skipped (cpu has no CUDA graphs)"),
+        "stderr: {err}"
+    );
 }

@@ -11,7 +11,14 @@
 //! - `lease+launch+record`: one thread; per iteration `device.lease()`, one launch,
 //!   `lease.record()` (a pooled event), drop the event, drop the lease;
 //!   `overhead_ns` is its `ns_per_op` minus that of `raw-launch`;
-//! - `threads`: N threads, each on its own lane leased for the whole run.
+//! - `threads`: N threads, each on its own lane leased for the whole run;
+//! - `graph-replay` (CUDA only; `--graph-nodes N`, 0 leaves it out): N threads,
+//!   each replaying on its own lane a CUDA graph of N empty kernels (44 is a
+//!   16-bit MiniLM forward's node count);
+//! - `replay+copies` (CUDA only): the same, each replay framed like an encoder
+//!   replay at batch 1: three small uploads (ids, type ids, offsets), the launch,
+//!   and a download that waits. Its ceiling against `graph-replay`'s tells whether
+//!   the host side of a replay (copies and waits) or the launch itself serializes.
 //!
 //! Every loop synchronizes every 1024 launches (so the queue stays bounded) and
 //! once at the end; those waits are inside the measured time. `ns_per_op` is the
@@ -45,6 +52,10 @@ pub struct LaunchArgs {
     /// Measured time per cell.
     #[arg(long, default_value_t = 500)]
     pub duration_ms: u64,
+    /// Empty kernels in the graph of the `graph-replay` and `replay+copies` cases
+    /// (CUDA only; 0 leaves both out).
+    #[arg(long, default_value_t = 44)]
+    pub graph_nodes: usize,
     /// JSON lines instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -55,7 +66,8 @@ pub struct LaunchArgs {
 pub struct LaunchCell {
     /// Always `launch`.
     pub kind: &'static str,
-    /// `raw-launch`, `lease+launch+record` or `threads`.
+    /// `raw-launch`, `lease+launch+record`, `threads`, `graph-replay` or
+    /// `replay+copies`.
     pub case: &'static str,
     /// The device.
     pub device: String,
@@ -115,6 +127,15 @@ impl Launcher {
             return Ok(Launcher::Host);
         }
         bail!("`lanes bench launch` supports the CPU and CUDA backends only")
+    }
+
+    /// Whether the device can capture CUDA graphs.
+    fn has_graphs(&self) -> bool {
+        match self {
+            Launcher::Host => false,
+            #[cfg(feature = "cuda")]
+            Launcher::Cuda(_) => true,
+        }
     }
 
     fn bind<'a>(&'a self, lease: &'a lanes::Lease) -> Result<Bound<'a>> {
@@ -195,7 +216,114 @@ pub fn run(args: LaunchArgs) -> Result<u8> {
             .with_context(|| format!("threads case, {n} threads"))?;
         print(&cell)?;
     }
+    if args.graph_nodes > 0 {
+        if !launcher.has_graphs() {
+            eprintln!(
+                "graph-replay, replay+copies: skipped ({} has no CUDA graphs)",
+                device.name()
+            );
+            return Ok(0);
+        }
+        for case in ["graph-replay", "replay+copies"] {
+            for &n in &threads {
+                let cell = measure_replays(&device, &launcher, case, n, args.graph_nodes, duration)
+                    .with_context(|| format!("{case} case, {n} threads"))?;
+                print(&cell)?;
+            }
+        }
+    }
     Ok(0)
+}
+
+/// Bytes of the three uploads and the download of `replay+copies`: a batch of
+/// one 128-token sequence (ids and type ids as u32, offsets) and its 384 f32s.
+const COPY_IN: [usize; 3] = [128 * 4, 128 * 4, 2 * 4];
+const COPY_OUT: usize = 384 * 4;
+
+/// `threads` threads, each capturing a graph of `nodes` empty launches on its own
+/// lane, then replaying it for `duration` (`replay+copies`: each replay between
+/// three uploads and a waiting download; `graph-replay`: replays only, synchronized
+/// every 1024).
+fn measure_replays(
+    device: &lanes::Device,
+    launcher: &Launcher,
+    case: &'static str,
+    threads: usize,
+    nodes: usize,
+    duration: Duration,
+) -> Result<LaunchCell> {
+    let copies = case == "replay+copies";
+    let barrier = Barrier::new(threads);
+    let results: Vec<Result<(u64, Instant, Instant)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let barrier = &barrier;
+                s.spawn(move || -> Result<(u64, Instant, Instant)> {
+                    let setup = || -> Result<_> {
+                        let lease = device.lease().context("cannot lease a lane")?;
+                        // One eager launch first (module and stream set up outside
+                        // the capture).
+                        launcher.bind(&lease)?.launch()?;
+                        lease.synchronize()?;
+                        let graph = lease
+                            .capture(|l| {
+                                let lane = launcher
+                                    .bind(l)
+                                    .map_err(|e| lanes::Error::InvalidArgument(format!("{e:#}")))?;
+                                for _ in 0..nodes {
+                                    lane.launch().map_err(|e| {
+                                        lanes::Error::InvalidArgument(format!("{e:#}"))
+                                    })?;
+                                }
+                                Ok(Vec::new())
+                            })
+                            .context("cannot capture the graph")?;
+                        let ins = COPY_IN
+                            .iter()
+                            .map(|&b| lease.alloc(b))
+                            .collect::<lanes::Result<Vec<_>>>()?;
+                        let out = lease.alloc(COPY_OUT)?;
+                        Ok((lease, graph, ins, out))
+                    };
+                    let ready = setup();
+                    // Every thread reaches the barrier, even one that failed.
+                    barrier.wait();
+                    let (lease, graph, ins, out) = ready?;
+                    let (host_in, mut host_out) = ([0u8; 128 * 4], vec![0u8; COPY_OUT]);
+                    let start = Instant::now();
+                    let mut ops = 0u64;
+                    loop {
+                        for _ in 0..CHUNK {
+                            if copies {
+                                for (buf, &b) in ins.iter().zip(&COPY_IN) {
+                                    lease.upload(buf, &host_in[..b])?;
+                                }
+                            }
+                            graph.launch(&lease)?;
+                            if copies {
+                                lease.download(&out, &mut host_out)?;
+                            }
+                        }
+                        lease.synchronize()?;
+                        ops += CHUNK;
+                        if start.elapsed() >= duration {
+                            break;
+                        }
+                    }
+                    Ok((ops, start, Instant::now()))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow!("a bench thread panicked")))
+            })
+            .collect()
+    });
+    let (ops, seconds) = super::figures::total_over_span(results)?;
+    Ok(cell(device, case, threads, ops, seconds))
 }
 
 fn cell(
