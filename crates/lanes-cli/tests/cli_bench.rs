@@ -231,6 +231,8 @@ fn bench_launch_reports_every_case_with_every_field() {
         "1,2",
         "--duration-ms",
         "50",
+        "--graph-nodes",
+        "44",
         "--json",
     ]));
     assert_eq!(code, 0, "stderr: {err}");

@@ -12,7 +12,7 @@
 //!   `lease.record()` (a pooled event), drop the event, drop the lease;
 //!   `overhead_ns` is its `ns_per_op` minus that of `raw-launch`;
 //! - `threads`: N threads, each on its own lane leased for the whole run;
-//! - `graph-replay` (CUDA only; `--graph-nodes N`, 0 leaves it out): N threads,
+//! - `graph-replay` (CUDA only, with `--graph-nodes N`): N threads,
 //!   each replaying on its own lane a CUDA graph of N empty kernels (44 is a
 //!   16-bit MiniLM forward's node count);
 //! - `replay+copies` (CUDA only): the same, each replay framed like an encoder
@@ -53,8 +53,9 @@ pub struct LaunchArgs {
     #[arg(long, default_value_t = 500)]
     pub duration_ms: u64,
     /// Empty kernels in the graph of the `graph-replay` and `replay+copies` cases
-    /// (CUDA only; 0 leaves both out).
-    #[arg(long, default_value_t = 44)]
+    /// (CUDA only; 44 is a 16-bit MiniLM forward's node count; 0, the default,
+    /// leaves both out).
+    #[arg(long, default_value_t = 0)]
     pub graph_nodes: usize,
     /// JSON lines instead of the table.
     #[arg(long)]
