@@ -254,77 +254,59 @@ fn measure_replays(
     duration: Duration,
 ) -> Result<LaunchCell> {
     let copies = case == "replay+copies";
-    let barrier = Barrier::new(threads);
-    let results: Vec<Result<(u64, Instant, Instant)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                let barrier = &barrier;
-                s.spawn(move || -> Result<(u64, Instant, Instant)> {
-                    let setup = || -> Result<_> {
-                        let lease = device.lease().context("cannot lease a lane")?;
-                        // One eager launch first (module and stream set up outside
-                        // the capture).
-                        launcher.bind(&lease)?.launch()?;
-                        lease.synchronize()?;
-                        let graph = lease
-                            .capture(|l| {
-                                let lane = launcher
-                                    .bind(l)
-                                    .map_err(|e| lanes::Error::InvalidArgument(format!("{e:#}")))?;
-                                for _ in 0..nodes {
-                                    lane.launch().map_err(|e| {
-                                        lanes::Error::InvalidArgument(format!("{e:#}"))
-                                    })?;
-                                }
-                                Ok(Vec::new())
-                            })
-                            .context("cannot capture the graph")?;
-                        let ins = COPY_IN
-                            .iter()
-                            .map(|&b| lease.alloc(b))
-                            .collect::<lanes::Result<Vec<_>>>()?;
-                        let out = lease.alloc(COPY_OUT)?;
-                        Ok((lease, graph, ins, out))
-                    };
-                    let ready = setup();
-                    // Every thread reaches the barrier, even one that failed.
-                    barrier.wait();
-                    let (lease, graph, ins, out) = ready?;
-                    let (host_in, mut host_out) = ([0u8; 128 * 4], vec![0u8; COPY_OUT]);
-                    let start = Instant::now();
-                    let mut ops = 0u64;
-                    loop {
-                        for _ in 0..CHUNK {
-                            if copies {
-                                for (buf, &b) in ins.iter().zip(&COPY_IN) {
-                                    lease.upload(buf, &host_in[..b])?;
-                                }
-                            }
-                            graph.launch(&lease)?;
-                            if copies {
-                                lease.download(&out, &mut host_out)?;
-                            }
-                        }
-                        lease.synchronize()?;
-                        ops += CHUNK;
-                        if start.elapsed() >= duration {
-                            break;
-                        }
-                    }
-                    Ok((ops, start, Instant::now()))
-                })
+    let setup = || -> Result<Replay> {
+        let lease = device.lease().context("cannot lease a lane")?;
+        // One eager launch first (module and stream set up outside the capture).
+        launcher.bind(&lease)?.launch()?;
+        lease.synchronize()?;
+        let graph = lease
+            .capture(|l| {
+                let lane = launcher
+                    .bind(l)
+                    .map_err(|e| lanes::Error::InvalidArgument(format!("{e:#}")))?;
+                for _ in 0..nodes {
+                    lane.launch()
+                        .map_err(|e| lanes::Error::InvalidArgument(format!("{e:#}")))?;
+                }
+                Ok(Vec::new())
             })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow!("a bench thread panicked")))
-            })
-            .collect()
-    });
-    let (ops, seconds) = super::figures::total_over_span(results)?;
+            .context("cannot capture the graph")?;
+        let ins = COPY_IN
+            .iter()
+            .map(|&b| lease.alloc(b))
+            .collect::<lanes::Result<Vec<_>>>()?;
+        let out = lease.alloc(COPY_OUT)?;
+        Ok(Replay {
+            lease,
+            graph,
+            ins,
+            out,
+        })
+    };
+    let step = |r: &Replay| -> Result<()> {
+        if copies {
+            let host_in = [0u8; 128 * 4];
+            for (buf, &b) in r.ins.iter().zip(&COPY_IN) {
+                r.lease.upload(buf, &host_in[..b])?;
+            }
+        }
+        r.graph.launch(&r.lease)?;
+        if copies {
+            let mut host_out = [0u8; COPY_OUT];
+            r.lease.download(&r.out, &mut host_out)?;
+        }
+        Ok(())
+    };
+    let (ops, seconds) = on_own_lanes(threads, duration, &setup, &step, &|r| &r.lease)?;
     Ok(cell(device, case, threads, ops, seconds))
+}
+
+/// One thread's state in the graph cases: its lane, its graph and copy buffers.
+struct Replay {
+    lease: lanes::Lease,
+    graph: lanes::Graph,
+    ins: Vec<lanes::Buffer>,
+    out: lanes::Buffer,
 }
 
 fn cell(
@@ -358,30 +340,45 @@ fn measure_lanes(
     threads: usize,
     duration: Duration,
 ) -> Result<LaunchCell> {
+    let setup = || -> Result<lanes::Lease> {
+        let lease = device.lease().context("cannot lease a lane")?;
+        launcher.bind(&lease)?.launch()?;
+        lease.synchronize()?;
+        Ok(lease)
+    };
+    let step = |lease: &lanes::Lease| launcher.bind(lease)?.launch();
+    let (ops, seconds) = on_own_lanes(threads, duration, &setup, &step, &|l| l)?;
+    Ok(cell(device, case, threads, ops, seconds))
+}
+
+/// Runs `threads` threads: each calls `setup` (its lane and whatever the case
+/// needs), all start together, then each repeats `step` for `duration`,
+/// synchronizing the lease `lease_of` gives every [`CHUNK`] steps. Returns the
+/// steps taken and the span they took (`figures::total_over_span`).
+fn on_own_lanes<S>(
+    threads: usize,
+    duration: Duration,
+    setup: &(dyn Fn() -> Result<S> + Sync),
+    step: &(dyn Fn(&S) -> Result<()> + Sync),
+    lease_of: &(dyn Fn(&S) -> &lanes::Lease + Sync),
+) -> Result<(u64, f64)> {
     let barrier = Barrier::new(threads);
     let results: Vec<Result<(u64, Instant, Instant)>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 let barrier = &barrier;
                 s.spawn(move || -> Result<(u64, Instant, Instant)> {
-                    let lease = device.lease().context("cannot lease a lane");
-                    let warm = lease.as_ref().map_err(|e| anyhow!("{e:#}")).and_then(|l| {
-                        launcher.bind(l)?.launch()?;
-                        l.synchronize()?;
-                        Ok(())
-                    });
+                    let ready = setup();
                     // Every thread reaches the barrier, even one that failed.
                     barrier.wait();
-                    warm?;
-                    let lease = lease?;
-                    let lane = launcher.bind(&lease)?;
+                    let state = ready?;
                     let start = Instant::now();
                     let mut ops = 0u64;
                     loop {
                         for _ in 0..CHUNK {
-                            lane.launch()?;
+                            step(&state)?;
                         }
-                        lease.synchronize()?;
+                        lease_of(&state).synchronize()?;
                         ops += CHUNK;
                         if start.elapsed() >= duration {
                             break;
@@ -399,8 +396,7 @@ fn measure_lanes(
             })
             .collect()
     });
-    let (ops, seconds) = super::figures::total_over_span(results)?;
-    Ok(cell(device, case, threads, ops, seconds))
+    super::figures::total_over_span(results)
 }
 
 /// One thread: lease, launch, record an event, drop both, for `duration`
