@@ -5,7 +5,6 @@
 //! (`scripts/fetch-model.sh`); `LANES_SKIP_MODEL_TESTS=1` skips instead of failing.
 
 use std::io::Read;
-use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -16,33 +15,20 @@ mod cli_support;
 #[path = "cli_support/server.rs"]
 mod server;
 
-use cli_support::{cosine, floats, max_abs_diff, model_dir, workspace_root};
+use cli_support::{cosine, floats, max_abs_diff, model_dir};
 
 /// (text, sentence-transformers embedding) of the 25 fixture lines.
 fn fixtures() -> Vec<(String, Vec<f32>)> {
-    let candidates = [
-        std::env::var_os("LANES_FIXTURE").map(PathBuf::from),
-        Some(workspace_root().join("../shared/fixtures/minilm_reference.jsonl")),
-        Some(workspace_root().join("crates/lanes-nn/tests/fixtures/minilm_reference.jsonl")),
-    ];
-    let path = candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.is_file())
-        .expect("fixture minilm_reference.jsonl not found (set LANES_FIXTURE)");
-    let text = std::fs::read_to_string(&path).expect("read fixture");
-    let lines: Vec<(String, Vec<f32>)> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).expect("fixture line is JSON");
+    let lines: Vec<(String, Vec<f32>)> = cli_support::fixture()
+        .iter()
+        .map(|v| {
             (
                 v["text"].as_str().expect("text").to_string(),
                 floats(&v["embedding"]),
             )
         })
         .collect();
-    assert_eq!(lines.len(), 25, "{}", path.display());
+    assert_eq!(lines.len(), 25, "fixture lines");
     lines
 }
 

@@ -141,7 +141,15 @@ pub fn floats(v: &serde_json::Value) -> Vec<f32> {
 /// The fixture texts with their sentence-transformers embeddings
 /// (`crates/lanes-nn/tests/fixtures/minilm_reference.jsonl`).
 pub fn fixture() -> Vec<serde_json::Value> {
-    let path = workspace_root().join("crates/lanes-nn/tests/fixtures/minilm_reference.jsonl");
+    let candidates = [
+        std::env::var_os("LANES_FIXTURE").map(PathBuf::from),
+        Some(workspace_root().join("crates/lanes-nn/tests/fixtures/minilm_reference.jsonl")),
+    ];
+    let path = candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .expect("fixture minilm_reference.jsonl not found (set LANES_FIXTURE)");
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
         .lines()

@@ -8,14 +8,13 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cli_support::{model_dir, workspace_root};
+use crate::cli_support::model_dir;
 
 /// How long a server may take to print its address and to load the model.
 const START_LIMIT: Duration = Duration::from_secs(180);
@@ -239,23 +238,9 @@ pub fn sentences(n: usize) -> Vec<String> {
 
 /// The fixture texts (25 lines of minilm_reference.jsonl).
 pub fn fixture_texts() -> Vec<String> {
-    let candidates = [
-        std::env::var_os("LANES_FIXTURE").map(PathBuf::from),
-        Some(workspace_root().join("crates/lanes-nn/tests/fixtures/minilm_reference.jsonl")),
-    ];
-    let path = candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.is_file())
-        .expect("fixture minilm_reference.jsonl not found (set LANES_FIXTURE)");
-    std::fs::read_to_string(&path)
-        .expect("read fixture")
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).expect("fixture line is JSON");
-            v["text"].as_str().expect("text").to_string()
-        })
+    crate::cli_support::fixture()
+        .iter()
+        .map(|v| v["text"].as_str().expect("text").to_string())
         .collect()
 }
 
