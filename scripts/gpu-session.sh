@@ -11,6 +11,8 @@
 #            scripts/gpu-session.sh bench    the bench grid (b1 x 1/16 threads, b128/b512),
 #                                            f16 b512 with LANES_CUBLASLT=off beside it,
 #                                            and the torch peer in the same lease
+#            scripts/gpu-session.sh probe    batch-1 scaling and launch cases (default and
+#                                            CUDA_DEVICE_MAX_CONNECTIONS=32), per-op figures
 #            scripts/gpu-session.sh soak-start MINUTES
 #                                            `scripts/soak.sh --device cuda` detached
 #                                            (setsid: it outlives the call while the
@@ -43,7 +45,7 @@ for line in sys.stdin:
   du -sh "$K"; ls "$K/bin"; exit 0
 fi
 
-phase=${1:?usage: gpu-session.sh stage|check|bench|soak-start MINUTES|soak-wait [SECONDS]}
+phase=${1:?usage: gpu-session.sh stage|check|bench|probe|soak-start MINUTES|soak-wait [SECONDS]}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} PATH=/usr/local/cuda/bin:$PATH
 export LANES_REQUIRE_CUDA=1
 w=/tmp/session-work
@@ -111,6 +113,21 @@ bench)
     step "torch-$m" sh -c "python3 scripts/gpu/torch_peer.py bench '$w/model' $m --seconds ${PEER_SECONDS:-3} >> '$o/peer.jsonl'"
   done
   grep -h '^{' "$o"/bench-*.log "$o"/forward-bench.jsonl "$o"/peer.jsonl > "$res/bench.jsonl" 2>/dev/null
+  ;;
+probe)
+  # Where batch-1 replays serialize, and per-op figures (issue 11): launch cases
+  # with and without more hardware queues, b1 scaling, per-op at b1 / b512.
+  nvidia-smi > "$res/nvidia-smi.txt" 2>&1
+  ls /usr/local/cuda/bin > "$o/cuda-bin.txt" 2>&1
+  step launch "$B/lanes" bench launch --device cuda --threads 1,2,4,8,16,32 --graph-nodes 44 --duration-ms 400 --json
+  CUDA_DEVICE_MAX_CONNECTIONS=32 step launch-conn32 "$B/lanes" bench launch --device cuda --threads 1,2,4,8,16,32 --graph-nodes 44 --duration-ms 400 --json
+  step b1-f16 "$B/lanes" bench --device cuda --dtype float16 --threads 1,4,8,16,32 --batch 1 --seq 128 --duration-ms 1000 --modes lanes --json
+  CUDA_DEVICE_MAX_CONNECTIONS=32 step b1-f16-conn32 "$B/lanes" bench --device cuda --dtype float16,float32 --threads 1,4,8,16,32 --batch 1 --seq 128 --duration-ms 1000 --modes lanes --json
+  LANES_CUDA_SYNC=spin CUDA_DEVICE_MAX_CONNECTIONS=32 step b1-f16-spin "$B/lanes" bench --device cuda --dtype float16 --threads 8,16 --batch 1 --seq 128 --duration-ms 1000 --modes lanes --json
+  step big "$B/lanes" bench --device cuda --dtype float16,float32 --threads 1,2 --batch 512,1024 --seq 128 --duration-ms 2000 --modes lanes --json
+  [ -x "$B/forward_bench" ] && step fb-b1 sh -c "'$B/forward_bench' --batch 1 > '$o/fb-b1.jsonl'"
+  [ -x "$B/forward_bench" ] && step fb-b512 sh -c "'$B/forward_bench' --batch 512 > '$o/fb-b512.jsonl'"
+  grep -h '^{' "$o"/*.log "$o"/fb-*.jsonl > "$res/probe.jsonl" 2>/dev/null
   ;;
 soak-start)
   minutes=${2:?soak-start MINUTES}

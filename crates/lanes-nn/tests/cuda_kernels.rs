@@ -259,59 +259,89 @@ fn tensor_core_attention_matches_cpu_on_packed_batches() {
     }
 }
 
+/// `add_ln_{T}_{V}` (scalar, with a bias) or `add_ln4_{T}_{V}` (4 values a lane
+/// per access, no bias) against the CPU LayerNorm, in place over `x`.
+fn add_layer_norm_case(gpu: &Gpu, dt: Dt, dim: usize, vectorized: bool) {
+    let rows = 37;
+    let mut rng = Rng(dim as u64);
+    let x = rng.vec_in(dt, rows * dim, -2.0, 2.0);
+    let res = rng.vec_in(dt, rows * dim, -2.0, 2.0);
+    let bias = rng.vec_in(Dt::F32, dim, -0.5, 0.5);
+    let g = rng.vec_in(Dt::F32, dim, 0.5, 1.5);
+    let be = rng.vec_in(Dt::F32, dim, -0.2, 0.2);
+    let summed: Vec<f32> = (0..rows * dim)
+        .map(|i| if vectorized { x[i] + res[i] } else { (x[i] + bias[i % dim]) + res[i] })
+        .collect();
+    let mut want = vec![0f32; rows * dim];
+    cpu::layer_norm(&summed, rows, dim, &g, &be, 1e-12, &mut want);
+    let want: Vec<f32> = want.iter().map(|&v| dt.round(v)).collect();
+    let (xb, rb, bb, gb, beb) = (
+        gpu.up_t(dt, &x),
+        gpu.up_t(dt, &res),
+        gpu.up_t(Dt::F32, &bias),
+        gpu.up_t(Dt::F32, &g),
+        gpu.up_t(Dt::F32, &be),
+    );
+    // In place over `x`: the kernel reads a row before writing it.
+    let (xp, rp, bp, gp, bep) = (xb.ptr().0, rb.ptr().0, bb.ptr().0, gb.ptr().0, beb.ptr().0);
+    let (rows_u, dim_u, eps) = (rows as u32, dim as u32, 1e-12f32);
+    let mut args = if vectorized {
+        vec![
+            kernel_arg(&xp),
+            kernel_arg(&rp),
+            kernel_arg(&gp),
+            kernel_arg(&bep),
+            kernel_arg(&xp),
+            kernel_arg(&rows_u),
+            kernel_arg(&dim_u),
+            kernel_arg(&eps),
+        ]
+    } else {
+        vec![
+            kernel_arg(&xp),
+            kernel_arg(&bp),
+            kernel_arg(&rp),
+            kernel_arg(&gp),
+            kernel_arg(&bep),
+            kernel_arg(&xp),
+            kernel_arg(&rows_u),
+            kernel_arg(&dim_u),
+            kernel_arg(&eps),
+        ]
+    };
+    let v = [4usize, 12, 32]
+        .into_iter()
+        .find(|&v| dim <= 32 * v)
+        .unwrap();
+    let name = if vectorized { "add_ln4" } else { "add_ln" };
+    gpu.launch(
+        &format!("{name}_{}_{v}", dt.suffix()),
+        (rows.div_ceil(4) as u32, 1, 1),
+        128,
+        0,
+        &mut args,
+    );
+    let got = gpu.down_t(dt, &xb, rows * dim);
+    check(&format!("{name} dim={dim}"), dt, &got, &want, Some(1e-6));
+}
+
 #[test]
 fn add_layer_norm_with_bias_matches_cpu() {
     let Some(gpu) = Gpu::open() else { return };
     for dt in DTYPES {
-        for dim in [384usize, 100, 1024] {
-            let rows = 37;
-            let mut rng = Rng(dim as u64);
-            let x = rng.vec_in(dt, rows * dim, -2.0, 2.0);
-            let res = rng.vec_in(dt, rows * dim, -2.0, 2.0);
-            let bias = rng.vec_in(Dt::F32, dim, -0.5, 0.5);
-            let g = rng.vec_in(Dt::F32, dim, 0.5, 1.5);
-            let be = rng.vec_in(Dt::F32, dim, -0.2, 0.2);
-            let summed: Vec<f32> = (0..rows * dim)
-                .map(|i| (x[i] + bias[i % dim]) + res[i])
-                .collect();
-            let mut want = vec![0f32; rows * dim];
-            cpu::layer_norm(&summed, rows, dim, &g, &be, 1e-12, &mut want);
-            let want: Vec<f32> = want.iter().map(|&v| dt.round(v)).collect();
-            let (xb, rb, bb, gb, beb) = (
-                gpu.up_t(dt, &x),
-                gpu.up_t(dt, &res),
-                gpu.up_t(Dt::F32, &bias),
-                gpu.up_t(Dt::F32, &g),
-                gpu.up_t(Dt::F32, &be),
-            );
-            // In place over `x`: the kernel reads a row before writing it.
-            let (xp, rp, bp, gp, bep) =
-                (xb.ptr().0, rb.ptr().0, bb.ptr().0, gb.ptr().0, beb.ptr().0);
-            let (rows_u, dim_u, eps) = (rows as u32, dim as u32, 1e-12f32);
-            let mut args = [
-                kernel_arg(&xp),
-                kernel_arg(&bp),
-                kernel_arg(&rp),
-                kernel_arg(&gp),
-                kernel_arg(&bep),
-                kernel_arg(&xp),
-                kernel_arg(&rows_u),
-                kernel_arg(&dim_u),
-                kernel_arg(&eps),
-            ];
-            let v = [4usize, 12, 32]
-                .into_iter()
-                .find(|&v| dim <= 32 * v)
-                .unwrap();
-            gpu.launch(
-                &format!("add_ln_{}_{v}", dt.suffix()),
-                (rows.div_ceil(4) as u32, 1, 1),
-                128,
-                0,
-                &mut args,
-            );
-            let got = gpu.down_t(dt, &xb, rows * dim);
-            check(&format!("add_ln dim={dim}"), dt, &got, &want, Some(1e-6));
+        for dim in [384usize, 100, 1024, 30] {
+            add_layer_norm_case(&gpu, dt, dim, false);
+        }
+    }
+}
+
+#[test]
+fn vectorized_add_layer_norm_matches_cpu() {
+    let Some(gpu) = Gpu::open() else { return };
+    for dt in DTYPES {
+        // 100: a lane's last 4-value group past the row's end; 1024: every group used.
+        for dim in [384usize, 100, 1024, 128] {
+            add_layer_norm_case(&gpu, dt, dim, true);
         }
     }
 }

@@ -230,8 +230,99 @@ __device__ __forceinline__ void fembed_ln(const unsigned* __restrict__ ids, cons
                         eps, vocab, max_pos, type_vocab);                                                     \
     }
 
+// The same LayerNorm with 4 consecutive values a lane per access (one 8-byte
+// load of 16-bit data, one 16-byte load of f32): value 4 * (lane + 32 * c) + j is
+// v[4 * c + j]. For dim % 4 == 0 with x, res, out aligned to 4 values and gamma,
+// beta to 16 bytes (the host checks); the statistics are the same f64 sums
+// (only their order differs), so results match the scalar kernel's.
+__device__ __forceinline__ void ld4(const float* p, float (&o)[4]) {
+    const float4 v = *reinterpret_cast<const float4*>(p);
+    o[0] = v.x, o[1] = v.y, o[2] = v.z, o[3] = v.w;
+}
+template <class T>
+__device__ __forceinline__ void ld4(const T* p, float (&o)[4]) {
+    const uint2 v = *reinterpret_cast<const uint2*>(p);
+    T a, b, c, d;
+    a.b = (u16)(v.x & 0xffffu), b.b = (u16)(v.x >> 16), c.b = (u16)(v.y & 0xffffu), d.b = (u16)(v.y >> 16);
+    o[0] = to_f(a), o[1] = to_f(b), o[2] = to_f(c), o[3] = to_f(d);
+}
+__device__ __forceinline__ void st4(float* p, const float (&o)[4]) {
+    *reinterpret_cast<float4*>(p) = make_float4(o[0], o[1], o[2], o[3]);
+}
+template <class T>
+__device__ __forceinline__ void st4(T* p, const float (&o)[4]) {
+    uint2 v;
+    v.x = (unsigned)from_f<T>(o[0]).b | ((unsigned)from_f<T>(o[1]).b << 16);
+    v.y = (unsigned)from_f<T>(o[2]).b | ((unsigned)from_f<T>(o[3]).b << 16);
+    *reinterpret_cast<uint2*>(p) = v;
+}
+
+template <class T, int V>
+__device__ __forceinline__ void fadd_ln4(const T* x, const T* res, const float* __restrict__ gamma,
+                                         const float* __restrict__ beta, T* out, unsigned rows, unsigned dim,
+                                         float eps) {
+    const unsigned row = blockIdx.x * FLN_WARPS + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    const unsigned lane = threadIdx.x & 31u;
+    const size_t base = (size_t)row * dim;
+    float v[V];
+    double s = 0.0;
+#pragma unroll
+    for (int c = 0; c < V / 4; c++) {
+        const unsigned i = 4u * (lane + 32u * c);
+        float a[4], r[4];
+        if (i < dim) {
+            ld4(x + base + i, a);
+            ld4(res + base + i, r);
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            v[4 * c + j] = i < dim ? __fadd_rn(a[j], r[j]) : 0.0f;
+            s += (double)v[4 * c + j];
+        }
+    }
+    const double mean = fw_sum_d(s) / (double)dim;
+    double q = 0.0;
+#pragma unroll
+    for (int c = 0; c < V / 4; c++) {
+        const unsigned i = 4u * (lane + 32u * c);
+        if (i < dim) {
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const double d = (double)v[4 * c + j] - mean;
+                q += d * d;
+            }
+        }
+    }
+    const double rstd = 1.0 / sqrt(fw_sum_d(q) / (double)dim + (double)eps);
+#pragma unroll
+    for (int c = 0; c < V / 4; c++) {
+        const unsigned i = 4u * (lane + 32u * c);
+        if (i < dim) {
+            float g[4], b[4], y[4];
+            ld4(gamma + i, g);
+            ld4(beta + i, b);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const float n = (float)(((double)v[4 * c + j] - mean) * rstd);
+                y[j] = __fadd_rn(__fmul_rn(n, g[j]), b[j]);
+            }
+            st4(out + base + i, y);
+        }
+    }
+}
+
+#define FLN4_KERNEL(T, S, V)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(FLN_WARPS * 32) add_ln4_##S##_##V(                         \
+        const T* x, const T* res, const float* __restrict__ gamma, const float* __restrict__ beta, T* out,   \
+        unsigned rows, unsigned dim, float eps) {                                                             \
+        fadd_ln4<T, V>(x, res, gamma, beta, out, rows, dim, eps);                                             \
+    }
+
 // dim <= 128, <= 384 (MiniLM), <= 1024.
-#define FLN_ALL(T, S) FLN_KERNELS(T, S, 4) FLN_KERNELS(T, S, 12) FLN_KERNELS(T, S, 32)
+#define FLN_ALL(T, S)                                                                                         \
+    FLN_KERNELS(T, S, 4) FLN_KERNELS(T, S, 12) FLN_KERNELS(T, S, 32) FLN4_KERNEL(T, S, 4) FLN4_KERNEL(T, S, 12) \
+        FLN4_KERNEL(T, S, 32)
 FLN_ALL(float, f32)
 FLN_ALL(f16, f16)
 FLN_ALL(bf16, bf16)

@@ -24,7 +24,7 @@
 //! | `embed_ln` | 1 (`embed_ln_{T}_{V}`) |
 //! | `linear` | 1 (`cublasLtMatmul`, epilogue `BIAS` or `GELU_BIAS`, bias in T); without cuBLASLt 2 (`cublasGemmEx` + `bias_act_vec_{T}[_t]`, bias and exact GELU in place) |
 //! | `attention` | 1 (`tc2_attn_{T}_d{32,64}`: mma.sync flash attention, [`AttnKernel::V2`]; `tc_attn_{T}_d{32,64}` under [`AttnKernel::V1`]; other head sizes `flash_attn_{T}_c{C}`) |
-//! | `add_layer_norm` | 1 (`add_ln_{T}_{V}`) |
+//! | `add_layer_norm` | 1 (`add_ln4_{T}_{V}`, 4 values a lane per access; `add_ln_{T}_{V}` for unaligned rows) |
 //! | `pool_mean` | 1 (`pool_mean_{T}`, f32 out; also the f32 path's) |
 //!
 //! The f32 instantiations of the same kernels are loaded too (the GPU tests compare
@@ -150,6 +150,8 @@ pub(super) struct Fused {
     /// `[dtype][LN variant]`.
     embed_ln: [[CudaFunction; 3]; 3],
     add_ln: [[CudaFunction; 3]; 3],
+    /// `add_ln4_{T}_{V}`: 4 values a lane per access (dim % 4 == 0, aligned rows).
+    add_ln4: [[CudaFunction; 3]; 3],
     bias_act_vec: [CudaFunction; 3],
     bias_act: [CudaFunction; 3],
     /// The same with the bias in T (f16, bf16).
@@ -201,6 +203,7 @@ impl Fused {
         Ok(Fused {
             embed_ln: ln("embed_ln")?,
             add_ln: ln("add_ln")?,
+            add_ln4: ln("add_ln4")?,
             bias_act_vec: per_dtype(&|s| f(format!("bias_act_vec_{s}")))?,
             bias_act: per_dtype(&|s| f(format!("bias_act_{s}")))?,
             bias_act_vec_t: [
@@ -565,6 +568,39 @@ impl Fused {
             kernel_arg(&eps),
         ];
         let grid = rows_u.div_ceil(LN_WARPS);
+        // 4 values a lane per access where the rows allow it: dim % 4 == 0, the
+        // activations aligned to 4 values, gamma and beta to 16 bytes.
+        let row_align = 4 * dt.size() as u64;
+        if dim % 4 == 0
+            && [x.0, residual.0, out.0].iter().all(|p| p % row_align == 0)
+            && [gamma.0, beta.0].iter().all(|p| p % 16 == 0)
+        {
+            let p4 = [x.0, residual.0, gamma.0, beta.0, out.0];
+            let mut args4 = [
+                kernel_arg(&p4[0]),
+                kernel_arg(&p4[1]),
+                kernel_arg(&p4[2]),
+                kernel_arg(&p4[3]),
+                kernel_arg(&p4[4]),
+                kernel_arg(&rows_u),
+                kernel_arg(&dim_u),
+                kernel_arg(&eps),
+            ];
+            // SAFETY: the arguments match `add_ln4_{T}_{V}(x, res, gamma, beta, out,
+            // rows, dim, eps)`; the extents are this function's contract and the
+            // alignment its 8- / 16-byte accesses need was checked just above; each
+            // warp reads its row before writing it; dim <= 32 * V.
+            return unsafe {
+                launch(
+                    lane,
+                    &self.add_ln4[d][v],
+                    (grid, 1, 1),
+                    LN_WARPS * 32,
+                    0,
+                    &mut args4,
+                )
+            };
+        }
         // SAFETY: the arguments match `add_ln_{T}_{V}(x, bias = null, res, gamma,
         // beta, out, rows, dim, eps)`; the extents are this function's contract; each
         // warp reads its row before writing it; dim <= 32 * V.
