@@ -151,6 +151,7 @@ soak-wait)
     echo "soak still running; lanes serve pid ${pid:-none}; $(grep VmRSS /proc/${pid:-0}/status 2>/dev/null)" | tee "$res/soak-progress.txt"
   fi
   ;;
+unpack) ;; # only the unpacking above (for scripts/gpu-experiments.sh)
 *) echo "unknown phase $phase" >&2; exit 2 ;;
 esac
 cat "$summary"

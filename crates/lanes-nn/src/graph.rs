@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use lanes::{Buffer, DeviceKind, Lease};
 
+use crate::encoder::Share;
 use crate::error::{NnError, Result};
 use crate::forward::Inputs;
 use crate::tensor::{DType, Tensor, TensorMut};
@@ -76,6 +77,9 @@ pub(crate) struct ModelShape {
     pub(crate) max_positions: usize,
     /// The activation dtype.
     pub(crate) dtype: DType,
+    /// The GEMM share the forward plans for (narrow and wide forwards capture
+    /// different GEMM kernels, so they are different graphs).
+    pub(crate) share: Share,
 }
 
 /// One encoder's graphs: its id in the lanes' caches and its counters.
@@ -142,7 +146,7 @@ impl Graphs {
         }
         let bucket = token_bucket(n);
         let Some(key) =
-            key(self.id, batch, bucket, model.dtype).filter(|_| bucket <= MAX_GRAPH_TOKENS)
+            key(self.id, batch, bucket, model.dtype, model.share).filter(|_| bucket <= MAX_GRAPH_TOKENS)
         else {
             return Ok(None);
         };
@@ -191,14 +195,18 @@ impl Graphs {
     }
 }
 
-/// The cache key of a graph: 16 bits of encoder id, 4 of precision, 20 of batch
-/// and 24 of bucket; `None` when a field does not fit (then no graph is used).
-fn key(encoder: u64, batch: usize, bucket: usize, dtype: DType) -> Option<u64> {
+/// The cache key of a graph: 16 bits of encoder id, 4 of precision and share
+/// (bits 0-1 the dtype, bit 2 narrow), 20 of batch and 24 of bucket; `None` when
+/// a field does not fit (then no graph is used).
+fn key(encoder: u64, batch: usize, bucket: usize, dtype: DType, share: Share) -> Option<u64> {
     let d = match dtype {
         DType::F32 => 1u64,
         DType::F16 => 2,
         DType::BF16 => 3,
         DType::U32 => return None,
+    } | match share {
+        Share::Wide => 0,
+        Share::Narrow => 4,
     };
     if batch >= 1 << 20 || bucket >= 1 << 24 {
         return None;
@@ -223,7 +231,8 @@ fn set_up_blas(lane: &Lease, dtype: DType) -> Result<()> {
         .downcast_ref::<lanes::backend::cuda::CudaLane>()
     {
         cuda.blas()?;
-        if matches!(dtype, DType::F16 | DType::BF16) && crate::exec::cuda::blaslt_from_env() {
+        let lt16 = matches!(dtype, DType::F16 | DType::BF16) && crate::exec::cuda::blaslt_from_env();
+        if lt16 || (dtype == DType::F32 && crate::exec::cuda::f32_lt()) {
             let _ = cuda.blas_lt();
         }
     }
@@ -285,13 +294,20 @@ mod tests {
 
     #[test]
     fn keys_separate_every_field() {
-        let k = |e, b, t, d| key(e, b, t, d).unwrap();
-        let base = k(1, 8, 128, DType::F16);
-        assert_ne!(base, k(2, 8, 128, DType::F16));
-        assert_ne!(base, k(1, 9, 128, DType::F16));
-        assert_ne!(base, k(1, 8, 160, DType::F16));
-        assert_ne!(base, k(1, 8, 128, DType::BF16));
-        assert_eq!(key(1, 1 << 20, 16, DType::F32), None);
-        assert_eq!(key(1, 1, 16, DType::U32), None);
+        let w = Share::Wide;
+        let k = |e, b, t, d, s| key(e, b, t, d, s).unwrap();
+        let base = k(1, 8, 128, DType::F16, w);
+        assert_ne!(base, k(2, 8, 128, DType::F16, w));
+        assert_ne!(base, k(1, 9, 128, DType::F16, w));
+        assert_ne!(base, k(1, 8, 160, DType::F16, w));
+        assert_ne!(base, k(1, 8, 128, DType::BF16, w));
+        assert_ne!(base, k(1, 8, 128, DType::F16, Share::Narrow));
+        let all: std::collections::BTreeSet<u64> = [DType::F32, DType::F16, DType::BF16]
+            .into_iter()
+            .flat_map(|d| [w, Share::Narrow].map(|s| k(1, 8, 128, d, s)))
+            .collect();
+        assert_eq!(all.len(), 6, "precision and share never collide");
+        assert_eq!(key(1, 1 << 20, 16, DType::F32, w), None);
+        assert_eq!(key(1, 1, 16, DType::U32, w), None);
     }
 }

@@ -8,6 +8,8 @@
 //!    1.6e-2 for bf16, which covers the tanh GELU's <= 4.7e-4), and against each
 //!    other. The lane's cuBLASLt counters prove which path ran: every MiniLM shape
 //!    must be a cuBLASLt matmul, the forced executor must never use it, f32 never.
+//!    The cuBLASLt path is also run with the lane's SM budget at 16
+//!    (`CudaLane::set_sm_budget`): its own plan, the same tolerance.
 //! 2. A CUDA graph capturing a cuBLASLt matmul of a shape first seen inside the
 //!    capture replays what the host computes, for fresh inputs each replay.
 //! 3. The f16 encoder with graphs on and off gives the same embeddings, close to
@@ -206,6 +208,20 @@ fn lt_linear_matches_host_and_gemm_ex() {
                             }
                         );
                     }
+                    // The same matmul planned for 16 SMs (a lane among busy
+                    // others): a plan of its own, the same results.
+                    let wide_plans = lt_stats(&lane).plans_built;
+                    cuda_lane(&lane).set_sm_budget(16);
+                    let got_narrow = run_linear(&lt, &lane, h, (rows, k, n), &xb, &wb, &bb, gelu);
+                    cuda_lane(&lane).set_sm_budget(0);
+                    if used_lt && std::env::var_os("LANES_GEMM_SMS").is_none() {
+                        assert_eq!(
+                            lt_stats(&lane).plans_built,
+                            wide_plans + 1,
+                            "{what} {h:?}: the narrow matmul reused the wide plan"
+                        );
+                    }
+                    check(&format!("cuBLASLt narrow {what}"), h, &got_narrow, &want);
                     // An f32 bias: cuBLASLt is not asked (it refuses an f32 bias
                     // with a 16-bit output); GemmEx + the f32-bias kernel instead.
                     let bf = up(&lane, bytemuck::cast_slice(&b));

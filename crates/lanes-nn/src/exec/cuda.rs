@@ -29,7 +29,7 @@ mod fused;
 
 pub use fused::AttnKernel;
 
-use lanes::backend::cuda::{kernel_arg, CudaBackend, CudaFunction, CudaLane, Op};
+use lanes::backend::cuda::{kernel_arg, CudaBackend, CudaFunction, CudaLane, Epilogue, GemmType, Op};
 use lanes::{DeviceKind, DevicePtr, Lease};
 
 use super::{EmbedTables, Exec};
@@ -128,6 +128,73 @@ pub fn blaslt_from_env() -> bool {
     *ON.get_or_init(|| std::env::var("LANES_CUBLASLT").map_or(true, |v| blaslt_setting(&v)))
 }
 
+/// Rows up to which a lane's SM budget ([`CudaLane::set_sm_budget`]) narrows
+/// `linear`: bigger GEMMs fill the GPU on their own and run wide.
+pub const NARROW_MAX_ROWS: usize = 1024;
+
+/// Packed tokens up to which f32 attention takes the flash kernel.
+pub const F32_FLASH_MAX_TOKENS: usize = 2048;
+
+/// A usize knob from the environment.
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// The SM count cuBLASLt plans a 16-bit `linear` of `rows` rows for (its
+/// `SM_COUNT_TARGET`; 0: the whole device): the lane's SM budget, or
+/// `LANES_GEMM_SMS` where set (0 turns narrowing off), for at most
+/// [`NARROW_MAX_ROWS`] rows. The variable is read once per process.
+pub(crate) fn gemm_sms(lane: &CudaLane, rows: usize) -> u32 {
+    static SMS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    if rows > NARROW_MAX_ROWS {
+        return 0;
+    }
+    match *SMS.get_or_init(|| env_usize("LANES_GEMM_SMS")) {
+        Some(n) => n.min(u32::MAX as usize) as u32,
+        None => lane.sm_budget(),
+    }
+}
+
+/// `linear_tn`'s split-K block target for `rows` rows on `lane`: `LANES_TN_BLOCKS`
+/// where set; else [`TARGET_BLOCKS`] (fill the GPU: one forward alone), or a
+/// quarter of it when the lane has an SM budget (other lanes' work shares the
+/// GPU; measured on the H200, f32 batch 1 from 16 threads: 7,337 forwards/s with
+/// 32 blocks against 7,037 with 128).
+fn target_blocks(lane: &CudaLane, rows: usize) -> usize {
+    static N: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    if let Some(n) = N.get_or_init(|| env_usize("LANES_TN_BLOCKS").filter(|&n| n > 0)) {
+        return *n;
+    }
+    if lane.sm_budget() > 0 && rows <= NARROW_MAX_ROWS {
+        TARGET_BLOCKS / 4
+    } else {
+        TARGET_BLOCKS
+    }
+}
+
+/// Whether a narrow (SM-budgeted) f32 `linear` without GELU runs on cuBLASLt
+/// (exact f32, `CUBLAS_COMPUTE_32F`, the bias in its epilogue):
+/// `LANES_F32_LT=on`.
+pub(crate) fn f32_lt() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("LANES_F32_LT").is_ok_and(|v| v.trim() == "on"))
+}
+
+/// Whether f32 attention over `tokens` packed rows takes `fused.cu`'s flash
+/// kernel rather than `kernels.cu`'s: `LANES_ATTN_F32=flash|kernels` where set,
+/// else for at most [`F32_FLASH_MAX_TOKENS`] tokens. Measured on the H200 (f32,
+/// 128 tokens a sequence, `forward_bench`): batch 1, flash 16.2 µs against
+/// 29.0; batch 512, flash 2,038 µs against 1,797.
+fn f32_flash(tokens: usize) -> bool {
+    static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let forced = *MODE.get_or_init(|| match std::env::var("LANES_ATTN_F32") {
+        Ok(v) if v.trim() == "flash" => Some(true),
+        Ok(v) if v.trim() == "kernels" => Some(false),
+        _ => None,
+    });
+    forced.unwrap_or(tokens <= F32_FLASH_MAX_TOKENS)
+}
+
 /// `LANES_CUBLASLT`'s value as a switch: off for `off`, `0`, `false`, `no`.
 fn blaslt_setting(v: &str) -> bool {
     !matches!(
@@ -140,10 +207,10 @@ fn blaslt_setting(v: &str) -> bool {
 /// [`TARGET_BLOCKS`] blocks run, each split at least [`MIN_K_PER_SPLIT`] deep (one
 /// split when K is shallower); `kchunk` is a multiple of [`GK`] and the last split
 /// is non-empty.
-fn split_k(rows: usize, k: usize, n: usize) -> (usize, usize) {
+fn split_k(rows: usize, k: usize, n: usize, target: usize) -> (usize, usize) {
     let tiles = rows.div_ceil(GM) * n.div_ceil(GN);
     let max_splits = (k / MIN_K_PER_SPLIT).max(1);
-    let want = TARGET_BLOCKS.div_ceil(tiles.max(1)).clamp(1, max_splits);
+    let want = target.div_ceil(tiles.max(1)).clamp(1, max_splits);
     let kchunk = k.div_ceil(want).div_ceil(GK) * GK;
     (kchunk, k.div_ceil(kchunk))
 }
@@ -292,7 +359,7 @@ impl CudaExec {
         gelu: bool,
         out: DevicePtr,
     ) -> Result<()> {
-        let (kchunk, splits) = split_k(rows, k, n);
+        let (kchunk, splits) = split_k(rows, k, n, target_blocks(lane, rows));
         let grid = (
             u32_of("linear tiles", n.div_ceil(GN))?,
             u32_of("linear tiles", rows.div_ceil(GM))?,
@@ -572,6 +639,30 @@ impl Exec for CudaExec {
                 )
             };
         }
+        if !gelu && f32_lt() && gemm_sms(lane, rows) > 0 && self.gemm == Gemm::Auto {
+            if let Ok(lt) = lane.blas_lt() {
+                // SAFETY: `check_linear` proved x holds rows*k f32s, w n*k, b n and
+                // out rows*n, all memory of this lane's device, alive until the
+                // matmul has run (stream order); out overlaps no input.
+                let done = unsafe {
+                    lt.matmul_bias(
+                        (Op::T, Op::N),
+                        (n, rows, k),
+                        GemmType::F32,
+                        (w, k),
+                        (x, k),
+                        GemmType::F32,
+                        (out, n),
+                        (b, GemmType::F32),
+                        Epilogue::Bias,
+                        gemm_sms(lane, rows),
+                    )
+                }?;
+                if done {
+                    return Ok(());
+                }
+            }
+        }
         if self.gemm.fused(rows, n) {
             // Split-K scratch must stay addressable by u32 offsets too.
             u32_of("rows * k", rows.saturating_mul(k))?;
@@ -628,7 +719,7 @@ impl Exec for CudaExec {
             &[(qkv.name(), qkv.dtype()), (out.name(), out.dtype())],
             &[],
         )?;
-        if dt != DType::F32 {
+        if dt != DType::F32 || f32_flash(d.tokens) {
             // SAFETY: `check_attention` validated the shapes (qkv [tokens, 3 * hidden],
             // out [tokens, hidden], offsets batch + 1 u32s) and device, `activation_dtype`
             // the dtypes: `Fused::attention`'s contract.
@@ -841,7 +932,7 @@ mod tests {
         for rows in [1, 16, 128, 1000, 5000] {
             for k in [1, 8, 50, 128, 333, 384, 1536, 4096] {
                 for n in [4, 13, 384, 1536] {
-                    let (kchunk, splits) = split_k(rows, k, n);
+                    let (kchunk, splits) = split_k(rows, k, n, TARGET_BLOCKS);
                     assert!(kchunk % GK == 0 && kchunk > 0, "{rows} {k} {n}");
                     assert!(
                         splits >= 1 && splits * kchunk >= k && (splits - 1) * kchunk < k,
@@ -852,8 +943,8 @@ mod tests {
             }
         }
         // Batch 1 × 128 tokens: the down projection (1536 → 384, 12 tiles) splits 11 ways.
-        assert_eq!(split_k(128, 1536, 384).1, 11);
-        assert_eq!(split_k(4096, 384, 1152).1, 1);
+        assert_eq!(split_k(128, 1536, 384, TARGET_BLOCKS).1, 11);
+        assert_eq!(split_k(4096, 384, 1152, TARGET_BLOCKS).1, 1);
     }
 
     #[test]

@@ -35,7 +35,7 @@ use lanes::backend::cuda::{
 };
 use lanes::DevicePtr;
 
-use super::{launch, u32_of, EPI_THREADS, LN_VARIANTS, LN_WARPS, SMEM_LIMIT};
+use super::{gemm_sms, launch, u32_of, EPI_THREADS, LN_VARIANTS, LN_WARPS, SMEM_LIMIT};
 use crate::tensor::DType;
 use crate::{NnError, Result};
 
@@ -351,6 +351,7 @@ impl Fused {
                     (out, n),
                     (b, ty),
                     epilogue,
+                    gemm_sms(lane, rows),
                 )
             }?;
             if done {

@@ -104,6 +104,8 @@ struct Key {
     d: GemmType,
     bias: GemmType,
     epilogue: Epilogue,
+    /// `CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET` (0: the whole device).
+    sms: u32,
 }
 
 /// A matmul descriptor, its layouts and algorithm. Null handles are never
@@ -241,6 +243,11 @@ impl LaneBlasLt {
     /// accumulation; `bias` holds `m` values of `bias_type`, one per row of D. Enqueued on the lane's
     /// stream.
     ///
+    /// `sm_target` > 0 asks the heuristic for an algorithm suited to that many SMs
+    /// (`CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET`): narrower kernels that leave the
+    /// rest of the GPU to other lanes' concurrent work; 0 plans for the whole
+    /// device.
+    ///
     /// Returns `Ok(false)`, having enqueued nothing, when cuBLASLt does not take the
     /// problem (see the module docs); the caller then computes it another way.
     ///
@@ -263,6 +270,7 @@ impl LaneBlasLt {
         (d, ldd): (DevicePtr, usize),
         (bias, bias_type): (DevicePtr, GemmType),
         epilogue: Epilogue,
+        sm_target: u32,
     ) -> Result<bool> {
         let mut guard = lock(&self.state);
         let State {
@@ -282,6 +290,7 @@ impl LaneBlasLt {
             d: d_type,
             bias: bias_type,
             epilogue,
+            sms: sm_target,
         };
         bind(&self.ctx).map_err(|e| self.err("cuCtxSetCurrent", describe(e)))?;
         if plans.len() >= MAX_PLANS && !plans.contains_key(&key) {
@@ -426,6 +435,20 @@ impl LaneBlasLt {
             // the attribute's type (int32 / uint32 / pointer) and `size` bytes.
             unsafe { lt::set_matmul_desc_attribute(p.desc, attr, buf, size) }
                 .map_err(no("cublasLtMatmulDescSetAttribute"))?;
+        }
+        if key.sms > 0 {
+            let sms = i32::try_from(key.sms).unwrap_or(i32::MAX);
+            // SAFETY: the descriptor is live; the attribute is an int32 read from
+            // the local during the call.
+            unsafe {
+                lt::set_matmul_desc_attribute(
+                    p.desc,
+                    A::CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET,
+                    (&sms as *const i32).cast(),
+                    4,
+                )
+            }
+            .map_err(no("cublasLtMatmulDescSetAttribute"))?;
         }
         let (m, n, k) = key.mnk;
         let (lda, ldb, ldd) = key.lds;

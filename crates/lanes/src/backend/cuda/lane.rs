@@ -4,7 +4,7 @@
 use std::any::Any;
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::{self, ThreadId};
@@ -54,6 +54,11 @@ pub struct CudaLane {
     capturing: AtomicBool,
     /// The capturing thread's mark, held between `begin_capture` and `end_capture`.
     mark: Mutex<Option<CaptureMark>>,
+    /// How many SMs the lane's library calls should plan for (0: the whole
+    /// device). Written by [`CudaLane::set_sm_budget`] (the lane's holder, before
+    /// it enqueues work), read when a library call is planned; `Relaxed`: a hint,
+    /// never a safety property.
+    sm_budget: AtomicU32,
 }
 
 impl CudaLane {
@@ -76,7 +81,21 @@ impl CudaLane {
             runner: OnceLock::new(),
             capturing: AtomicBool::new(false),
             mark: Mutex::new(None),
+            sm_budget: AtomicU32::new(0),
         })
+    }
+
+    /// Asks the lane's library calls (cuBLASLt's heuristic) to plan for `sms`
+    /// SMs instead of the whole device (0): narrow kernels that leave the rest of
+    /// the GPU to the concurrent work of other lanes. Many small forwards from
+    /// many lanes run faster that way; a lone one runs faster wide.
+    pub fn set_sm_budget(&self, sms: u32) {
+        self.sm_budget.store(sms, Ordering::Relaxed);
+    }
+
+    /// The SM budget set by [`CudaLane::set_sm_budget`] (0: the whole device).
+    pub fn sm_budget(&self) -> u32 {
+        self.sm_budget.load(Ordering::Relaxed)
     }
 
     /// Fails with [`Error::Capture`] naming `call` while the lane is capturing.

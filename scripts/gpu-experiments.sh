@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Knob sweeps on the device (issue 11), over the build staged by
+# `scripts/gpu-session.sh stage` (run `scripts/gpu-session.sh probe` or any phase
+# first, or this unpacks the binaries itself). Builds nothing. Each line of
+# $OUT/experiments.jsonl is a bench cell with the knobs it ran under ("env").
+#   LANES_GEMM_SMS    cuBLASLt SM_COUNT_TARGET for 16-bit linears of <= 1024 rows
+#   LANES_TN_BLOCKS   linear_tn's split-K block target (f32 small batches)
+#   LANES_ATTN_F32    flash|kernels: force the f32 attention kernel
+#   LANES_F32_LT      on: narrow f32 linears without GELU on cuBLASLt
+set -uo pipefail
+cd "$(dirname "$0")/.."
+[ -f /tmp/session-work/ready ] || bash scripts/gpu-session.sh unpack > /dev/null 2>&1
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+B=/tmp/session-work/bin
+export LANES_MODEL=/tmp/session-work/model
+res=${OUT:-/tmp/experiments}; mkdir -p "$res"
+out=$res/experiments.jsonl; : > "$out"
+cell() { # cell "ENV=V ..." lanes-bench-args...
+  local envs=$1; shift
+  env $envs "$B/lanes" bench --device cuda --seq 128 --modes lanes --json "$@" 2>> "$res/experiments.err" \
+    | grep '^{' | python3 -c 'import json,sys
+for l in sys.stdin:
+    d=json.loads(l); d["env"]=sys.argv[1]; print(json.dumps(d))' "$envs" >> "$out"
+}
+# Defaults (a forward plans its small GEMMs narrow when others run beside it).
+cell "" --dtype float16 --threads 1,2,4,8,16,32 --batch 1 --duration-ms 1000
+cell "" --dtype bfloat16 --threads 1,16 --batch 1 --duration-ms 1000
+cell "LANES_GEMM_SMS=0" --dtype float16 --threads 16 --batch 1 --duration-ms 1000
+cell "LANES_GEMM_SMS=8" --dtype float16 --threads 16,32 --batch 1 --duration-ms 1000
+cell "" --dtype float16 --threads 16 --batch 8 --duration-ms 1000
+cell "" --dtype float32 --threads 1,16 --batch 1 --duration-ms 1000
+cell "LANES_F32_LT=on" --dtype float32 --threads 1,16 --batch 1 --duration-ms 1000
+cell "LANES_NN_GEMM=cublas" --dtype float32 --threads 16 --batch 1 --duration-ms 1000
+cell "" --dtype float16,bfloat16 --threads 1,2 --batch 512 --duration-ms 2000
+cell "" --dtype float32 --threads 1 --batch 512 --duration-ms 2000
+"$B/forward_bench" --only f32 --batch 1 > "$res/fb.txt" 2>&1
+python3 - "$out" <<'PY'
+import json, sys
+for l in open(sys.argv[1]):
+    d = json.loads(l)
+    print(f"{d['env'] or 'default':22} {d['dtype']:9} t={d['threads']:<3} b={d['batch']:<4} {d['seq_per_s']:10.0f} seq/s  p50 {d['p50_ms']:.3f} ms")
+PY
