@@ -22,17 +22,15 @@ cell() { # cell "ENV=V ..." lanes-bench-args...
 for l in sys.stdin:
     d=json.loads(l); d["env"]=sys.argv[1]; print(json.dumps(d))' "$envs" >> "$out"
 }
-# Defaults (a forward plans its small GEMMs narrow when others run beside it).
+# Defaults: a forward plans its small GEMMs narrower as more run beside it
+# (encoder.rs: wide alone, 16 SMs among a few, 8 in a crowd).
 cell "" --dtype float16 --threads 1,2,4,8,16,32 --batch 1 --duration-ms 1000
 cell "" --dtype bfloat16 --threads 1,16 --batch 1 --duration-ms 1000
-cell "LANES_GEMM_SMS=0" --dtype float16 --threads 16 --batch 1 --duration-ms 1000
-cell "LANES_GEMM_SMS=8" --dtype float16 --threads 16,32 --batch 1 --duration-ms 1000
+cell "LANES_GEMM_SMS=0" --dtype float16 --threads 16,32 --batch 1 --duration-ms 1000
 cell "" --dtype float16 --threads 16 --batch 8 --duration-ms 1000
-cell "" --dtype float32 --threads 1,16 --batch 1 --duration-ms 1000
-cell "LANES_F32_LT=on" --dtype float32 --threads 1,16 --batch 1 --duration-ms 1000
-cell "LANES_NN_GEMM=cublas" --dtype float32 --threads 16 --batch 1 --duration-ms 1000
-cell "" --dtype float16,bfloat16 --threads 1,2 --batch 512 --duration-ms 2000
-cell "" --dtype float32 --threads 1 --batch 512 --duration-ms 2000
+cell "" --dtype float32 --threads 1,2,4,8,16,32 --batch 1 --duration-ms 1000
+cell "LANES_F32_LT=off" --dtype float32 --threads 16 --batch 1 --duration-ms 1000
+cell "" --dtype float16,bfloat16 --threads 2 --batch 512 --duration-ms 2000
 "$B/forward_bench" --only f32 --batch 1 > "$res/fb.txt" 2>&1
 python3 - "$out" <<'PY'
 import json, sys

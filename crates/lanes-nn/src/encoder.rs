@@ -57,8 +57,8 @@ pub struct Encoder {
     /// This encoder's CUDA graphs (id, warm lanes, counts).
     graphs: Graphs,
     /// Forwards in progress, over all lanes: incremented when one starts, decremented
-    /// when it ends (by [`InFlight`]). A forward that starts while another runs
-    /// plans its small GEMMs narrow ([`share_of`]).
+    /// when it ends (by [`InFlight`]). A forward that starts while others run
+    /// plans its small GEMMs narrower ([`share_of`]).
     in_flight: AtomicUsize,
 }
 
@@ -79,21 +79,34 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// SMs a forward's small GEMMs plan for when other forwards run beside it
+/// SMs a forward's small GEMMs plan for when a few other forwards run beside it
 /// (cuBLASLt's `SM_COUNT_TARGET`, see [`lanes::backend::cuda::CudaLane::set_sm_budget`]).
-/// Measured on the H200 (132 SMs), float16 batch 1 × 128 tokens, one run: 16
-/// threads give 16,009 forwards/s planned for the whole GPU, 42,944 for 16 SMs,
-/// 44,553 for 8; one thread gives 5,320 whole, 4,812 for 16 SMs. So a forward
-/// alone plans wide and one among others narrow.
+///
+/// Measured on the H200 (132 SMs), float16 batch 1 × 128 tokens, one run each
+/// (`scripts/gpu-experiments.sh`): 16 threads give 16,009 forwards/s planned for
+/// the whole GPU, 42,944 for 16 SMs, 44,553 for 8; 32 threads 48,690 for 16 SMs,
+/// 64,454 for 8; one thread 5,320 whole, 4,812 for 16 SMs, 4,349 for 8. So a
+/// forward alone plans wide, one among a few others for 16 SMs, one in a crowd
+/// ([`CROWDED_AT`] forwards or more) for [`CROWDED_SMS`].
 pub const SHARED_SMS: u32 = 16;
 
+/// SMs a forward's small GEMMs plan for in a crowd (see [`SHARED_SMS`]).
+pub const CROWDED_SMS: u32 = 8;
+
+/// Packed tokens up to which a forward's GEMMs narrow under concurrency (the
+/// rows of its GEMMs; bigger ones fill the GPU on their own).
+pub const NARROW_MAX_TOKENS: usize = 1024;
+
+/// Forwards in flight (this one included) from which a forward is in a crowd.
+pub const CROWDED_AT: usize = 8;
+
 /// The GEMM share of a forward that starts with `in_flight` forwards running
-/// (itself included): [`Share::Wide`] alone, [`Share::Narrow`] among others.
+/// (itself included).
 pub(crate) fn share_of(in_flight: usize) -> Share {
-    if in_flight > 1 {
-        Share::Narrow
-    } else {
-        Share::Wide
+    match in_flight {
+        0 | 1 => Share::Wide,
+        n if n < CROWDED_AT => Share::Shared,
+        _ => Share::Crowded,
     }
 }
 
@@ -102,8 +115,21 @@ pub(crate) fn share_of(in_flight: usize) -> Share {
 pub(crate) enum Share {
     /// The whole device (lowest latency for a forward alone).
     Wide,
-    /// [`SHARED_SMS`] SMs (most throughput when many forwards run at once).
-    Narrow,
+    /// [`SHARED_SMS`] SMs.
+    Shared,
+    /// [`CROWDED_SMS`] SMs (most throughput when many forwards run at once).
+    Crowded,
+}
+
+impl Share {
+    /// The lane SM budget of this share (0: the whole device).
+    pub(crate) fn sms(self) -> u32 {
+        match self {
+            Share::Wide => 0,
+            Share::Shared => SHARED_SMS,
+            Share::Crowded => CROWDED_SMS,
+        }
+    }
 }
 
 impl Encoder {
@@ -291,7 +317,12 @@ impl Encoder {
         }
         self.prepare_lane(lane)?;
         let (_counted, in_flight) = InFlight::enter(&self.in_flight);
-        let share = share_of(in_flight);
+        // Bigger forwards fill the GPU on their own: always wide (one graph).
+        let share = if n <= NARROW_MAX_TOKENS {
+            share_of(in_flight)
+        } else {
+            Share::Wide
+        };
         set_sm_budget(lane, share);
         let model = ModelShape {
             hidden: h,
@@ -373,11 +404,36 @@ fn set_sm_budget(lane: &Lease, share: Share) {
         .as_any()
         .downcast_ref::<lanes::backend::cuda::CudaLane>()
     {
-        cuda.set_sm_budget(match share {
-            Share::Wide => 0,
-            Share::Narrow => SHARED_SMS,
-        });
+        cuda.set_sm_budget(share.sms());
     }
     #[cfg(not(feature = "cuda"))]
     let _ = (lane, share);
+}
+
+#[cfg(test)]
+mod share_tests {
+    use super::*;
+
+    #[test]
+    fn shares_narrow_as_forwards_crowd_in() {
+        assert_eq!(share_of(1), Share::Wide);
+        assert_eq!(share_of(2), Share::Shared);
+        assert_eq!(share_of(CROWDED_AT - 1), Share::Shared);
+        assert_eq!(share_of(CROWDED_AT), Share::Crowded);
+        assert_eq!(share_of(64), Share::Crowded);
+        assert_eq!(Share::Wide.sms(), 0);
+        assert!(Share::Shared.sms() > Share::Crowded.sms() && Share::Crowded.sms() > 0);
+    }
+
+    #[test]
+    fn in_flight_counts_a_forward_for_its_duration() {
+        let n = AtomicUsize::new(0);
+        let (a, first) = InFlight::enter(&n);
+        let (b, second) = InFlight::enter(&n);
+        assert_eq!((first, second), (1, 2));
+        drop(a);
+        assert_eq!(n.load(Ordering::Relaxed), 1);
+        drop(b);
+        assert_eq!(n.load(Ordering::Relaxed), 0);
+    }
 }

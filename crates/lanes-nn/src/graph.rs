@@ -196,8 +196,8 @@ impl Graphs {
 }
 
 /// The cache key of a graph: 16 bits of encoder id, 4 of precision and share
-/// (bits 0-1 the dtype, bit 2 narrow), 20 of batch and 24 of bucket; `None` when
-/// a field does not fit (then no graph is used).
+/// (bits 0-1 the dtype, bits 2-3 the share), 20 of batch and 24 of bucket; `None`
+/// when a field does not fit (then no graph is used).
 fn key(encoder: u64, batch: usize, bucket: usize, dtype: DType, share: Share) -> Option<u64> {
     let d = match dtype {
         DType::F32 => 1u64,
@@ -206,7 +206,8 @@ fn key(encoder: u64, batch: usize, bucket: usize, dtype: DType, share: Share) ->
         DType::U32 => return None,
     } | match share {
         Share::Wide => 0,
-        Share::Narrow => 4,
+        Share::Shared => 4,
+        Share::Crowded => 8,
     };
     if batch >= 1 << 20 || bucket >= 1 << 24 {
         return None;
@@ -301,12 +302,12 @@ mod tests {
         assert_ne!(base, k(1, 9, 128, DType::F16, w));
         assert_ne!(base, k(1, 8, 160, DType::F16, w));
         assert_ne!(base, k(1, 8, 128, DType::BF16, w));
-        assert_ne!(base, k(1, 8, 128, DType::F16, Share::Narrow));
+        assert_ne!(base, k(1, 8, 128, DType::F16, Share::Shared));
         let all: std::collections::BTreeSet<u64> = [DType::F32, DType::F16, DType::BF16]
             .into_iter()
-            .flat_map(|d| [w, Share::Narrow].map(|s| k(1, 8, 128, d, s)))
+            .flat_map(|d| [w, Share::Shared, Share::Crowded].map(|s| k(1, 8, 128, d, s)))
             .collect();
-        assert_eq!(all.len(), 6, "precision and share never collide");
+        assert_eq!(all.len(), 9, "precision and share never collide");
         assert_eq!(key(1, 1 << 20, 16, DType::F32, w), None);
         assert_eq!(key(1, 1, 16, DType::U32, w), None);
     }

@@ -130,7 +130,7 @@ pub fn blaslt_from_env() -> bool {
 
 /// Rows up to which a lane's SM budget ([`CudaLane::set_sm_budget`]) narrows
 /// `linear`: bigger GEMMs fill the GPU on their own and run wide.
-pub const NARROW_MAX_ROWS: usize = 1024;
+pub const NARROW_MAX_ROWS: usize = crate::encoder::NARROW_MAX_TOKENS;
 
 /// Packed tokens up to which f32 attention takes the flash kernel.
 pub const F32_FLASH_MAX_TOKENS: usize = 2048;
@@ -172,12 +172,14 @@ fn target_blocks(lane: &CudaLane, rows: usize) -> usize {
     }
 }
 
-/// Whether a narrow (SM-budgeted) f32 `linear` without GELU runs on cuBLASLt
-/// (exact f32, `CUBLAS_COMPUTE_32F`, the bias in its epilogue):
-/// `LANES_F32_LT=on`.
+/// Whether a narrow (SM-budgeted, at most [`NARROW_MAX_ROWS`] rows) f32 `linear`
+/// runs on cuBLASLt (exact f32: `CUBLAS_COMPUTE_32F`, no TF32; the bias in its
+/// epilogue, the exact GELU after it): `false` when `LANES_F32_LT` is `off` (or
+/// `0`, `false`, `no`), else `true`. Measured on the H200, f32 batch 1 from 16
+/// threads, one run: 8,242 forwards/s with it, 7,619 on `linear_tn`.
 pub(crate) fn f32_lt() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("LANES_F32_LT").is_ok_and(|v| v.trim() == "on"))
+    *ON.get_or_init(|| std::env::var("LANES_F32_LT").map_or(true, |v| blaslt_setting(&v)))
 }
 
 /// Whether f32 attention over `tokens` packed rows takes `fused.cu`'s flash
@@ -435,6 +437,40 @@ impl CudaExec {
         Ok(())
     }
 
+    /// `out[r, j] = act(out[r, j] + bias[j])` in place over the f32 `[total / n, n]`
+    /// output of a GEMM; `bias` 0 (null) adds nothing (then only the GELU).
+    fn bias_act_f32(
+        &self,
+        lane: &CudaLane,
+        (out, total, n): (DevicePtr, u32, usize),
+        bias: u64,
+        gelu: bool,
+    ) -> Result<()> {
+        let gelu_i = i32::from(gelu);
+        // Buffers from the caching allocator are 512-byte aligned; float4 needs 16.
+        let vec4 = n % 4 == 0 && out.0 % 16 == 0 && bias % 16 == 0;
+        let (f, count, width) = if vec4 {
+            (&self.bias_act4, total / 4, n as u32 / 4)
+        } else {
+            (&self.bias_act, total, n as u32)
+        };
+        let out_p = out.0;
+        let mut args = [
+            kernel_arg(&out_p),
+            kernel_arg(&bias),
+            kernel_arg(&count),
+            kernel_arg(&width),
+            kernel_arg(&gelu_i),
+        ];
+        // A grid-stride loop: enough blocks to fill the GPU, no more.
+        let grid = count.div_ceil(EPI_THREADS).clamp(1, 4096);
+        // SAFETY: the arguments match `bias_act[4](out, bias, total, n, gelu)`; out
+        // holds `total` f32s (the callers' GEMM output) and bias, unless null, n
+        // f32s (`count` and `width` in float4 units for the vectorized kernel,
+        // whose pointers were checked to be 16-byte aligned).
+        unsafe { launch(lane, f, (grid, 1, 1), EPI_THREADS, 0, &mut args) }
+    }
+
     /// The LayerNorm variant for rows of `dim`.
     fn ln_variant(&self, what: &str, dim: usize) -> Result<usize> {
         LN_VARIANTS
@@ -639,7 +675,7 @@ impl Exec for CudaExec {
                 )
             };
         }
-        if !gelu && f32_lt() && gemm_sms(lane, rows) > 0 && self.gemm == Gemm::Auto {
+        if f32_lt() && gemm_sms(lane, rows) > 0 && self.gemm == Gemm::Auto {
             if let Ok(lt) = lane.blas_lt() {
                 // SAFETY: `check_linear` proved x holds rows*k f32s, w n*k, b n and
                 // out rows*n, all memory of this lane's device, alive until the
@@ -659,7 +695,12 @@ impl Exec for CudaExec {
                     )
                 }?;
                 if done {
-                    return Ok(());
+                    // The exact GELU in place (the bias is already in).
+                    return if gelu {
+                        self.bias_act_f32(lane, (out, total, n), 0, true)
+                    } else {
+                        Ok(())
+                    };
                 }
             }
         }
@@ -676,28 +717,7 @@ impl Exec for CudaExec {
         // memory of this lane's device, kept alive (stream order) until the GEMM has
         // run; out is a unique borrow, so it overlaps neither input.
         unsafe { lane.sgemm(Op::T, Op::N, n, rows, k, 1.0, w, k, x, k, 0.0, out, n) }?;
-        let gelu_i = i32::from(gelu);
-        // Buffers from the caching allocator are 512-byte aligned; float4 needs 16.
-        let vec4 = n % 4 == 0 && out.0 % 16 == 0 && b.0 % 16 == 0;
-        let (f, count, width) = if vec4 {
-            (&self.bias_act4, total / 4, n as u32 / 4)
-        } else {
-            (&self.bias_act, total, n as u32)
-        };
-        let (out_p, b_p) = (out.0, b.0);
-        let mut args = [
-            kernel_arg(&out_p),
-            kernel_arg(&b_p),
-            kernel_arg(&count),
-            kernel_arg(&width),
-            kernel_arg(&gelu_i),
-        ];
-        // A grid-stride loop: enough blocks to fill the GPU, no more.
-        let grid = count.div_ceil(EPI_THREADS).clamp(1, 4096);
-        // SAFETY: the arguments match `bias_act[4](out, bias, total, n, gelu)`; out
-        // holds rows*n f32s and b n f32s (`count` and `width` in float4 units for the
-        // vectorized kernel, whose pointers were checked to be 16-byte aligned).
-        unsafe { launch(lane, f, (grid, 1, 1), EPI_THREADS, 0, &mut args) }
+        self.bias_act_f32(lane, (out, total, n), b.0, gelu)
     }
 
     fn attention(

@@ -158,14 +158,15 @@ LN_KERNELS(12)
 LN_KERNELS(32)
 
 // ---------------------------------------------------------------------------
-// Linear epilogue: out[r, j] += bias[j], then optionally the exact GELU.
+// Linear epilogue: out[r, j] += bias[j] (nothing when bias is null), then
+// optionally the exact GELU.
 // `out` holds x · wᵀ (cuBLAS). n4 = n / 4 when vectorized (n % 4 == 0, 16-byte
 // aligned buffers), total = rows * n (or rows * n4) < 2^31.
 
 extern "C" __global__ void bias_act(float* __restrict__ out, const float* __restrict__ bias, unsigned total,
                                     unsigned n, int gelu) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-        float v = __fadd_rn(out[i], bias[i % n]);
+        float v = bias ? __fadd_rn(out[i], bias[i % n]) : out[i];
         out[i] = gelu ? gelu_exact(v) : v;
     }
 }
@@ -174,11 +175,13 @@ extern "C" __global__ void bias_act4(float4* __restrict__ out, const float4* __r
                                      unsigned n4, int gelu) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total4; i += gridDim.x * blockDim.x) {
         float4 v = out[i];
-        const float4 b = bias[i % n4];
-        v.x = __fadd_rn(v.x, b.x);
-        v.y = __fadd_rn(v.y, b.y);
-        v.z = __fadd_rn(v.z, b.z);
-        v.w = __fadd_rn(v.w, b.w);
+        if (bias) {
+            const float4 b = bias[i % n4];
+            v.x = __fadd_rn(v.x, b.x);
+            v.y = __fadd_rn(v.y, b.y);
+            v.z = __fadd_rn(v.z, b.z);
+            v.w = __fadd_rn(v.w, b.w);
+        }
         if (gelu) {
             v.x = gelu_exact(v.x);
             v.y = gelu_exact(v.y);
