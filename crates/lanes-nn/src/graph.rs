@@ -224,7 +224,7 @@ fn key(encoder: u64, batch: usize, bucket: usize, dtype: DType, share: Share) ->
 /// capture, for the bucket's row count when it differs from the eager forward's:
 /// `cublasGemmEx` runs the same heuristic internally on every call, captured or
 /// not.
-fn set_up_blas(lane: &Lease, dtype: DType) -> Result<()> {
+pub(crate) fn set_up_blas(lane: &Lease, dtype: DType) -> Result<()> {
     #[cfg(feature = "cuda")]
     if let Some(cuda) = lane
         .raw()
