@@ -159,6 +159,8 @@ enum Attn {
     Flash,
     /// `tc_attn_{T}_d{D}`: tensor cores, f16 / bf16, head_dim 32 or 64.
     TensorCore,
+    /// `row_attn_f32_d{D}`: a thread per query, f32, head_dim 32 or 64.
+    Rows,
 }
 
 /// Runs one attention kernel on a packed batch of [`LENS`] and checks it against
@@ -234,6 +236,25 @@ fn attention_case(gpu: &Gpu, dt: Dt, heads: usize, d: usize, kind: Attn) {
                 &mut args,
             );
         }
+        Attn::Rows => {
+            let mut args = [
+                kernel_arg(&qp),
+                kernel_arg(&bp),
+                kernel_arg(&op),
+                kernel_arg(&outp),
+                kernel_arg(&tok_u),
+                kernel_arg(&max_u),
+                kernel_arg(&h_u),
+                kernel_arg(&scale),
+            ];
+            gpu.launch(
+                &format!("row_attn_f32_d{d}"),
+                (max_len.div_ceil(64) as u32, grid_yz.0, grid_yz.1),
+                64,
+                0,
+                &mut args,
+            );
+        }
     }
     let got = gpu.down_t(dt, &out_b, rows * hidden);
     check(&format!("{kind:?} attention D={d}"), dt, &got, &want, None);
@@ -246,6 +267,14 @@ fn flash_attention_matches_cpu_on_packed_batches() {
         for (heads, d) in [(12usize, 32usize), (2, 64), (1, 96)] {
             attention_case(&gpu, dt, heads, d, Attn::Flash);
         }
+    }
+}
+
+#[test]
+fn row_attention_matches_cpu_on_packed_batches() {
+    let Some(gpu) = Gpu::open() else { return };
+    for (heads, d) in [(12usize, 32usize), (2, 64)] {
+        attention_case(&gpu, Dt::F32, heads, d, Attn::Rows);
     }
 }
 

@@ -182,19 +182,33 @@ pub(crate) fn f32_lt() -> bool {
     *ON.get_or_init(|| std::env::var("LANES_F32_LT").map_or(true, |v| blaslt_setting(&v)))
 }
 
-/// Whether f32 attention over `tokens` packed rows takes `fused.cu`'s flash
-/// kernel rather than `kernels.cu`'s: `LANES_ATTN_F32=flash|kernels` where set,
-/// else for at most [`F32_FLASH_MAX_TOKENS`] tokens. Measured on the H200 (f32,
-/// 128 tokens a sequence, `forward_bench`): batch 1, flash 16.2 µs against
-/// 29.0; batch 512, flash 2,038 µs against 1,797.
-fn f32_flash(tokens: usize) -> bool {
-    static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    let forced = *MODE.get_or_init(|| match std::env::var("LANES_ATTN_F32") {
-        Ok(v) if v.trim() == "flash" => Some(true),
-        Ok(v) if v.trim() == "kernels" => Some(false),
-        _ => None,
-    });
-    forced.unwrap_or(tokens <= F32_FLASH_MAX_TOKENS)
+/// The f32 attention kernels, in `LANES_ATTN_F32`'s words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum F32Attn {
+    /// `fused.cu`'s `row_attn_f32` (a thread per query; head_dim 32 or 64).
+    Rows,
+    /// `fused.cu`'s `flash_attn_f32`.
+    Flash,
+    /// `kernels.cu`'s `attention_q*` (score rows in shared memory).
+    Kernels,
+}
+
+/// The f32 attention kernel `LANES_ATTN_F32=rows|flash|kernels` forces, if any
+/// (read once per process). Unforced, f32 attention takes `rows` where it
+/// applies, else `flash` for at most [`F32_FLASH_MAX_TOKENS`] packed tokens,
+/// else `kernels`. Measured on the H200 (f32, 128 tokens a sequence,
+/// `forward_bench`): batch 1, flash 16.2 µs against kernels 29.0; batch 512,
+/// flash 2,038 µs against 1,797.
+fn f32_attn_forced() -> Option<F32Attn> {
+    static MODE: std::sync::OnceLock<Option<F32Attn>> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| {
+        match std::env::var("LANES_ATTN_F32").as_deref().map(str::trim) {
+            Ok("rows") => Some(F32Attn::Rows),
+            Ok("flash") => Some(F32Attn::Flash),
+            Ok("kernels") => Some(F32Attn::Kernels),
+            _ => None,
+        }
+    })
 }
 
 /// `LANES_CUBLASLT`'s value as a switch: off for `off`, `0`, `false`, `no`.
@@ -739,7 +753,28 @@ impl Exec for CudaExec {
             &[(qkv.name(), qkv.dtype()), (out.name(), out.dtype())],
             &[],
         )?;
-        if dt != DType::F32 || f32_flash(d.tokens) {
+        let forced = f32_attn_forced();
+        if dt == DType::F32 && matches!(forced, None | Some(F32Attn::Rows)) {
+            // SAFETY: as for `Fused::attention` below (f32).
+            let done = unsafe {
+                self.fused.row_attention_f32(
+                    lane,
+                    (d.tokens, d.batch, d.hidden, d.heads, d.max_len),
+                    qkv.ptr(),
+                    offsets.ptr(),
+                    out.ptr(),
+                )
+            }?;
+            if done {
+                return Ok(());
+            }
+        }
+        let flash = match forced {
+            Some(F32Attn::Flash) => true,
+            Some(F32Attn::Kernels) => false,
+            _ => d.tokens <= F32_FLASH_MAX_TOKENS,
+        };
+        if dt != DType::F32 || flash {
             // SAFETY: `check_attention` validated the shapes (qkv [tokens, 3 * hidden],
             // out [tokens, hidden], offsets batch + 1 u32s) and device, `activation_dtype`
             // the dtypes: `Fused::attention`'s contract.

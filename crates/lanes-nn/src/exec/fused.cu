@@ -573,6 +573,131 @@ FA_KERNEL(bf16, bf16, 2)
 FA_KERNEL(bf16, bf16, 4)
 
 // ---------------------------------------------------------------------------
+// f32 attention, one thread per query row: the f32 path's kernel (no tensor
+// cores). One block per (RA_Q-query tile, head, sequence); the sequence's keys
+// and values go through shared memory RA_KC rows at a time (16-byte loads; the
+// optional f32 bias [3 * hidden] added on load) and every thread reads the same
+// key row at once (a broadcast). Each thread keeps its query and its context
+// accumulator in registers and runs an online softmax over groups of RA_G keys:
+// s = scale * (q · k) (the dot in d order, products rounded before each add, as
+// `cpu::attention`), one rescale of the accumulator per group, f32 exp, f32
+// running sum; out = acc / sum. head_dim D in {32, 64}; qkv and out 16-byte
+// aligned and hidden % 4 == 0 (the host checks).
+
+#define RA_Q 64
+#define RA_KC 64
+#define RA_G 16
+
+template <int D>
+__device__ __forceinline__ void row_attn(const float* __restrict__ qkv, const float* __restrict__ bias,
+                                         const unsigned* __restrict__ offsets, float* __restrict__ out,
+                                         unsigned tokens, unsigned max_len, unsigned heads, float scale) {
+    __shared__ float4 Ks[RA_KC][D / 4];
+    __shared__ float4 Vs[RA_KC][D / 4];
+    const unsigned b = blockIdx.z, h = blockIdx.y;
+    unsigned start, len;
+    fseq_range(offsets, b, tokens, &start, &len);
+    len = min(len, max_len);
+    const unsigned q0 = blockIdx.x * RA_Q;
+    if (q0 >= len) return;  // uniform over the block
+    const unsigned hidden = heads * D;
+    const size_t rs = 3 * (size_t)hidden;
+    const float* base = qkv + (size_t)start * rs + (size_t)h * D;
+    const unsigned qi = q0 + threadIdx.x;
+    const bool active = qi < len;
+    float q[D], acc[D];
+#pragma unroll
+    for (int d = 0; d < D; d++) {
+        q[d] = active ? base[(size_t)qi * rs + d] : 0.0f;
+        if (bias) q[d] = __fadd_rn(q[d], bias[h * D + d]);
+        acc[d] = 0.0f;
+    }
+    float m = -__int_as_float(0x7f800000), l = 0.0f;
+    for (unsigned c0 = 0; c0 < len; c0 += RA_KC) {
+        const unsigned n = min(RA_KC, len - c0);
+        __syncthreads();  // the previous chunk is no longer read
+        for (unsigned idx = threadIdx.x; idx < RA_KC * (D / 4); idx += RA_Q) {
+            const unsigned r = idx / (D / 4), c4 = idx - r * (D / 4);
+            float4 kv = make_float4(0.f, 0.f, 0.f, 0.f), vv = kv;
+            if (r < n) {
+                const float* row = base + (size_t)(c0 + r) * rs;
+                kv = *reinterpret_cast<const float4*>(row + hidden + 4 * c4);
+                vv = *reinterpret_cast<const float4*>(row + 2 * hidden + 4 * c4);
+                if (bias) {
+                    const float* bk = bias + hidden + h * D + 4 * c4;
+                    const float* bv = bias + 2 * hidden + h * D + 4 * c4;
+                    kv.x = __fadd_rn(kv.x, bk[0]), kv.y = __fadd_rn(kv.y, bk[1]);
+                    kv.z = __fadd_rn(kv.z, bk[2]), kv.w = __fadd_rn(kv.w, bk[3]);
+                    vv.x = __fadd_rn(vv.x, bv[0]), vv.y = __fadd_rn(vv.y, bv[1]);
+                    vv.z = __fadd_rn(vv.z, bv[2]), vv.w = __fadd_rn(vv.w, bv[3]);
+                }
+            }
+            Ks[r][c4] = kv;
+            Vs[r][c4] = vv;
+        }
+        __syncthreads();
+        if (!active) continue;
+        for (unsigned g = 0; g < n; g += RA_G) {
+            float sc[RA_G];
+            float gm = m;
+#pragma unroll
+            for (int j = 0; j < RA_G; j++) {
+                float dot = 0.0f;
+                if (g + j < n) {
+#pragma unroll
+                    for (int d4 = 0; d4 < D / 4; d4++) {
+                        const float4 k = Ks[g + j][d4];
+                        dot = __fadd_rn(dot, __fmul_rn(q[4 * d4], k.x));
+                        dot = __fadd_rn(dot, __fmul_rn(q[4 * d4 + 1], k.y));
+                        dot = __fadd_rn(dot, __fmul_rn(q[4 * d4 + 2], k.z));
+                        dot = __fadd_rn(dot, __fmul_rn(q[4 * d4 + 3], k.w));
+                    }
+                    sc[j] = __fmul_rn(scale, dot);
+                } else {
+                    sc[j] = -__int_as_float(0x7f800000);
+                }
+                gm = fmaxf(gm, sc[j]);
+            }
+            const float corr = expf(m - gm);  // 0 on the first group (m = -inf)
+            l *= corr;
+#pragma unroll
+            for (int d = 0; d < D; d++) acc[d] *= corr;
+#pragma unroll
+            for (int j = 0; j < RA_G; j++) {
+                const float p = expf(sc[j] - gm);  // 0 past the chunk's end
+                l += p;
+                if (g + j < n) {
+#pragma unroll
+                    for (int d4 = 0; d4 < D / 4; d4++) {
+                        const float4 v = Vs[g + j][d4];
+                        acc[4 * d4] = fmaf(p, v.x, acc[4 * d4]);
+                        acc[4 * d4 + 1] = fmaf(p, v.y, acc[4 * d4 + 1]);
+                        acc[4 * d4 + 2] = fmaf(p, v.z, acc[4 * d4 + 2]);
+                        acc[4 * d4 + 3] = fmaf(p, v.w, acc[4 * d4 + 3]);
+                    }
+                }
+            }
+            m = gm;
+        }
+    }
+    if (!active) return;
+    const float inv = 1.0f / l;
+    float4* o = reinterpret_cast<float4*>(out + (size_t)(start + qi) * hidden + (size_t)h * D);
+#pragma unroll
+    for (int d4 = 0; d4 < D / 4; d4++)
+        o[d4] = make_float4(acc[4 * d4] * inv, acc[4 * d4 + 1] * inv, acc[4 * d4 + 2] * inv, acc[4 * d4 + 3] * inv);
+}
+
+#define RA_KERNEL(D)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(RA_Q) row_attn_f32_d##D(                                     \
+        const float* __restrict__ qkv, const float* __restrict__ bias, const unsigned* __restrict__ offsets,  \
+        float* __restrict__ out, unsigned tokens, unsigned max_len, unsigned heads, float scale) {            \
+        row_attn<D>(qkv, bias, offsets, out, tokens, max_len, heads, scale);                                  \
+    }
+RA_KERNEL(32)
+RA_KERNEL(64)
+
+// ---------------------------------------------------------------------------
 // Tensor-core flash attention for 16-bit data (f16 / bf16), head_dim D in {32, 64}:
 // mma.sync m16n8k16 with f32 accumulation. v1, kept for comparison (`LANES_ATTN=v1`,
 // `AttnKernel::V1`); `tc2_attn` below is the default. One block per (64-query tile, head,

@@ -52,6 +52,8 @@ const TC_QB: usize = 64;
 /// Threads (`TC2_WARPS` warps) and queries (`TC2_BQ`) per block of `tc2_attn`.
 const TC2_THREADS: u32 = 256;
 const TC2_QB: usize = 128;
+/// Threads, one query each, per block of `row_attn_f32` (`RA_Q`).
+const RA_Q: u32 = 64;
 
 /// Which tensor-core attention kernel runs for f16 / bf16 with head_dim 32 or 64.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +164,8 @@ pub(super) struct Fused {
     /// `[f16, bf16][D = 32, 64]`: `tc_attn` (v1) and `tc2_attn` (v2).
     tc: [[CudaFunction; 2]; 2],
     tc2: [[CudaFunction; 2]; 2],
+    /// `row_attn_f32_d{32, 64}`: f32 attention, a thread per query.
+    rows: [CudaFunction; 2],
     /// The tensor-core attention kernel `attention` takes.
     pub(super) attn: AttnKernel,
     pool: [CudaFunction; 3],
@@ -214,6 +218,10 @@ impl Fused {
             flash: [flash("f32")?, flash("f16")?, flash("bf16")?],
             tc: [tc("tc_attn", "f16")?, tc("tc_attn", "bf16")?],
             tc2: [tc("tc2_attn", "f16")?, tc("tc2_attn", "bf16")?],
+            rows: [
+                f("row_attn_f32_d32".into())?,
+                f("row_attn_f32_d64".into())?,
+            ],
             attn,
             pool: per_dtype(&|s| f(format!("pool_mean_{s}")))?,
         })
@@ -405,6 +413,70 @@ impl Fused {
         // moves 16 bytes a thread, so it needs n a multiple of 16 / size (every
         // 16-byte group then lies in one row) and a 16-byte aligned out (checked).
         unsafe { launch(lane, f, (grid, 1, 1), EPI_THREADS, 0, &mut args) }
+    }
+
+    /// f32 attention on `row_attn_f32_d{D}` (a thread per query) where it
+    /// applies: head_dim 32 or 64, qkv and out 16-byte aligned, hidden % 4 == 0.
+    /// `Ok(false)`, having enqueued nothing, where it does not.
+    ///
+    /// # Safety
+    /// As [`Fused::attention`] with `dt` f32.
+    pub(super) unsafe fn row_attention_f32(
+        &self,
+        lane: &CudaLane,
+        (tokens, batch, hidden, heads, max_len): (usize, usize, usize, usize, usize),
+        qkv: DevicePtr,
+        offsets: DevicePtr,
+        out: DevicePtr,
+    ) -> Result<bool> {
+        let hd = hidden / heads;
+        let Some(f) = (match hd {
+            32 => Some(&self.rows[0]),
+            64 => Some(&self.rows[1]),
+            _ => None,
+        }) else {
+            return Ok(false);
+        };
+        if hidden % 4 != 0 || (qkv.0 | out.0) % 16 != 0 {
+            return Ok(false);
+        }
+        u32_of("tokens * 3 * hidden", tokens.saturating_mul(3 * hidden))?;
+        let (tok_u, max_u, heads_u, batch_u) = (
+            u32_of("tokens", tokens)?,
+            u32_of("max_len", max_len)?,
+            u32_of("heads", heads)?,
+            u32_of("batch", batch)?,
+        );
+        if heads_u > 65_535 || batch_u > 65_535 {
+            return Err(NnError::Unsupported(format!(
+                "attention: {heads} heads × {batch} sequences exceed the launch grid"
+            )));
+        }
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (qkv_p, null, off_p, out_p) = (qkv.0, 0u64, offsets.0, out.0);
+        let mut args = [
+            kernel_arg(&qkv_p),
+            kernel_arg(&null),
+            kernel_arg(&off_p),
+            kernel_arg(&out_p),
+            kernel_arg(&tok_u),
+            kernel_arg(&max_u),
+            kernel_arg(&heads_u),
+            kernel_arg(&scale),
+        ];
+        let grid = (
+            u32_of("query tiles", max_len.div_ceil(RA_Q as usize))?,
+            heads_u,
+            batch_u,
+        );
+        // SAFETY: the arguments match `row_attn_f32_d{D}(qkv, bias = null, offsets,
+        // out, tokens, max_len, heads, scale)` with D = head_dim (32 or 64); the
+        // extents are this function's contract; qkv and out are 16-byte aligned and
+        // hidden % 4 == 0 (checked), so every float4 access is aligned; the kernel
+        // clamps every sequence to [0, tokens) and to max_len; its shared memory
+        // is static.
+        unsafe { launch(lane, f, grid, RA_Q, 0, &mut args) }?;
+        Ok(true)
     }
 
     /// `attention` in `dt`: the tensor-core kernel for f16 / bf16 with head_dim 32
@@ -712,6 +784,7 @@ mod tests {
         assert!(SOURCE.contains(&format!("#define TC2_WARPS {}", TC2_THREADS / 32)));
         assert!(SOURCE.contains("#define TC2_BQ (TC2_WARPS * 16)"));
         assert_eq!(TC2_QB, 16 * (TC2_THREADS as usize / 32));
+        assert!(SOURCE.contains(&format!("#define RA_Q {RA_Q}")));
     }
 
     #[test]
