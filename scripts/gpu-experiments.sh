@@ -30,6 +30,9 @@ cell "LANES_GEMM_SMS=0" --dtype float16 --threads 16,32 --batch 1 --duration-ms 
 cell "" --dtype float16 --threads 16 --batch 8 --duration-ms 1000
 cell "" --dtype float32 --threads 1,2,4,8,16,32 --batch 1 --duration-ms 1000
 cell "LANES_F32_LT=off" --dtype float32 --threads 16 --batch 1 --duration-ms 1000
+cell "LANES_F32_LT=off" --dtype float32 --threads 1 --batch 512 --duration-ms 2000
+cell "LANES_ATTN_F32=kernels" --dtype float32 --threads 1 --batch 512 --duration-ms 2000
+cell "LANES_ATTN_F32=flash" --dtype float32 --threads 16 --batch 1 --duration-ms 1000
 cell "" --dtype float16,bfloat16 --threads 2 --batch 512 --duration-ms 2000
 "$B/forward_bench" --only f32 --batch 1 > "$res/fb.txt" 2>&1
 python3 - "$out" <<'PY'

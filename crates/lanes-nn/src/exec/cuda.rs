@@ -172,11 +172,12 @@ fn target_blocks(lane: &CudaLane, rows: usize) -> usize {
     }
 }
 
-/// Whether a narrow (SM-budgeted, at most [`NARROW_MAX_ROWS`] rows) f32 `linear`
-/// runs on cuBLASLt (exact f32: `CUBLAS_COMPUTE_32F`, no TF32; the bias in its
-/// epilogue, the exact GELU after it): `false` when `LANES_F32_LT` is `off` (or
-/// `0`, `false`, `no`), else `true`. Measured on the H200, f32 batch 1 from 16
-/// threads, one run: 8,242 forwards/s with it, 7,619 on `linear_tn`.
+/// Whether f32 `linear` runs on cuBLASLt where [`Gemm::Auto`] would take cuBLAS,
+/// and for narrow (SM-budgeted, at most [`NARROW_MAX_ROWS`] rows) forwards (exact
+/// f32: `CUBLAS_COMPUTE_32F`, no TF32; the bias in its epilogue, the exact GELU
+/// after it): `false` when `LANES_F32_LT` is `off` (or `0`, `false`, `no`), else
+/// `true`. Measured on the H200, f32 batch 1 from 16 threads, one run: 8,242
+/// forwards/s with it, 7,619 on `linear_tn`.
 pub(crate) fn f32_lt() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("LANES_F32_LT").map_or(true, |v| blaslt_setting(&v)))
@@ -194,11 +195,12 @@ enum F32Attn {
 }
 
 /// The f32 attention kernel `LANES_ATTN_F32=rows|flash|kernels` forces, if any
-/// (read once per process). Unforced, f32 attention takes `rows` where it
-/// applies, else `flash` for at most [`F32_FLASH_MAX_TOKENS`] packed tokens,
-/// else `kernels`. Measured on the H200 (f32, 128 tokens a sequence,
-/// `forward_bench`): batch 1, flash 16.2 µs against kernels 29.0; batch 512,
-/// flash 2,038 µs against 1,797.
+/// (read once per process). Unforced, f32 attention takes `flash` for a forward
+/// of at most [`F32_FLASH_MAX_TOKENS`] packed tokens alone on the GPU (no SM
+/// budget), else `rows` where it applies (head_dim 32 or 64, aligned), else
+/// `flash` up to that size and `kernels` above. Measured on the H200 (f32, 128
+/// tokens a sequence, `forward_bench`, µs a call): batch 1, flash 16.2, rows
+/// 27.7, kernels 29.0; batch 512, rows 695, kernels 1,784, flash 2,006.
 fn f32_attn_forced() -> Option<F32Attn> {
     static MODE: std::sync::OnceLock<Option<F32Attn>> = std::sync::OnceLock::new();
     *MODE.get_or_init(|| {
@@ -689,7 +691,10 @@ impl Exec for CudaExec {
                 )
             };
         }
-        if f32_lt() && gemm_sms(lane, rows) > 0 && self.gemm == Gemm::Auto {
+        // cuBLASLt (the bias in its epilogue) wherever cuBLAS would run anyway, and
+        // for narrow (SM-budgeted) forwards; `linear_tn` for a small forward alone.
+        let lt_here = gemm_sms(lane, rows) > 0 || !self.gemm.fused(rows, n);
+        if f32_lt() && self.gemm == Gemm::Auto && lt_here {
             if let Ok(lt) = lane.blas_lt() {
                 // SAFETY: `check_linear` proved x holds rows*k f32s, w n*k, b n and
                 // out rows*n, all memory of this lane's device, alive until the
@@ -754,7 +759,16 @@ impl Exec for CudaExec {
             &[],
         )?;
         let forced = f32_attn_forced();
-        if dt == DType::F32 && matches!(forced, None | Some(F32Attn::Rows)) {
+        // Unforced, a small f32 forward alone takes `flash` (lowest latency:
+        // 16.2 µs against 27.7 at batch 1 on the H200); big or narrow ones
+        // (SM-budgeted: throughput) take `rows` (batch 512: 695 µs against
+        // kernels' 1,784; batch 1 from 16 threads: 9,154 forwards/s).
+        let rows_first = match forced {
+            Some(F32Attn::Rows) => true,
+            Some(_) => false,
+            None => d.tokens > F32_FLASH_MAX_TOKENS || lane.sm_budget() > 0,
+        };
+        if dt == DType::F32 && rows_first {
             // SAFETY: as for `Fused::attention` below (f32).
             let done = unsafe {
                 self.fused.row_attention_f32(

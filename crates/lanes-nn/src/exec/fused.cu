@@ -579,9 +579,10 @@ FA_KERNEL(bf16, bf16, 4)
 // optional f32 bias [3 * hidden] added on load) and every thread reads the same
 // key row at once (a broadcast). Each thread keeps its query and its context
 // accumulator in registers and runs an online softmax over groups of RA_G keys:
-// s = scale * (q · k) (the dot in d order, products rounded before each add, as
-// `cpu::attention`), one rescale of the accumulator per group, f32 exp, f32
-// running sum; out = acc / sum. head_dim D in {32, 64}; qkv and out 16-byte
+// s = scale * (q · k) (the dot in d order with fused multiply-adds: one rounding
+// per step where `cpu::attention` rounds the product and the sum, so results
+// differ from it by f32 rounding, ~1e-7 relative), one rescale of the
+// accumulator per group, f32 exp, f32 running sum; out = acc / sum. head_dim D in {32, 64}; qkv and out 16-byte
 // aligned and hidden % 4 == 0 (the host checks).
 
 #define RA_Q 64
@@ -647,10 +648,10 @@ __device__ __forceinline__ void row_attn(const float* __restrict__ qkv, const fl
 #pragma unroll
                     for (int d4 = 0; d4 < D / 4; d4++) {
                         const float4 k = Ks[g + j][d4];
-                        dot = __fadd_rn(dot, __fmul_rn(q[4 * d4], k.x));
-                        dot = __fadd_rn(dot, __fmul_rn(q[4 * d4 + 1], k.y));
-                        dot = __fadd_rn(dot, __fmul_rn(q[4 * d4 + 2], k.z));
-                        dot = __fadd_rn(dot, __fmul_rn(q[4 * d4 + 3], k.w));
+                        dot = fmaf(q[4 * d4], k.x, dot);
+                        dot = fmaf(q[4 * d4 + 1], k.y, dot);
+                        dot = fmaf(q[4 * d4 + 2], k.z, dot);
+                        dot = fmaf(q[4 * d4 + 3], k.w, dot);
                     }
                     sc[j] = __fmul_rn(scale, dot);
                 } else {
