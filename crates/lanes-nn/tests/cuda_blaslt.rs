@@ -10,8 +10,8 @@
 //!    must be a cuBLASLt matmul, the forced executor must never use it, f32 never.
 //!    The cuBLASLt path is also run with the lane's SM budget at 16
 //!    (`CudaLane::set_sm_budget`): its own plan, the same tolerance.
-//!    f32 `linear` takes cuBLASLt (exact f32) only where cuBLAS would run or the
-//!    lane has an SM budget, and keeps the exact GELU.
+//!    f32 `linear` takes cuBLASLt (exact f32) unless switched off or forced onto
+//!    `linear_tn`, and keeps the erf GELU.
 //! 2. A CUDA graph capturing a cuBLASLt matmul of a shape first seen inside the
 //!    capture replays what the host computes, for fresh inputs each replay.
 //! 3. The f16 encoder with graphs on and off gives the same embeddings, close to
@@ -26,7 +26,7 @@ mod common;
 use common::{cosine, cuda, fixtures, max_abs_diff, model_dir, Dt as Half, Rng, HALVES};
 use lanes::backend::cuda::{CudaLane, LtStats};
 use lanes::{Buffer, Lease};
-use lanes_nn::exec::cuda::{blaslt_from_env, CudaExec};
+use lanes_nn::exec::cuda::{blaslt_from_env, CudaExec, Gemm};
 use lanes_nn::exec::Exec;
 use lanes_nn::{cpu, DType, Encoder, EncoderOptions, Precision, Tensor, TensorMut};
 
@@ -294,31 +294,27 @@ fn f32_linear(ex: &CudaExec, lane: &Lease, (rows, k, n): (usize, usize, usize), 
     (lt_stats(lane).matmuls > before.matmuls, max_abs_diff(&got, &want))
 }
 
-/// f32 takes cuBLASLt (exact f32, bias epilogue, then the exact GELU) where
-/// cuBLAS would run and on narrow lanes; `linear_tn` for a small one alone.
-/// Every path matches the host's f32 linear + erf GELU within 1e-4 (the tanh
-/// GELU would be off by up to 4.7e-4).
+/// f32 takes cuBLASLt (exact f32, bias epilogue, then the erf GELU) at every
+/// size and SM budget, unless `LANES_F32_LT=off` or the GEMM path is forced
+/// (`Gemm::Fused`: `linear_tn`, never cuBLASLt). Every path matches the host's
+/// f32 linear + erf GELU within 1e-4 (the tanh GELU would be off by up to 4.7e-4).
 #[test]
-fn f32_linear_uses_lt_where_cublas_would_or_narrow() {
+fn f32_linear_takes_lt_unless_off_or_forced() {
     let Some(dev) = cuda() else { return };
     let ex = CudaExec::new(&dev)
         .expect("compile the kernels")
         .with_blaslt(true);
+    let tn = CudaExec::with_gemm(&dev, Gemm::Fused).expect("compile the kernels");
     let lane = dev.lease().unwrap();
     let off = std::env::var("LANES_F32_LT").is_ok_and(|v| v.trim() == "off");
-    // `LANES_GEMM_SMS` overrides every lane's budget.
-    let forced: Option<u32> = std::env::var("LANES_GEMM_SMS").ok().and_then(|v| v.trim().parse().ok());
-    let cases = [
-        // (shape, SM budget, cuBLAS's size: 300 rows x 1536 is 120 64x64 tiles)
-        ((300, 384, 1536), 0, true),
-        ((128, 384, 384), 0, false),
-        ((128, 384, 384), 16, false),
-    ];
-    for (shape, sms, big) in cases {
-        let want_lt = !off && (big || forced.unwrap_or(sms) > 0);
+    let auto = ex.gemm() == Gemm::Auto;
+    for (shape, sms) in [((300, 384, 1536), 0), ((128, 384, 384), 0), ((128, 384, 384), 16)] {
         let (used_lt, d) = f32_linear(&ex, &lane, shape, sms);
-        assert_eq!(used_lt, want_lt, "{shape:?} with {sms} SMs: cuBLASLt used {used_lt}");
-        assert!(d <= 1e-4, "{shape:?} with {sms} SMs: f32 linear + exact GELU: max |diff| {d:.3e}");
+        assert_eq!(used_lt, !off && auto, "{shape:?} with {sms} SMs: cuBLASLt used {used_lt}");
+        assert!(d <= 1e-4, "{shape:?} with {sms} SMs: f32 linear + erf GELU: max |diff| {d:.3e}");
+        let (used_lt, d) = f32_linear(&tn, &lane, shape, sms);
+        assert!(!used_lt, "{shape:?}: Gemm::Fused used cuBLASLt");
+        assert!(d <= 1e-4, "{shape:?} linear_tn: max |diff| {d:.3e}");
     }
 }
 
