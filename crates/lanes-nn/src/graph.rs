@@ -145,8 +145,8 @@ impl Graphs {
             return Ok(None);
         }
         let bucket = token_bucket(n);
-        let Some(key) =
-            key(self.id, batch, bucket, model.dtype, model.share).filter(|_| bucket <= MAX_GRAPH_TOKENS)
+        let Some(key) = key(self.id, batch, bucket, model.dtype, model.share)
+            .filter(|_| bucket <= MAX_GRAPH_TOKENS)
         else {
             return Ok(None);
         };
@@ -232,7 +232,8 @@ pub(crate) fn set_up_blas(lane: &Lease, dtype: DType) -> Result<()> {
         .downcast_ref::<lanes::backend::cuda::CudaLane>()
     {
         cuda.blas()?;
-        let lt16 = matches!(dtype, DType::F16 | DType::BF16) && crate::exec::cuda::blaslt_from_env();
+        let lt16 =
+            matches!(dtype, DType::F16 | DType::BF16) && crate::exec::cuda::blaslt_from_env();
         if lt16 || (dtype == DType::F32 && crate::exec::cuda::f32_lt()) {
             let _ = cuda.blas_lt();
         }

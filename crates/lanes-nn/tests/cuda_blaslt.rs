@@ -260,7 +260,12 @@ fn lt_linear_matches_host_and_gemm_ex() {
 
 /// f32 `linear` (+ the exact GELU) on a lane whose SM budget is `sms`: the
 /// output and whether cuBLASLt ran it.
-fn f32_linear(ex: &CudaExec, lane: &Lease, (rows, k, n): (usize, usize, usize), sms: u32) -> (bool, f32) {
+fn f32_linear(
+    ex: &CudaExec,
+    lane: &Lease,
+    (rows, k, n): (usize, usize, usize),
+    sms: u32,
+) -> (bool, f32) {
     let mut rng = Rng((rows * 31 + n) as u64);
     let (x, w, b) = (
         rng.vec(rows * k, -1.0, 1.0),
@@ -291,7 +296,10 @@ fn f32_linear(ex: &CudaExec, lane: &Lease, (rows, k, n): (usize, usize, usize), 
     let mut want = vec![0f32; rows * n];
     cpu::linear(&x, rows, k, &w, &b, &mut want);
     cpu::gelu_inplace(&mut want);
-    (lt_stats(lane).matmuls > before.matmuls, max_abs_diff(&got, &want))
+    (
+        lt_stats(lane).matmuls > before.matmuls,
+        max_abs_diff(&got, &want),
+    )
 }
 
 /// f32 takes cuBLASLt (exact f32, bias epilogue, then the erf GELU) at every
@@ -308,10 +316,21 @@ fn f32_linear_takes_lt_unless_off_or_forced() {
     let lane = dev.lease().unwrap();
     let off = std::env::var("LANES_F32_LT").is_ok_and(|v| v.trim() == "off");
     let auto = ex.gemm() == Gemm::Auto;
-    for (shape, sms) in [((300, 384, 1536), 0), ((128, 384, 384), 0), ((128, 384, 384), 16)] {
+    for (shape, sms) in [
+        ((300, 384, 1536), 0),
+        ((128, 384, 384), 0),
+        ((128, 384, 384), 16),
+    ] {
         let (used_lt, d) = f32_linear(&ex, &lane, shape, sms);
-        assert_eq!(used_lt, !off && auto, "{shape:?} with {sms} SMs: cuBLASLt used {used_lt}");
-        assert!(d <= 1e-4, "{shape:?} with {sms} SMs: f32 linear + erf GELU: max |diff| {d:.3e}");
+        assert_eq!(
+            used_lt,
+            !off && auto,
+            "{shape:?} with {sms} SMs: cuBLASLt used {used_lt}"
+        );
+        assert!(
+            d <= 1e-4,
+            "{shape:?} with {sms} SMs: f32 linear + erf GELU: max |diff| {d:.3e}"
+        );
         let (used_lt, d) = f32_linear(&tn, &lane, shape, sms);
         assert!(!used_lt, "{shape:?}: Gemm::Fused used cuBLASLt");
         assert!(d <= 1e-4, "{shape:?} linear_tn: max |diff| {d:.3e}");

@@ -299,7 +299,13 @@ fn add_layer_norm_case(gpu: &Gpu, dt: Dt, dim: usize, vectorized: bool) {
     let g = rng.vec_in(Dt::F32, dim, 0.5, 1.5);
     let be = rng.vec_in(Dt::F32, dim, -0.2, 0.2);
     let summed: Vec<f32> = (0..rows * dim)
-        .map(|i| if vectorized { x[i] + res[i] } else { (x[i] + bias[i % dim]) + res[i] })
+        .map(|i| {
+            if vectorized {
+                x[i] + res[i]
+            } else {
+                (x[i] + bias[i % dim]) + res[i]
+            }
+        })
         .collect();
     let mut want = vec![0f32; rows * dim];
     cpu::layer_norm(&summed, rows, dim, &g, &be, 1e-12, &mut want);

@@ -29,7 +29,9 @@ mod fused;
 
 pub use fused::AttnKernel;
 
-use lanes::backend::cuda::{kernel_arg, CudaBackend, CudaFunction, CudaLane, Epilogue, GemmType, Op};
+use lanes::backend::cuda::{
+    kernel_arg, CudaBackend, CudaFunction, CudaLane, Epilogue, GemmType, Op,
+};
 use lanes::{DeviceKind, DevicePtr, Lease};
 
 use super::{EmbedTables, Exec};
@@ -204,14 +206,14 @@ enum F32Attn {
 /// 27.7, kernels 29.0; batch 512, rows 695, kernels 1,784, flash 2,006.
 fn f32_attn_forced() -> Option<F32Attn> {
     static MODE: std::sync::OnceLock<Option<F32Attn>> = std::sync::OnceLock::new();
-    *MODE.get_or_init(|| {
-        match std::env::var("LANES_ATTN_F32").as_deref().map(str::trim) {
+    *MODE.get_or_init(
+        || match std::env::var("LANES_ATTN_F32").as_deref().map(str::trim) {
             Ok("rows") => Some(F32Attn::Rows),
             Ok("flash") => Some(F32Attn::Flash),
             Ok("kernels") => Some(F32Attn::Kernels),
             _ => None,
-        }
-    })
+        },
+    )
 }
 
 /// `LANES_CUBLASLT`'s value as a switch: off for `off`, `0`, `false`, `no`.

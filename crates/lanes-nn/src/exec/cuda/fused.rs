@@ -218,10 +218,7 @@ impl Fused {
             flash: [flash("f32")?, flash("f16")?, flash("bf16")?],
             tc: [tc("tc_attn", "f16")?, tc("tc_attn", "bf16")?],
             tc2: [tc("tc2_attn", "f16")?, tc("tc2_attn", "bf16")?],
-            rows: [
-                f("row_attn_f32_d32".into())?,
-                f("row_attn_f32_d64".into())?,
-            ],
+            rows: [f("row_attn_f32_d32".into())?, f("row_attn_f32_d64".into())?],
             attn,
             pool: per_dtype(&|s| f(format!("pool_mean_{s}")))?,
         })
