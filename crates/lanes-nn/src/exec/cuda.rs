@@ -1,27 +1,32 @@
-//! [`Exec`] on CUDA: NVRTC kernels (`kernels.cu`, compiled once per device) and cuBLAS, all enqueued
-//! on the lane's stream. Nothing here waits on the host.
+//! [`Exec`] on CUDA: NVRTC kernels (`kernels.cu` and `fused.cu`, compiled once per
+//! device) and cuBLAS / cuBLASLt, all enqueued on the lane's stream. Nothing here
+//! waits on the host.
+//!
+//! f32 (the reference precision; no TF32 anywhere):
 //!
 //! | op | launches |
 //! | --- | --- |
 //! | `embed_ln` | 1 (gather + LayerNorm, a warp per row) |
-//! | `linear` | 2: cuBLAS SGEMM + bias (+ GELU) kernel; for small outputs ([`Gemm::Auto`]) the fused `linear_tn`, 1 (+ 1 split-K reduce) |
-//! | `attention` | 1 (scores, softmax and `P·V` per query tile of a sequence, straight from `qkv`) |
-//! | `add_layer_norm` | 1 (a warp per row) |
+//! | `linear` | 1 exact-f32 cuBLASLt matmul with the bias in its epilogue (+ 1 erf-GELU pass); where cuBLASLt declines or `LANES_F32_LT=off`: `linear_tn` (+ split-K reduce) for small outputs, else SGEMM + a bias (+ GELU) kernel ([`Gemm`]) |
+//! | `attention` | 1: `flash_attn_f32` for a small forward alone, `row_attn_f32` (a thread per query) for big or SM-budgeted ones, `kernels.cu`'s `attention_q*` where neither applies (`LANES_ATTN_F32` forces one) |
+//! | `add_layer_norm` | 1 (`kernels.cu`'s `add_ln`, a warp per row) |
 //! | `pool_mean` | 1 (a block per sequence; `fused.cu`'s kernel for every dtype) |
 //!
-//! A MiniLM forward is at most `1 + 6 × 11 + 1 = 68` launches (fewer where a fused
-//! linear needs no K split). Numerics follow
-//! [`crate::cpu`]: fp32 data, cuBLAS in its default (no TF32) math mode, LayerNorm
-//! statistics, softmax and pooling sums in f64, the exact GELU through `erfc` in f64;
-//! the module is compiled without fast math.
+//! Numerics follow [`crate::cpu`] closely: f32 data, LayerNorm statistics and pooling
+//! sums in f64, softmax in f32 with an f32 (row kernel) or f64 sum, the erf GELU in
+//! f64 (`linear_tn`) or f32 `erfcf` (the epilogue pass over cuBLASLt / SGEMM output,
+//! a few ulp apart); no fast math. Results agree with the CPU to ~2e-7 on the fixture.
 //!
-//! Every op dispatches on its tensors' dtype: f32 runs the kernels above; f16 and
-//! bf16 (activations, tables and GEMM weights; biases and LayerNorm parameters
+//! f16 and bf16 (activations, tables, GEMM weights and biases; LayerNorm parameters
 //! stay f32) run `fused.cu` and tensor-core GEMMs ([`fused`]): by default a
 //! cuBLASLt matmul with the bias (and the tanh-approximated GELU) fused into its
 //! epilogue, 44 launches a MiniLM forward (`1 + 6 × 7 + 1`); with
 //! `LANES_CUBLASLT=off` ([`blaslt_from_env`]) `cublasGemmEx` plus a bias (+ exact
 //! GELU) kernel, 68 launches (`1 + 6 × 11 + 1`).
+//!
+//! Every cuBLASLt plan is made for the lane's SM budget
+//! ([`CudaLane::set_sm_budget`], set per forward by the encoder from the load),
+//! for GEMMs of at most [`NARROW_MAX_ROWS`] rows.
 
 use std::ffi::c_void;
 
