@@ -161,6 +161,8 @@ enum Attn {
     TensorCore,
     /// `row_attn_f32_d{D}`: a thread per query, f32, head_dim 32 or 64.
     Rows,
+    /// `row_attn4_f32_d{D}`: four threads per query, f32, head_dim 32 or 64.
+    Rows4,
 }
 
 /// Runs one attention kernel on a packed batch of [`LENS`] and checks it against
@@ -236,7 +238,12 @@ fn attention_case(gpu: &Gpu, dt: Dt, heads: usize, d: usize, kind: Attn) {
                 &mut args,
             );
         }
-        Attn::Rows => {
+        Attn::Rows | Attn::Rows4 => {
+            let (name, queries) = if kind == Attn::Rows4 {
+                ("row_attn4", 16)
+            } else {
+                ("row_attn", 64)
+            };
             let mut args = [
                 kernel_arg(&qp),
                 kernel_arg(&bp),
@@ -248,8 +255,8 @@ fn attention_case(gpu: &Gpu, dt: Dt, heads: usize, d: usize, kind: Attn) {
                 kernel_arg(&scale),
             ];
             gpu.launch(
-                &format!("row_attn_f32_d{d}"),
-                (max_len.div_ceil(64) as u32, grid_yz.0, grid_yz.1),
+                &format!("{name}_f32_d{d}"),
+                (max_len.div_ceil(queries) as u32, grid_yz.0, grid_yz.1),
                 64,
                 0,
                 &mut args,
@@ -275,6 +282,7 @@ fn row_attention_matches_cpu_on_packed_batches() {
     let Some(gpu) = Gpu::open() else { return };
     for (heads, d) in [(12usize, 32usize), (2, 64)] {
         attention_case(&gpu, Dt::F32, heads, d, Attn::Rows);
+        attention_case(&gpu, Dt::F32, heads, d, Attn::Rows4);
     }
 }
 

@@ -8,7 +8,7 @@
 //! | --- | --- |
 //! | `embed_ln` | 1 (gather + LayerNorm, a warp per row) |
 //! | `linear` | 1 exact-f32 cuBLASLt matmul with the bias in its epilogue (+ 1 erf-GELU pass); where cuBLASLt declines or `LANES_F32_LT=off`: `linear_tn` (+ split-K reduce) for small outputs, else SGEMM + a bias (+ GELU) kernel ([`Gemm`]) |
-//! | `attention` | 1: `flash_attn_f32` for a small forward alone, `row_attn_f32` (a thread per query) for big or SM-budgeted ones, `kernels.cu`'s `attention_q*` where neither applies (`LANES_ATTN_F32` forces one) |
+//! | `attention` | 1: `row_attn4_f32` (four threads a query) for a small forward alone, `row_attn_f32` (a thread per query) for big or SM-budgeted ones, `flash_attn_f32` / `kernels.cu`'s `attention_q*` where neither applies (`LANES_ATTN_F32` forces one) |
 //! | `add_layer_norm` | 1 (`kernels.cu`'s `add_ln`, a warp per row) |
 //! | `pool_mean` | 1 (a block per sequence; `fused.cu`'s kernel for every dtype) |
 //!
@@ -196,24 +196,28 @@ pub(crate) fn f32_lt() -> bool {
 enum F32Attn {
     /// `fused.cu`'s `row_attn_f32` (a thread per query; head_dim 32 or 64).
     Rows,
+    /// `fused.cu`'s `row_attn4_f32` (four threads per query; head_dim 32 or 64).
+    Rows4,
     /// `fused.cu`'s `flash_attn_f32`.
     Flash,
     /// `kernels.cu`'s `attention_q*` (score rows in shared memory).
     Kernels,
 }
 
-/// The f32 attention kernel `LANES_ATTN_F32=rows|flash|kernels` forces, if any
-/// (read once per process). Unforced, f32 attention takes `flash` for a forward
+/// The f32 attention kernel `LANES_ATTN_F32=rows|rows4|flash|kernels` forces, if
+/// any (read once per process). Unforced, f32 attention takes `rows4` for a forward
 /// of at most [`F32_FLASH_MAX_TOKENS`] packed tokens alone on the GPU (no SM
-/// budget), else `rows` where it applies (head_dim 32 or 64, aligned), else
-/// `flash` up to that size and `kernels` above. Measured on the H200 (f32, 128
-/// tokens a sequence, `forward_bench`, µs a call): batch 1, flash 16.2, rows
-/// 27.7, kernels 29.0; batch 512, rows 695, kernels 1,784, flash 2,006.
+/// budget) and `rows` for the others, where they apply (head_dim 32 or 64,
+/// aligned); else `flash` up to that size and `kernels` above. Measured on the
+/// H200 (f32, 128 tokens a sequence, `forward_bench`, µs a call): batch 1, flash
+/// 16.2, rows 27.7, kernels 29.0; batch 512, rows 634-695, kernels 1,784, flash
+/// 2,006.
 fn f32_attn_forced() -> Option<F32Attn> {
     static MODE: std::sync::OnceLock<Option<F32Attn>> = std::sync::OnceLock::new();
     *MODE.get_or_init(
         || match std::env::var("LANES_ATTN_F32").as_deref().map(str::trim) {
             Ok("rows") => Some(F32Attn::Rows),
+            Ok("rows4") => Some(F32Attn::Rows4),
             Ok("flash") => Some(F32Attn::Flash),
             Ok("kernels") => Some(F32Attn::Kernels),
             _ => None,
@@ -766,16 +770,18 @@ impl Exec for CudaExec {
             &[],
         )?;
         let forced = f32_attn_forced();
-        // Unforced, a small f32 forward alone takes `flash` (lowest latency:
-        // 16.2 µs against 27.7 at batch 1 on the H200); big or narrow ones
-        // (SM-budgeted: throughput) take `rows` (batch 512: 695 µs against
-        // kernels' 1,784; batch 1 from 16 threads: 9,154 forwards/s).
-        let rows_first = match forced {
-            Some(F32Attn::Rows) => true,
-            Some(_) => false,
-            None => d.tokens > F32_FLASH_MAX_TOKENS || lane.sm_budget() > 0,
+        // Unforced, a small f32 forward alone takes `rows4` (latency: four
+        // threads a query); big or narrow ones (SM-budgeted: throughput) take
+        // `rows` (batch 512 on the H200: 695 µs against kernels' 1,784; batch 1
+        // from 16 threads: 9,154 forwards/s against flash's 8,753).
+        let small_alone = d.tokens <= F32_FLASH_MAX_TOKENS && lane.sm_budget() == 0;
+        let rows = match forced {
+            Some(F32Attn::Rows) => Some(false),
+            Some(F32Attn::Rows4) => Some(true),
+            Some(_) => None,
+            None => Some(small_alone),
         };
-        if dt == DType::F32 && rows_first {
+        if let (DType::F32, Some(split)) = (dt, rows) {
             // SAFETY: as for `Fused::attention` below (f32).
             let done = unsafe {
                 self.fused.row_attention_f32(
@@ -784,6 +790,7 @@ impl Exec for CudaExec {
                     qkv.ptr(),
                     offsets.ptr(),
                     out.ptr(),
+                    split,
                 )
             }?;
             if done {

@@ -589,22 +589,27 @@ FA_KERNEL(bf16, bf16, 4)
 #define RA_KC 64
 #define RA_G 16
 
-template <int D>
+template <int D, int KS>
 __device__ __forceinline__ void row_attn(const float* __restrict__ qkv, const float* __restrict__ bias,
                                          const unsigned* __restrict__ offsets, float* __restrict__ out,
                                          unsigned tokens, unsigned max_len, unsigned heads, float scale) {
-    __shared__ float4 Ks[RA_KC][D / 4];
-    __shared__ float4 Vs[RA_KC][D / 4];
+    constexpr unsigned QB = RA_Q / KS;            // queries a block
+    constexpr unsigned LD = D / 4 + (KS > 1);     // a key row in float4s (padded when split)
+    constexpr unsigned STEP = KS * RA_G;          // keys a group spans
+    const float NEG_INF = -__int_as_float(0x7f800000);
+    __shared__ float4 Ks[RA_KC][LD];
+    __shared__ float4 Vs[RA_KC][LD];
     const unsigned b = blockIdx.z, h = blockIdx.y;
     unsigned start, len;
     fseq_range(offsets, b, tokens, &start, &len);
     len = min(len, max_len);
-    const unsigned q0 = blockIdx.x * RA_Q;
+    const unsigned q0 = blockIdx.x * QB;
     if (q0 >= len) return;  // uniform over the block
     const unsigned hidden = heads * D;
     const size_t rs = 3 * (size_t)hidden;
     const float* base = qkv + (size_t)start * rs + (size_t)h * D;
-    const unsigned qi = q0 + threadIdx.x;
+    const unsigned ks = threadIdx.x % KS;  // a query's KS threads are adjacent lanes
+    const unsigned qi = q0 + threadIdx.x / KS;
     const bool active = qi < len;
     float q[D], acc[D];
 #pragma unroll
@@ -613,7 +618,7 @@ __device__ __forceinline__ void row_attn(const float* __restrict__ qkv, const fl
         if (bias) q[d] = __fadd_rn(q[d], bias[h * D + d]);
         acc[d] = 0.0f;
     }
-    float m = -__int_as_float(0x7f800000), l = 0.0f;
+    float m = NEG_INF, l = 0.0f;
     for (unsigned c0 = 0; c0 < len; c0 += RA_KC) {
         const unsigned n = min(RA_KC, len - c0);
         __syncthreads();  // the previous chunk is no longer read
@@ -638,16 +643,18 @@ __device__ __forceinline__ void row_attn(const float* __restrict__ qkv, const fl
         }
         __syncthreads();
         if (!active) continue;
-        for (unsigned g = 0; g < n; g += RA_G) {
+        // This thread's keys of the chunk: ks, ks + KS, ks + 2 KS, ...
+        for (unsigned g = 0; g < n; g += STEP) {
             float sc[RA_G];
             float gm = m;
 #pragma unroll
             for (int j = 0; j < RA_G; j++) {
+                const unsigned key = g + ks + KS * j;
                 float dot = 0.0f;
-                if (g + j < n) {
+                if (key < n) {
 #pragma unroll
                     for (int d4 = 0; d4 < D / 4; d4++) {
-                        const float4 k = Ks[g + j][d4];
+                        const float4 k = Ks[key][d4];
                         dot = fmaf(q[4 * d4], k.x, dot);
                         dot = fmaf(q[4 * d4 + 1], k.y, dot);
                         dot = fmaf(q[4 * d4 + 2], k.z, dot);
@@ -655,22 +662,24 @@ __device__ __forceinline__ void row_attn(const float* __restrict__ qkv, const fl
                     }
                     sc[j] = __fmul_rn(scale, dot);
                 } else {
-                    sc[j] = -__int_as_float(0x7f800000);
+                    sc[j] = NEG_INF;
                 }
                 gm = fmaxf(gm, sc[j]);
             }
-            const float corr = expf(m - gm);  // 0 on the first group (m = -inf)
+            if (gm == NEG_INF) continue;  // no key of this thread in the group yet
+            const float corr = expf(m - gm);  // 0 on this thread's first keys (m = -inf)
             l *= corr;
 #pragma unroll
             for (int d = 0; d < D; d++) acc[d] *= corr;
 #pragma unroll
             for (int j = 0; j < RA_G; j++) {
+                const unsigned key = g + ks + KS * j;
                 const float p = expf(sc[j] - gm);  // 0 past the chunk's end
                 l += p;
-                if (g + j < n) {
+                if (key < n) {
 #pragma unroll
                     for (int d4 = 0; d4 < D / 4; d4++) {
-                        const float4 v = Vs[g + j][d4];
+                        const float4 v = Vs[key][d4];
                         acc[4 * d4] = fmaf(p, v.x, acc[4 * d4]);
                         acc[4 * d4 + 1] = fmaf(p, v.y, acc[4 * d4 + 1]);
                         acc[4 * d4 + 2] = fmaf(p, v.z, acc[4 * d4 + 2]);
@@ -681,19 +690,46 @@ __device__ __forceinline__ void row_attn(const float* __restrict__ qkv, const fl
             m = gm;
         }
     }
+    if (KS > 1) {
+        // Merge the KS partial softmaxes of each query (every lane takes part: the
+        // shuffles need the whole warp; a thread without keys has m = -inf, l = 0).
+        float mall = m;
+#pragma unroll
+        for (int o = 1; o < KS; o <<= 1) mall = fmaxf(mall, __shfl_xor_sync(0xffffffffu, mall, o));
+        const float f = m == NEG_INF ? 0.0f : expf(m - mall);
+        l *= f;
+#pragma unroll
+        for (int o = 1; o < KS; o <<= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
+#pragma unroll
+        for (int d = 0; d < D; d++) {
+            float a = acc[d] * f;
+#pragma unroll
+            for (int o = 1; o < KS; o <<= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+            acc[d] = a;
+        }
+    }
     if (!active) return;
     const float inv = 1.0f / l;
     float4* o = reinterpret_cast<float4*>(out + (size_t)(start + qi) * hidden + (size_t)h * D);
 #pragma unroll
     for (int d4 = 0; d4 < D / 4; d4++)
-        o[d4] = make_float4(acc[4 * d4] * inv, acc[4 * d4 + 1] * inv, acc[4 * d4 + 2] * inv, acc[4 * d4 + 3] * inv);
+        if (d4 % KS == ks)
+            o[d4] = make_float4(acc[4 * d4] * inv, acc[4 * d4 + 1] * inv, acc[4 * d4 + 2] * inv,
+                                acc[4 * d4 + 3] * inv);
 }
 
+// row_attn_f32_d{D}: a thread per query; row_attn4_f32_d{D}: four threads per query,
+// each a quarter of the keys, merged by shuffles (more parallelism for small batches).
 #define RA_KERNEL(D)                                                                                          \
     extern "C" __global__ void __launch_bounds__(RA_Q) row_attn_f32_d##D(                                     \
         const float* __restrict__ qkv, const float* __restrict__ bias, const unsigned* __restrict__ offsets,  \
         float* __restrict__ out, unsigned tokens, unsigned max_len, unsigned heads, float scale) {            \
-        row_attn<D>(qkv, bias, offsets, out, tokens, max_len, heads, scale);                                  \
+        row_attn<D, 1>(qkv, bias, offsets, out, tokens, max_len, heads, scale);                               \
+    }                                                                                                         \
+    extern "C" __global__ void __launch_bounds__(RA_Q) row_attn4_f32_d##D(                                    \
+        const float* __restrict__ qkv, const float* __restrict__ bias, const unsigned* __restrict__ offsets,  \
+        float* __restrict__ out, unsigned tokens, unsigned max_len, unsigned heads, float scale) {            \
+        row_attn<D, 4>(qkv, bias, offsets, out, tokens, max_len, heads, scale);                               \
     }
 RA_KERNEL(32)
 RA_KERNEL(64)

@@ -166,6 +166,8 @@ pub(super) struct Fused {
     tc2: [[CudaFunction; 2]; 2],
     /// `row_attn_f32_d{32, 64}`: f32 attention, a thread per query.
     rows: [CudaFunction; 2],
+    /// `row_attn4_f32_d{32, 64}`: the same with four threads per query.
+    rows4: [CudaFunction; 2],
     /// The tensor-core attention kernel `attention` takes.
     pub(super) attn: AttnKernel,
     pool: [CudaFunction; 3],
@@ -219,6 +221,10 @@ impl Fused {
             tc: [tc("tc_attn", "f16")?, tc("tc_attn", "bf16")?],
             tc2: [tc("tc2_attn", "f16")?, tc("tc2_attn", "bf16")?],
             rows: [f("row_attn_f32_d32".into())?, f("row_attn_f32_d64".into())?],
+            rows4: [
+                f("row_attn4_f32_d32".into())?,
+                f("row_attn4_f32_d64".into())?,
+            ],
             attn,
             pool: per_dtype(&|s| f(format!("pool_mean_{s}")))?,
         })
@@ -412,9 +418,11 @@ impl Fused {
         unsafe { launch(lane, f, (grid, 1, 1), EPI_THREADS, 0, &mut args) }
     }
 
-    /// f32 attention on `row_attn_f32_d{D}` (a thread per query) where it
-    /// applies: head_dim 32 or 64, qkv and out 16-byte aligned, hidden % 4 == 0.
-    /// `Ok(false)`, having enqueued nothing, where it does not.
+    /// f32 attention on `row_attn_f32_d{D}` (a thread per query), or with `split`
+    /// on `row_attn4_f32_d{D}` (four threads per query: more parallelism for
+    /// small batches), where it applies: head_dim 32 or 64, qkv and out 16-byte
+    /// aligned, hidden % 4 == 0. `Ok(false)`, having enqueued nothing, where it
+    /// does not.
     ///
     /// # Safety
     /// As [`Fused::attention`] with `dt` f32.
@@ -425,11 +433,13 @@ impl Fused {
         qkv: DevicePtr,
         offsets: DevicePtr,
         out: DevicePtr,
+        split: bool,
     ) -> Result<bool> {
         let hd = hidden / heads;
+        let kernels = if split { &self.rows4 } else { &self.rows };
         let Some(f) = (match hd {
-            32 => Some(&self.rows[0]),
-            64 => Some(&self.rows[1]),
+            32 => Some(&kernels[0]),
+            64 => Some(&kernels[1]),
             _ => None,
         }) else {
             return Ok(false);
@@ -461,12 +471,13 @@ impl Fused {
             kernel_arg(&heads_u),
             kernel_arg(&scale),
         ];
+        let queries = RA_Q as usize / if split { 4 } else { 1 };
         let grid = (
-            u32_of("query tiles", max_len.div_ceil(RA_Q as usize))?,
+            u32_of("query tiles", max_len.div_ceil(queries))?,
             heads_u,
             batch_u,
         );
-        // SAFETY: the arguments match `row_attn_f32_d{D}(qkv, bias = null, offsets,
+        // SAFETY: the arguments match `row_attn[4]_f32_d{D}(qkv, bias = null, offsets,
         // out, tokens, max_len, heads, scale)` with D = head_dim (32 or 64); the
         // extents are this function's contract; qkv and out are 16-byte aligned and
         // hidden % 4 == 0 (checked), so every float4 access is aligned; the kernel
@@ -782,6 +793,7 @@ mod tests {
         assert!(SOURCE.contains("#define TC2_BQ (TC2_WARPS * 16)"));
         assert_eq!(TC2_QB, 16 * (TC2_THREADS as usize / 32));
         assert!(SOURCE.contains(&format!("#define RA_Q {RA_Q}")));
+        assert!(SOURCE.contains("row_attn<D, 4>"));
     }
 
     #[test]
