@@ -27,8 +27,12 @@
 //! | `add_layer_norm` | 1 (`add_ln4_{T}_{V}`, 4 values a lane per access; `add_ln_{T}_{V}` for unaligned rows) |
 //! | `pool_mean` | 1 (`pool_mean_{T}`, f32 out; also the f32 path's) |
 //!
-//! The f32 instantiations of the same kernels are loaded too (the GPU tests compare
-//! them with the CPU), but [`super::CudaExec`] keeps its own f32 kernels for f32.
+//! The f32 instantiations of the same kernels are loaded too: f32 attention runs
+//! `row_attn*_f32` / `flash_attn_f32` and f32 pooling `pool_mean_f32` from here;
+//! [`super::CudaExec`] keeps its own f32 LayerNorm, `linear_tn` and GEMM epilogue
+//! (the GPU tests compare the rest with the CPU).
+
+use std::ffi::c_void;
 
 use lanes::backend::cuda::{
     kernel_arg, CudaBackend, CudaFunction, CudaLane, Epilogue, GemmType, Op,
@@ -144,6 +148,91 @@ fn gemm_type(dt: DType) -> Result<GemmType> {
         DType::F16 => Ok(GemmType::F16),
         DType::BF16 => Ok(GemmType::BF16),
         DType::U32 => Err(NnError::Unsupported("linear in u32".into())),
+    }
+}
+
+/// The checked launch values every attention kernel of `fused.cu` takes: `(qkv,
+/// bias = null, offsets, out, tokens, max_len, heads[, D], scale)`.
+struct AttnArgs {
+    qkv: u64,
+    bias: u64,
+    offsets: u64,
+    out: u64,
+    tokens: u32,
+    max_len: u32,
+    heads: u32,
+    head_dim: u32,
+    batch: u32,
+    scale: f32,
+}
+
+impl AttnArgs {
+    /// Checks the extents against the kernels' 32-bit indexing and the grid's
+    /// limits (heads and batch are its y and z).
+    fn new(
+        (tokens, batch, hidden, heads, max_len): (usize, usize, usize, usize, usize),
+        qkv: DevicePtr,
+        offsets: DevicePtr,
+        out: DevicePtr,
+    ) -> Result<AttnArgs> {
+        u32_of("tokens * 3 * hidden", tokens.saturating_mul(3 * hidden))?;
+        let head_dim = hidden / heads;
+        let a = AttnArgs {
+            qkv: qkv.0,
+            bias: 0,
+            offsets: offsets.0,
+            out: out.0,
+            tokens: u32_of("tokens", tokens)?,
+            max_len: u32_of("max_len", max_len)?,
+            heads: u32_of("heads", heads)?,
+            head_dim: u32_of("head_dim", head_dim)?,
+            batch: u32_of("batch", batch)?,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+        };
+        if a.heads > 65_535 || a.batch > 65_535 {
+            return Err(NnError::Unsupported(format!(
+                "attention: {heads} heads × {batch} sequences exceed the launch grid"
+            )));
+        }
+        Ok(a)
+    }
+
+    /// `(query tiles, heads, batch)` for tiles of `queries` queries.
+    fn grid(&self, max_len: usize, queries: usize) -> Result<(u32, u32, u32)> {
+        Ok((
+            u32_of("query tiles", max_len.div_ceil(queries))?,
+            self.heads,
+            self.batch,
+        ))
+    }
+
+    /// The arguments without the head size (`tc_attn`, `tc2_attn`, `row_attn*`).
+    fn common(&self) -> [*mut c_void; 8] {
+        [
+            kernel_arg(&self.qkv),
+            kernel_arg(&self.bias),
+            kernel_arg(&self.offsets),
+            kernel_arg(&self.out),
+            kernel_arg(&self.tokens),
+            kernel_arg(&self.max_len),
+            kernel_arg(&self.heads),
+            kernel_arg(&self.scale),
+        ]
+    }
+
+    /// The arguments with the head size before the scale (`flash_attn`).
+    fn with_head_dim(&self) -> [*mut c_void; 9] {
+        [
+            kernel_arg(&self.qkv),
+            kernel_arg(&self.bias),
+            kernel_arg(&self.offsets),
+            kernel_arg(&self.out),
+            kernel_arg(&self.tokens),
+            kernel_arg(&self.max_len),
+            kernel_arg(&self.heads),
+            kernel_arg(&self.head_dim),
+            kernel_arg(&self.scale),
+        ]
     }
 }
 
@@ -447,36 +536,9 @@ impl Fused {
         if hidden % 4 != 0 || (qkv.0 | out.0) % 16 != 0 {
             return Ok(false);
         }
-        u32_of("tokens * 3 * hidden", tokens.saturating_mul(3 * hidden))?;
-        let (tok_u, max_u, heads_u, batch_u) = (
-            u32_of("tokens", tokens)?,
-            u32_of("max_len", max_len)?,
-            u32_of("heads", heads)?,
-            u32_of("batch", batch)?,
-        );
-        if heads_u > 65_535 || batch_u > 65_535 {
-            return Err(NnError::Unsupported(format!(
-                "attention: {heads} heads × {batch} sequences exceed the launch grid"
-            )));
-        }
-        let scale = 1.0 / (hd as f32).sqrt();
-        let (qkv_p, null, off_p, out_p) = (qkv.0, 0u64, offsets.0, out.0);
-        let mut args = [
-            kernel_arg(&qkv_p),
-            kernel_arg(&null),
-            kernel_arg(&off_p),
-            kernel_arg(&out_p),
-            kernel_arg(&tok_u),
-            kernel_arg(&max_u),
-            kernel_arg(&heads_u),
-            kernel_arg(&scale),
-        ];
-        let queries = RA_Q as usize / if split { 4 } else { 1 };
-        let grid = (
-            u32_of("query tiles", max_len.div_ceil(queries))?,
-            heads_u,
-            batch_u,
-        );
+        let a = AttnArgs::new((tokens, batch, hidden, heads, max_len), qkv, offsets, out)?;
+        let mut args = a.common();
+        let grid = a.grid(max_len, RA_Q as usize / if split { 4 } else { 1 })?;
         // SAFETY: the arguments match `row_attn[4]_f32_d{D}(qkv, bias = null, offsets,
         // out, tokens, max_len, heads, scale)` with D = head_dim (32 or 64); the
         // extents are this function's contract; qkv and out are 16-byte aligned and
@@ -507,43 +569,16 @@ impl Fused {
     ) -> Result<()> {
         let d = dtype_index(dt)?;
         let hd = hidden / heads;
-        u32_of("tokens * 3 * hidden", tokens.saturating_mul(3 * hidden))?;
-        let (tok_u, max_u, heads_u, hd_u) = (
-            u32_of("tokens", tokens)?,
-            u32_of("max_len", max_len)?,
-            u32_of("heads", heads)?,
-            hd as u32,
-        );
-        let batch_u = u32_of("batch", batch)?;
-        if heads_u > 65_535 || batch_u > 65_535 {
-            return Err(NnError::Unsupported(format!(
-                "attention: {heads} heads × {batch} sequences exceed the launch grid"
-            )));
-        }
-        let scale = 1.0 / (hd as f32).sqrt();
-        let (qkv_p, null, off_p, out_p) = (qkv.0, 0u64, offsets.0, out.0);
+        let a = AttnArgs::new((tokens, batch, hidden, heads, max_len), qkv, offsets, out)?;
         let tc_idx = match hd {
             32 => Some(0),
             64 => Some(1),
             _ => None,
         };
         if let (Some(t), true) = (tc_idx, d > 0) {
-            let mut args = [
-                kernel_arg(&qkv_p),
-                kernel_arg(&null),
-                kernel_arg(&off_p),
-                kernel_arg(&out_p),
-                kernel_arg(&tok_u),
-                kernel_arg(&max_u),
-                kernel_arg(&heads_u),
-                kernel_arg(&scale),
-            ];
-            if self.attn == AttnKernel::V2 && (qkv_p | out_p) % 16 == 0 {
-                let grid = (
-                    u32_of("query tiles", max_len.div_ceil(TC2_QB))?,
-                    heads_u,
-                    batch_u,
-                );
+            let mut args = a.common();
+            if self.attn == AttnKernel::V2 && (qkv.0 | out.0) % 16 == 0 {
+                let grid = a.grid(max_len, TC2_QB)?;
                 // SAFETY: the arguments match `tc2_attn_{T}_d{D}(qkv, bias = null,
                 // offsets, out, tokens, max_len, heads, scale)` with D = head_dim; the
                 // extents are this function's contract; qkv and out are 16-byte
@@ -556,11 +591,7 @@ impl Fused {
                     launch(lane, &self.tc2[d - 1][t], grid, TC2_THREADS, 0, &mut args)
                 };
             }
-            let grid = (
-                u32_of("query tiles", max_len.div_ceil(TC_QB))?,
-                heads_u,
-                batch_u,
-            );
+            let grid = a.grid(max_len, TC_QB)?;
             // SAFETY: the arguments match `tc_attn_{T}_d{D}(qkv, bias = null, offsets,
             // out, tokens, max_len, heads, scale)` with D = head_dim; the extents are
             // this function's contract; the kernel clamps every sequence to [0,
@@ -585,22 +616,8 @@ impl Fused {
                 "attention: head size {hd} needs {smem} bytes of shared memory"
             )));
         }
-        let grid = (
-            u32_of("query tiles", max_len.div_ceil(FA_QB))?,
-            heads_u,
-            batch_u,
-        );
-        let mut args = [
-            kernel_arg(&qkv_p),
-            kernel_arg(&null),
-            kernel_arg(&off_p),
-            kernel_arg(&out_p),
-            kernel_arg(&tok_u),
-            kernel_arg(&max_u),
-            kernel_arg(&heads_u),
-            kernel_arg(&hd_u),
-            kernel_arg(&scale),
-        ];
+        let grid = a.grid(max_len, FA_QB)?;
+        let mut args = a.with_head_dim();
         // SAFETY: the arguments match `flash_attn_{T}_c{C}(qkv, bias = null, offsets,
         // out, tokens, max_len, heads, D, scale)`; the extents are this function's
         // contract; head_dim <= 32 * C; the dynamic shared memory is the kernel's
