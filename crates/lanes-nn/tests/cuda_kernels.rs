@@ -219,30 +219,12 @@ fn attention_case(gpu: &Gpu, dt: Dt, heads: usize, d: usize, kind: Attn) {
                 &mut args,
             );
         }
-        Attn::TensorCore => {
-            let mut args = [
-                kernel_arg(&qp),
-                kernel_arg(&bp),
-                kernel_arg(&op),
-                kernel_arg(&outp),
-                kernel_arg(&tok_u),
-                kernel_arg(&max_u),
-                kernel_arg(&h_u),
-                kernel_arg(&scale),
-            ];
-            gpu.launch(
-                &format!("tc_attn_{}_d{d}", dt.suffix()),
-                (max_len.div_ceil(64) as u32, grid_yz.0, grid_yz.1),
-                128,
-                0,
-                &mut args,
-            );
-        }
-        Attn::Rows | Attn::Rows4 => {
-            let (name, queries) = if kind == Attn::Rows4 {
-                ("row_attn4", 16)
-            } else {
-                ("row_attn", 64)
+        Attn::TensorCore | Attn::Rows | Attn::Rows4 => {
+            // One argument list (no head size): (name, queries a block, threads).
+            let (name, queries, threads) = match kind {
+                Attn::TensorCore => (format!("tc_attn_{}_d{d}", dt.suffix()), 64, 128),
+                Attn::Rows4 => (format!("row_attn4_f32_d{d}"), 16, 64),
+                _ => (format!("row_attn_f32_d{d}"), 64, 64),
             };
             let mut args = [
                 kernel_arg(&qp),
@@ -255,9 +237,9 @@ fn attention_case(gpu: &Gpu, dt: Dt, heads: usize, d: usize, kind: Attn) {
                 kernel_arg(&scale),
             ];
             gpu.launch(
-                &format!("{name}_f32_d{d}"),
+                &name,
                 (max_len.div_ceil(queries) as u32, grid_yz.0, grid_yz.1),
-                64,
+                threads,
                 0,
                 &mut args,
             );

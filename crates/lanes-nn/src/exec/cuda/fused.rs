@@ -222,16 +222,17 @@ impl AttnArgs {
 
     /// The arguments with the head size before the scale (`flash_attn`).
     fn with_head_dim(&self) -> [*mut c_void; 9] {
+        let c = self.common();
         [
-            kernel_arg(&self.qkv),
-            kernel_arg(&self.bias),
-            kernel_arg(&self.offsets),
-            kernel_arg(&self.out),
-            kernel_arg(&self.tokens),
-            kernel_arg(&self.max_len),
-            kernel_arg(&self.heads),
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            c[4],
+            c[5],
+            c[6],
             kernel_arg(&self.head_dim),
-            kernel_arg(&self.scale),
+            c[7],
         ]
     }
 }
