@@ -6,8 +6,11 @@
 #   LANES_GEMM_SMS    cuBLASLt SM_COUNT_TARGET for 16-bit linears of <= 1024 rows
 #   LANES_TN_BLOCKS   linear_tn's split-K block target (f32 small batches)
 #   LANES_ATTN_F32    flash|kernels: force the f32 attention kernel
-#   LANES_F32_LT      on: narrow f32 linears without GELU on cuBLASLt
+#   LANES_F32_LT      off: f32 linears on linear_tn / cuBLAS instead of cuBLASLt
+#   LANES_LT_TUNE     off: cuBLASLt's heuristic pick, no timing of candidates
+# Usage: gpu-experiments.sh [knobs|tune]   (the sweep; knobs by default)
 set -uo pipefail
+sweep=${1:-knobs}
 cd "$(dirname "$0")/.."
 [ -f /tmp/session-work/ready ] || bash scripts/gpu-session.sh unpack > /dev/null 2>&1
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
@@ -22,6 +25,10 @@ cell() { # cell "ENV=V ..." lanes-bench-args...
 for l in sys.stdin:
     d=json.loads(l); d["env"]=sys.argv[1]; print(json.dumps(d))' "$envs" >> "$out"
 }
+case "$sweep" in
+knobs)
+# Defaults: a forward plans its small GEMMs narrower as more run beside it
+# (encoder.rs: wide alone, 16 SMs among a few, 8 in a crowd).
 # Defaults: a forward plans its small GEMMs narrower as more run beside it
 # (encoder.rs: wide alone, 16 SMs among a few, 8 in a crowd).
 cell "" --dtype float16 --threads 1,2,4,8,16,32 --batch 1 --duration-ms 1000
@@ -34,6 +41,23 @@ cell "LANES_F32_LT=off" --dtype float32 --threads 1 --batch 512 --duration-ms 20
 cell "LANES_ATTN_F32=kernels" --dtype float32 --threads 1 --batch 512 --duration-ms 2000
 cell "LANES_ATTN_F32=flash" --dtype float32 --threads 16 --batch 1 --duration-ms 1000
 cell "" --dtype float16,bfloat16 --threads 2 --batch 512 --duration-ms 2000
+;;
+tune)
+# Timed cuBLASLt algorithms (lt_tune.rs) against the heuristic's pick, each
+# goal cell of issue 11, default and off interleaved (noise shows as their spread).
+for round in 1 2; do
+  cell "" --dtype float32 --threads 1 --batch 1 --duration-ms 1500
+  cell "LANES_LT_TUNE=off" --dtype float32 --threads 1 --batch 1 --duration-ms 1500
+done
+cell "" --dtype float32,float16 --threads 16 --batch 1 --duration-ms 1500
+cell "LANES_LT_TUNE=off" --dtype float32,float16 --threads 16 --batch 1 --duration-ms 1500
+cell "" --dtype float32,float16,bfloat16 --threads 1 --batch 512 --duration-ms 2000
+cell "LANES_LT_TUNE=off" --dtype float32,float16,bfloat16 --threads 1 --batch 512 --duration-ms 2000
+cell "" --dtype float16 --threads 1 --batch 1 --duration-ms 1500
+cell "LANES_LT_TUNE=off" --dtype float16 --threads 1 --batch 1 --duration-ms 1500
+;;
+*) echo "unknown sweep $sweep (knobs|tune)" >&2; exit 2 ;;
+esac
 "$B/forward_bench" --only f32 --batch 1 > "$res/fb.txt" 2>&1
 python3 - "$out" <<'PY'
 import json, sys

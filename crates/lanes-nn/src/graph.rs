@@ -5,9 +5,9 @@
 //! key `(encoder, batch, token_bucket(n), precision)`, captured on the lane the
 //! first time that key is seen there ([`lanes::Lease::graph`], a bounded per-lane
 //! cache owned by the device). The graph's fixed buffers are its inputs (ids and
-//! type ids for `bucket` tokens, offsets for `batch + 1`) and its output (the
-//! pooled f32 embeddings): a replay uploads the batch into them, launches the
-//! graph and downloads the output. Kernels read the sequence boundaries from the
+//! type ids for `bucket` tokens, offsets for `batch + 1`, packed in one buffer)
+//! and its output (the pooled f32 embeddings): a replay uploads the batch into
+//! them with one copy, launches the graph and downloads the output. Kernels read the sequence boundaries from the
 //! device `offsets` buffer and their grids are sized for the bucket, so one graph
 //! serves every batch of its key: the `bucket - n` rows past the last sequence are
 //! computed and ignored (attention and pooling never read them).
@@ -181,12 +181,10 @@ impl Graphs {
         if captured {
             self.captures.fetch_add(1, Ordering::Relaxed);
         }
-        let [ids, types, offsets, pooled] = graph.buffers() else {
+        let [inputs, pooled] = graph.buffers() else {
             return Ok(None);
         };
-        lane.upload(ids, bytemuck::cast_slice(tokens.ids()))?;
-        lane.upload(types, bytemuck::cast_slice(tokens.type_ids()))?;
-        lane.upload(offsets, bytemuck::cast_slice(tokens.offsets()))?;
+        lane.upload(inputs, &packed_inputs(tokens, bucket))?;
         graph.launch(lane)?;
         let mut out = vec![0f32; batch * h];
         lane.download(pooled, bytemuck::cast_slice_mut(&mut out))?;
@@ -252,22 +250,41 @@ struct Shape {
     max_len: usize,
 }
 
+/// The graph's inputs packed as one upload: the ids, then the type ids, each
+/// `bucket` u32 (the rows past the batch's tokens zero), then the `batch + 1`
+/// offsets. One copy per replay instead of three: each copy is a driver call and
+/// a step on the lane's stream (about 7 µs of a batch-1 forward's frame on the
+/// H200, `lanes bench launch`'s `replay+copies`).
+fn packed_inputs(tokens: &Tokens, bucket: usize) -> Vec<u8> {
+    let n = tokens.total_tokens();
+    let mut words = vec![0u32; 2 * bucket + tokens.offsets().len()];
+    words[..n].copy_from_slice(tokens.ids());
+    words[bucket..bucket + n].copy_from_slice(tokens.type_ids());
+    words[2 * bucket..].copy_from_slice(tokens.offsets());
+    bytemuck::cast_slice(&words).to_vec()
+}
+
 /// Inside a capture: allocates the graph's fixed buffers and enqueues the forward;
-/// returns `[ids, type ids, offsets, pooled]`.
+/// returns `[inputs, pooled]`, `inputs` laid out as [`packed_inputs`] writes it.
 fn capture(enqueue: &Enqueue<'_>, l: &Lease, s: Shape) -> Result<Vec<Buffer>> {
-    let ids = l.alloc(s.bucket * 4)?;
-    let types = l.alloc(s.bucket * 4)?;
-    let offsets = l.alloc((s.batch + 1) * 4)?;
+    let word = DType::U32.size();
+    let packed = l.alloc((2 * s.bucket + s.batch + 1) * word)?;
     let mut pooled = l.alloc(s.batch * s.h * 4)?;
     let inputs = Inputs {
-        ids: Tensor::new("ids", &ids, DType::U32, &[s.bucket])?,
-        types: Tensor::new("type_ids", &types, DType::U32, &[s.bucket])?,
-        offsets: Tensor::new("offsets", &offsets, DType::U32, &[s.batch + 1])?,
+        ids: Tensor::part("ids", &packed, 0, DType::U32, &[s.bucket])?,
+        types: Tensor::part("type_ids", &packed, s.bucket * word, DType::U32, &[s.bucket])?,
+        offsets: Tensor::part(
+            "offsets",
+            &packed,
+            2 * s.bucket * word,
+            DType::U32,
+            &[s.batch + 1],
+        )?,
         max_len: s.max_len,
     };
     let pooled_t = TensorMut::new("pooled", &mut pooled, DType::F32, &[s.batch, s.h])?;
     enqueue(l, &inputs, pooled_t)?;
-    Ok(vec![ids, types, offsets, pooled])
+    Ok(vec![packed, pooled])
 }
 
 #[cfg(test)]
@@ -292,6 +309,27 @@ mod tests {
         let distinct: std::collections::BTreeSet<usize> = (1..=4096).map(token_bucket).collect();
         // 16, then four per octave from 32 to 4096.
         assert_eq!(distinct.len(), 1 + 4 * 8, "buckets up to 4096");
+    }
+
+    #[test]
+    fn packed_inputs_put_each_part_where_capture_views_it() {
+        let tokens = Tokens::from_sequences(&[
+            (vec![101, 7, 102], vec![0, 0, 1]),
+            (vec![101, 9], vec![0, 1]),
+        ])
+        .unwrap();
+        let bucket = token_bucket(tokens.total_tokens());
+        let bytes = packed_inputs(&tokens, bucket);
+        let words: Vec<u32> = bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_ne_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(words.len(), 2 * bucket + 3);
+        assert_eq!(&words[..5], &[101, 7, 102, 101, 9]);
+        assert!(words[5..bucket].iter().all(|&w| w == 0), "padding ids zero");
+        assert_eq!(&words[bucket..bucket + 5], &[0, 0, 1, 0, 1]);
+        assert!(words[bucket + 5..2 * bucket].iter().all(|&w| w == 0));
+        assert_eq!(&words[2 * bucket..], &[0, 3, 5]);
     }
 
     #[test]

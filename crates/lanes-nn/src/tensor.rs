@@ -106,6 +106,18 @@ impl std::fmt::Debug for Shape {
 
 /// Checks `shape × dtype` against `buf`; returns the element count.
 fn checked_numel(name: &str, buf: &Buffer, dtype: DType, shape: &Shape) -> Result<usize> {
+    checked_part(name, buf, 0, dtype, shape)
+}
+
+/// Checks `shape × dtype` against the bytes of `buf` from `offset` on; returns
+/// the element count.
+fn checked_part(
+    name: &str,
+    buf: &Buffer,
+    offset: usize,
+    dtype: DType,
+    shape: &Shape,
+) -> Result<usize> {
     let bad = |reason: String| NnError::BadTensor {
         tensor: name.to_string(),
         reason,
@@ -116,11 +128,26 @@ fn checked_numel(name: &str, buf: &Buffer, dtype: DType, shape: &Shape) -> Resul
     let bytes = numel
         .checked_mul(dtype.size())
         .ok_or_else(|| bad(format!("shape {shape:?} of {dtype} overflows")))?;
-    if bytes > buf.len() {
+    if offset % dtype.size() != 0 {
         return Err(bad(format!(
-            "shape {shape:?} of {dtype} needs {bytes} bytes, its buffer holds {}",
-            buf.len()
+            "offset {offset} is not a multiple of the {} bytes of {dtype}",
+            dtype.size()
         )));
+    }
+    let room = buf.len().saturating_sub(offset);
+    if bytes > room {
+        return Err(bad(if offset == 0 {
+            format!(
+                "shape {shape:?} of {dtype} needs {bytes} bytes, its buffer holds {}",
+                buf.len()
+            )
+        } else {
+            format!(
+                "shape {shape:?} of {dtype} needs {bytes} bytes from offset {offset}, \
+                 its buffer holds {}",
+                buf.len()
+            )
+        }));
     }
     Ok(numel)
 }
@@ -130,6 +157,8 @@ fn checked_numel(name: &str, buf: &Buffer, dtype: DType, shape: &Shape) -> Resul
 pub struct Tensor<'a> {
     name: &'static str,
     buf: &'a Buffer,
+    /// Bytes from the start of `buf` to the first element.
+    offset: usize,
     dtype: DType,
     shape: Shape,
     numel: usize,
@@ -144,6 +173,41 @@ impl<'a> Tensor<'a> {
         Ok(Tensor {
             name,
             buf,
+            offset: 0,
+            dtype,
+            shape,
+            numel,
+        })
+    }
+
+    /// Views the bytes of `buf` from `offset` on as `dtype` values of `shape`
+    /// (several small tensors in one buffer, filled by one copy); `offset` must be
+    /// a multiple of the element size. Fails as [`Tensor::new`] does, and when
+    /// the part does not fit after `offset`.
+    ///
+    /// ```
+    /// use lanes::Device;
+    /// use lanes_nn::{DType, Tensor};
+    /// let device = Device::cpu(lanes::DeviceConfig::default()).unwrap();
+    /// let lane = device.lease().unwrap();
+    /// let buf = lane.alloc(24).unwrap();
+    /// let second = Tensor::part("second", &buf, 12, DType::U32, &[3]).unwrap();
+    /// assert_eq!(second.ptr().0, buf.ptr().0 + 12);
+    /// assert!(Tensor::part("late", &buf, 16, DType::U32, &[3]).is_err());
+    /// ```
+    pub fn part(
+        name: &'static str,
+        buf: &'a Buffer,
+        offset: usize,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<Self> {
+        let shape = Shape::new(name, shape)?;
+        let numel = checked_part(name, buf, offset, dtype, &shape)?;
+        Ok(Tensor {
+            name,
+            buf,
+            offset,
             dtype,
             shape,
             numel,
@@ -172,7 +236,7 @@ impl<'a> Tensor<'a> {
     }
     /// The device address of the first element.
     pub fn ptr(&self) -> DevicePtr {
-        self.buf.ptr()
+        DevicePtr(self.buf.ptr().0 + self.offset as u64)
     }
 }
 
@@ -236,6 +300,7 @@ impl<'a> TensorMut<'a> {
         Tensor {
             name: self.name,
             buf: self.buf,
+            offset: 0,
             dtype: self.dtype,
             shape: self.shape,
             numel: self.numel,

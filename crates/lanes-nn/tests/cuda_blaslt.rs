@@ -11,7 +11,8 @@
 //!    The cuBLASLt path is also run with the lane's SM budget at 16
 //!    (`CudaLane::set_sm_budget`): its own plan, the same tolerance.
 //!    f32 `linear` takes cuBLASLt (exact f32) unless switched off or forced onto
-//!    `linear_tn`, and keeps the erf GELU.
+//!    `linear_tn`, and keeps the erf GELU. Whole-device plans are timed once per
+//!    device and shared by its lanes (bit-identical outputs); budgeted ones never.
 //! 2. A CUDA graph capturing a cuBLASLt matmul of a shape first seen inside the
 //!    capture replays what the host computes, for fresh inputs each replay.
 //! 3. The f16 encoder with graphs on and off gives the same embeddings, close to
@@ -258,14 +259,25 @@ fn lt_linear_matches_host_and_gemm_ex() {
     );
 }
 
-/// f32 `linear` (+ the exact GELU) on a lane whose SM budget is `sms`: the
-/// output and whether cuBLASLt ran it.
+/// f32 `linear` (+ the exact GELU) on a lane whose SM budget is `sms`: whether
+/// cuBLASLt ran it, and its max |diff| from the host's.
 fn f32_linear(
+    ex: &CudaExec,
+    lane: &Lease,
+    shape: (usize, usize, usize),
+    sms: u32,
+) -> (bool, f32) {
+    let (used_lt, diff, _) = f32_linear_out(ex, lane, shape, sms);
+    (used_lt, diff)
+}
+
+/// [`f32_linear`], with the output (the inputs depend only on the shape).
+fn f32_linear_out(
     ex: &CudaExec,
     lane: &Lease,
     (rows, k, n): (usize, usize, usize),
     sms: u32,
-) -> (bool, f32) {
+) -> (bool, f32, Vec<f32>) {
     let mut rng = Rng((rows * 31 + n) as u64);
     let (x, w, b) = (
         rng.vec(rows * k, -1.0, 1.0),
@@ -299,7 +311,52 @@ fn f32_linear(
     (
         lt_stats(lane).matmuls > before.matmuls,
         max_abs_diff(&got, &want),
+        got,
     )
+}
+
+/// Whole-device cuBLASLt plans are timed once per device (`LANES_LT_TUNE`, on by
+/// default): the first lane to meet a shape times the heuristic's candidates
+/// (`LtStats::timed`), a second lane takes its choice without timing and computes
+/// the same bits; a plan with an SM budget is never timed. Every result matches
+/// the host within 1e-4.
+#[test]
+fn lt_algorithms_are_timed_once_per_device() {
+    let Some(dev) = cuda() else { return };
+    let ex = CudaExec::new(&dev)
+        .expect("compile the kernels")
+        .with_blaslt(true);
+    if ex.gemm() != Gemm::Auto || std::env::var("LANES_F32_LT").is_ok_and(|v| v.trim() == "off")
+    {
+        eprintln!("SKIPPED (f32 GEMMs are not on cuBLASLt here)");
+        return;
+    }
+    let (a, b) = (dev.lease().unwrap(), dev.lease().unwrap());
+    assert_ne!(a.index(), b.index(), "two leases held at once are two lanes");
+    let tuning = lanes::backend::cuda::lt_tuning();
+    // MiniLM's QKV, up and down projections at batch 1 (128 tokens).
+    for shape in [(128, 384, 1152), (128, 384, 1536), (128, 1536, 384)] {
+        let (ta, tb) = (lt_stats(&a).timed, lt_stats(&b).timed);
+        let (lt_a, da, out_a) = f32_linear_out(&ex, &a, shape, 0);
+        let (lt_b, db, out_b) = f32_linear_out(&ex, &b, shape, 0);
+        assert!(lt_a && lt_b, "{shape:?}: cuBLASLt ran");
+        assert!(da <= 1e-4 && db <= 1e-4, "{shape:?}: {da:.3e} / {db:.3e}");
+        let timed_a = lt_stats(&a).timed - ta;
+        assert_eq!(lt_stats(&b).timed, tb, "{shape:?}: the second lane re-timed");
+        if tuning {
+            assert_eq!(timed_a, 1, "{shape:?}: the first lane timed the candidates");
+        } else {
+            assert_eq!(timed_a, 0, "{shape:?}: LANES_LT_TUNE=off, yet timed");
+        }
+        assert!(
+            out_a.iter().zip(&out_b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{shape:?}: two lanes with one algorithm differ"
+        );
+        let before = lt_stats(&a).timed;
+        let (_, d16, _) = f32_linear_out(&ex, &a, (shape.0 + 8, shape.1, shape.2), 16);
+        assert!(d16 <= 1e-4, "{shape:?} at 16 SMs: {d16:.3e}");
+        assert_eq!(lt_stats(&a).timed, before, "{shape:?}: a budgeted plan was timed");
+    }
 }
 
 /// f32 takes cuBLASLt (exact f32, bias epilogue, then the erf GELU) at every

@@ -222,6 +222,7 @@ impl CudaBackend {
             // spins, until `set_sync_mode` below succeeds.
             event_flags: AtomicU32::new(SyncMode::Spin.event_flags()),
             sync_mode: AtomicU8::new(SyncMode::Spin.to_u8()),
+            lt_memo: Arc::new(super::lt_tune::Memo::new()),
         });
         let backend = CudaBackend {
             shared: shared.clone(),

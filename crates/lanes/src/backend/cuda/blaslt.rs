@@ -43,6 +43,7 @@ use cudarc::cublaslt::sys;
 use cudarc::driver::{result as drv, CudaContext, CudaStream};
 
 use super::blas::{GemmType, Op};
+use super::lt_tune::{self, Memo};
 use super::{bind, describe};
 use crate::backend::DevicePtr;
 use crate::sync::lock_std as lock;
@@ -96,7 +97,7 @@ fn op_raw(op: Op) -> i32 {
 
 /// Everything a plan depends on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Key {
+pub(crate) struct Key {
     ops: (Op, Op),
     mnk: (u64, u64, u64),
     lds: (i64, i64, i64),
@@ -116,6 +117,9 @@ struct Plan {
     b: sys::cublasLtMatrixLayout_t,
     d: sys::cublasLtMatrixLayout_t,
     algo: sys::cublasLtMatmulAlgo_t,
+    /// The heuristic's algorithms, best first (`algo` is one of them); emptied
+    /// once the choice is final (timed, taken from the memo, or not to be timed).
+    candidates: Vec<sys::cublasLtMatmulAlgo_t>,
 }
 
 impl Drop for Plan {
@@ -168,6 +172,9 @@ pub struct LtStats {
     pub declined: u64,
     /// Plans built (heuristic queries), including refused ones.
     pub plans_built: u64,
+    /// Plans whose algorithm this lane chose by timing the heuristic's candidates
+    /// (see `lt_tune`); plans that took another lane's choice are not counted.
+    pub timed: u64,
 }
 
 /// A cuBLASLt handle bound to one lane's stream, with its fixed workspace and its
@@ -177,6 +184,8 @@ pub struct LaneBlasLt {
     /// `WORKSPACE_BYTES` of device memory (`cuMemAlloc`), 0 until allocated.
     workspace: u64,
     state: Mutex<State>,
+    /// The device's algorithm choices made by timing (shared by its lanes).
+    memo: Arc<Memo<Key>>,
     ctx: Arc<CudaContext>,
     device: Arc<str>,
     /// The stream every matmul is enqueued on; kept alive with the handle.
@@ -195,6 +204,7 @@ impl LaneBlasLt {
         ctx: &Arc<CudaContext>,
         device: &Arc<str>,
         stream: &Arc<CudaStream>,
+        memo: &Arc<Memo<Key>>,
     ) -> Result<LaneBlasLt> {
         let fail = |op: &str, message: String| Error::Cuda {
             device: device.to_string(),
@@ -217,6 +227,7 @@ impl LaneBlasLt {
             handle,
             workspace: 0,
             state: Mutex::new(State::default()),
+            memo: memo.clone(),
             ctx: ctx.clone(),
             device: device.clone(),
             stream: stream.clone(),
@@ -303,7 +314,7 @@ impl LaneBlasLt {
                 Err(r) => Entry::Unsupported(r),
             }
         });
-        let plan = match &*entry {
+        let plan = match entry {
             Entry::Ready(p) => p,
             Entry::Unsupported(r) => {
                 *last_rejection = Some(*r);
@@ -328,34 +339,20 @@ impl LaneBlasLt {
                 format!("{e:?}"),
             )
         })?;
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        let dp = d.0 as *mut c_void;
-        // SAFETY: the handle, descriptor, layouts and algorithm are live (under the
-        // lock); alpha / beta are f32 host values (host pointer mode; 32F scale type)
-        // living across the call; C is D with beta = 0 (so C is not read); the
-        // workspace is this lane's WORKSPACE_BYTES, used only by work on this lane's
-        // stream, which runs in order; the operands, their types and extents are the
-        // caller's contract, their alignment was checked above.
-        let r = unsafe {
-            lt::matmul(
-                self.handle,
-                plan.desc,
-                (&alpha as *const f32).cast(),
-                (&beta as *const f32).cast(),
-                a.0 as *const c_void,
-                plan.a,
-                b.0 as *const c_void,
-                plan.b,
-                dp as *const c_void,
-                plan.d,
-                dp,
-                plan.d,
-                &plan.algo,
-                self.workspace as *mut c_void,
-                WORKSPACE_BYTES,
-                self.stream.cu_stream() as sys::cudaStream_t,
-            )
+        let ops = Operands {
+            a: a.0 as *const c_void,
+            b: b.0 as *const c_void,
+            d: d.0 as *mut c_void,
         };
+        if !plan.candidates.is_empty() {
+            // SAFETY: the operands are the caller's contract, valid to compute
+            // repeatedly (D overlaps no input).
+            if unsafe { self.choose(&key, plan, ops) }? {
+                stats.timed += 1;
+            }
+        }
+        // SAFETY: the plan is live and the operands are the caller's contract.
+        let r = unsafe { self.enqueue(plan, &plan.algo, ops) };
         match r {
             Ok(()) => {
                 stats.matmuls += 1;
@@ -377,6 +374,79 @@ impl LaneBlasLt {
         }
     }
 
+    /// Enqueues `D = epilogue(op(A) · op(B))` with `plan`'s descriptors and `algo`.
+    ///
+    /// # Safety
+    /// Called under the state lock with a live plan; the operands are those the
+    /// plan describes (the contract of [`LaneBlasLt::matmul_bias`]), aligned.
+    unsafe fn enqueue(
+        &self,
+        plan: &Plan,
+        algo: &sys::cublasLtMatmulAlgo_t,
+        ops: Operands,
+    ) -> std::result::Result<(), CublasError> {
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // SAFETY: the handle, descriptor, layouts and algorithm are live (under the
+        // lock); alpha / beta are f32 host values (host pointer mode; 32F scale type)
+        // living across the call; C is D with beta = 0 (so C is not read); the
+        // workspace is this lane's WORKSPACE_BYTES, used only by work on this lane's
+        // stream, which runs in order; the operands, their types and extents are the
+        // caller's contract, their alignment was checked by `matmul_bias`.
+        unsafe {
+            lt::matmul(
+                self.handle,
+                plan.desc,
+                (&alpha as *const f32).cast(),
+                (&beta as *const f32).cast(),
+                ops.a,
+                plan.a,
+                ops.b,
+                plan.b,
+                ops.d as *const c_void,
+                plan.d,
+                ops.d,
+                plan.d,
+                algo,
+                self.workspace as *mut c_void,
+                WORKSPACE_BYTES,
+                self.stream.cu_stream() as sys::cudaStream_t,
+            )
+        }
+    }
+
+    /// Settles the algorithm of a plan that still has candidates (see
+    /// `lt_tune`): the device memo's choice if there is one, else, outside a
+    /// capture, the fastest candidate timed with `ops` (then recorded in the
+    /// memo). Inside a capture with no memo entry the heuristic's pick stays and
+    /// the candidates are kept for a later matmul. Answers whether this call
+    /// timed.
+    ///
+    /// # Safety
+    /// As [`LaneBlasLt::enqueue`]; the operands may be computed repeatedly.
+    unsafe fn choose(&self, key: &Key, plan: &mut Plan, ops: Operands) -> Result<bool> {
+        if let Some(algo) = self.memo.get(key) {
+            plan.algo = algo;
+            plan.candidates = Vec::new();
+            return Ok(false);
+        }
+        let stream = self.stream.cu_stream();
+        if lt_tune::capturing(stream).map_err(|e| self.err("cuStreamIsCapturing", describe(e)))? {
+            return Ok(false);
+        }
+        let candidates = std::mem::take(&mut plan.candidates);
+        let run = |i: usize| {
+            // SAFETY: as this function's contract, with one candidate algorithm.
+            unsafe { self.enqueue(plan, &candidates[i], ops) }.is_ok()
+        };
+        // SAFETY: the stream is this lane's, live and not capturing; each run
+        // enqueues the caller's matmul, which may be computed repeatedly.
+        let (pick, _) = unsafe { lt_tune::fastest(stream, candidates.len(), run) }
+            .map_err(|e| self.err("timing cuBLASLt algorithms", describe(e)))?;
+        let chosen = pick.map_or(plan.algo, |i| candidates[i]);
+        plan.algo = self.memo.settle(*key, chosen);
+        Ok(true)
+    }
+
     /// Builds the plan of `key` (host-only cuBLASLt calls); `bias` is the pointer
     /// the heuristic sees (its alignment matters, not its contents).
     fn plan(&self, key: &Key, bias: DevicePtr) -> std::result::Result<Plan, Rejection> {
@@ -387,6 +457,7 @@ impl LaneBlasLt {
             b: std::ptr::null_mut(),
             d: std::ptr::null_mut(),
             algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] },
+            candidates: Vec::new(),
         };
         p.desc = lt::create_matmul_desc(
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
@@ -473,19 +544,61 @@ impl LaneBlasLt {
             )
         }
         .map_err(no("cublasLtMatmulPreferenceSetAttribute"))?;
-        // SAFETY: every descriptor is live; the heuristic is host-only (it reads the
-        // bias pointer's value for its alignment, never the memory).
-        let found = unsafe {
-            lt::get_matmul_algo_heuristic(self.handle, p.desc, p.a, p.b, p.d, p.d, pref.0)
+        // A whole-device plan asks for candidates to time (see `lt_tune`).
+        let wanted = if key.sms == 0 && lt_tune::tuning() {
+            lt_tune::CANDIDATES
+        } else {
+            1
+        };
+        let mut found = vec![
+            // SAFETY: an all-zero heuristic result is a valid value of this plain
+            // C struct (it is only written by the call below).
+            unsafe { std::mem::zeroed::<sys::cublasLtMatmulHeuristicResult_t>() };
+            wanted
+        ];
+        let mut count = 0i32;
+        // SAFETY: every descriptor is live; `found` has room for `wanted` results;
+        // the heuristic is host-only (it reads the bias pointer's value for its
+        // alignment, never the memory).
+        unsafe {
+            sys::cublasLtMatmulAlgoGetHeuristic(
+                self.handle,
+                p.desc,
+                p.a,
+                p.b,
+                p.d,
+                p.d,
+                pref.0,
+                wanted as i32,
+                found.as_mut_ptr(),
+                &mut count,
+            )
         }
+        .result()
         .map_err(no("cublasLtMatmulAlgoGetHeuristic"))?;
-        if found.workspaceSize > WORKSPACE_BYTES {
+        let usable: Vec<sys::cublasLtMatmulAlgo_t> = found
+            .iter()
+            .take(count.max(0) as usize)
+            .filter(|r| {
+                r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+                    && r.workspaceSize <= WORKSPACE_BYTES
+            })
+            .map(|r| r.algo)
+            .collect();
+        let Some(first) = usable.first() else {
             return Err(Rejection {
-                step: "workspace size",
+                step: if count > 0 {
+                    "workspace size"
+                } else {
+                    "cublasLtMatmulAlgoGetHeuristic"
+                },
                 status: sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED,
             });
+        };
+        p.algo = *first;
+        if usable.len() > 1 {
+            p.candidates = usable;
         }
-        p.algo = found.algo;
         Ok(p)
     }
 
@@ -496,6 +609,14 @@ impl LaneBlasLt {
             message,
         }
     }
+}
+
+/// The device pointers of one matmul.
+#[derive(Clone, Copy)]
+struct Operands {
+    a: *const c_void,
+    b: *const c_void,
+    d: *mut c_void,
 }
 
 /// A heuristic preference, destroyed when dropped.

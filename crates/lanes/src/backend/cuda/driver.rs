@@ -23,6 +23,8 @@ pub(crate) struct Shared {
     pub(crate) event_flags: AtomicU32,
     /// The [`super::SyncMode`] as a byte.
     pub(crate) sync_mode: AtomicU8,
+    /// cuBLASLt algorithms chosen by timing, shared by the device's lanes.
+    pub(crate) lt_memo: Arc<super::lt_tune::Memo<super::blaslt::Key>>,
 }
 
 impl Shared {

@@ -161,7 +161,12 @@ impl CudaLane {
             "it allocates the handle's workspace; use it once before the capture",
         )?;
         let made = guarded(&self.shared.name, "cublasLtCreate", || {
-            LaneBlasLt::new(&self.shared.ctx, &self.shared.name, &self.stream)
+            LaneBlasLt::new(
+                &self.shared.ctx,
+                &self.shared.name,
+                &self.stream,
+                &self.shared.lt_memo,
+            )
         })
         .map_err(|e| e.to_string());
         // Two threads may race here; the loser's handle and workspace are freed.
