@@ -272,7 +272,13 @@ fn capture(enqueue: &Enqueue<'_>, l: &Lease, s: Shape) -> Result<Vec<Buffer>> {
     let mut pooled = l.alloc(s.batch * s.h * 4)?;
     let inputs = Inputs {
         ids: Tensor::part("ids", &packed, 0, DType::U32, &[s.bucket])?,
-        types: Tensor::part("type_ids", &packed, s.bucket * word, DType::U32, &[s.bucket])?,
+        types: Tensor::part(
+            "type_ids",
+            &packed,
+            s.bucket * word,
+            DType::U32,
+            &[s.bucket],
+        )?,
         offsets: Tensor::part(
             "offsets",
             &packed,

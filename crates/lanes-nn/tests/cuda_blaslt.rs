@@ -261,12 +261,7 @@ fn lt_linear_matches_host_and_gemm_ex() {
 
 /// f32 `linear` (+ the exact GELU) on a lane whose SM budget is `sms`: whether
 /// cuBLASLt ran it, and its max |diff| from the host's.
-fn f32_linear(
-    ex: &CudaExec,
-    lane: &Lease,
-    shape: (usize, usize, usize),
-    sms: u32,
-) -> (bool, f32) {
+fn f32_linear(ex: &CudaExec, lane: &Lease, shape: (usize, usize, usize), sms: u32) -> (bool, f32) {
     let (used_lt, diff, _) = f32_linear_out(ex, lane, shape, sms);
     (used_lt, diff)
 }
@@ -326,13 +321,16 @@ fn lt_algorithms_are_timed_once_per_device() {
     let ex = CudaExec::new(&dev)
         .expect("compile the kernels")
         .with_blaslt(true);
-    if ex.gemm() != Gemm::Auto || std::env::var("LANES_F32_LT").is_ok_and(|v| v.trim() == "off")
-    {
+    if ex.gemm() != Gemm::Auto || std::env::var("LANES_F32_LT").is_ok_and(|v| v.trim() == "off") {
         eprintln!("SKIPPED (f32 GEMMs are not on cuBLASLt here)");
         return;
     }
     let (a, b) = (dev.lease().unwrap(), dev.lease().unwrap());
-    assert_ne!(a.index(), b.index(), "two leases held at once are two lanes");
+    assert_ne!(
+        a.index(),
+        b.index(),
+        "two leases held at once are two lanes"
+    );
     let tuning = lanes::backend::cuda::lt_tuning();
     // MiniLM's QKV, up and down projections at batch 1 (128 tokens).
     for shape in [(128, 384, 1152), (128, 384, 1536), (128, 1536, 384)] {
@@ -342,20 +340,31 @@ fn lt_algorithms_are_timed_once_per_device() {
         assert!(lt_a && lt_b, "{shape:?}: cuBLASLt ran");
         assert!(da <= 1e-4 && db <= 1e-4, "{shape:?}: {da:.3e} / {db:.3e}");
         let timed_a = lt_stats(&a).timed - ta;
-        assert_eq!(lt_stats(&b).timed, tb, "{shape:?}: the second lane re-timed");
+        assert_eq!(
+            lt_stats(&b).timed,
+            tb,
+            "{shape:?}: the second lane re-timed"
+        );
         if tuning {
             assert_eq!(timed_a, 1, "{shape:?}: the first lane timed the candidates");
         } else {
             assert_eq!(timed_a, 0, "{shape:?}: LANES_LT_TUNE=off, yet timed");
         }
         assert!(
-            out_a.iter().zip(&out_b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            out_a
+                .iter()
+                .zip(&out_b)
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
             "{shape:?}: two lanes with one algorithm differ"
         );
         let before = lt_stats(&a).timed;
         let (_, d16, _) = f32_linear_out(&ex, &a, (shape.0 + 8, shape.1, shape.2), 16);
         assert!(d16 <= 1e-4, "{shape:?} at 16 SMs: {d16:.3e}");
-        assert_eq!(lt_stats(&a).timed, before, "{shape:?}: a budgeted plan was timed");
+        assert_eq!(
+            lt_stats(&a).timed,
+            before,
+            "{shape:?}: a budgeted plan was timed"
+        );
     }
 }
 

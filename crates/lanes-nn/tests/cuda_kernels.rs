@@ -447,11 +447,17 @@ fn embed_layer_norm_uses_positions_within_each_sequence() {
     }
 }
 
+/// `pool_mean`'s block: `FPOOL_GROUPS` (16) warps.
+const POOL_THREADS: u32 = 16 * 32;
+
 #[test]
 fn pool_mean_matches_cpu() {
     let Some(gpu) = Gpu::open() else { return };
-    let dim = 384usize;
-    for dt in DTYPES {
+    // MiniLM's width, and one that leaves a partial block of 32 columns.
+    for (dim, dt) in [384usize, 100]
+        .into_iter()
+        .flat_map(|d| DTYPES.map(|t| (d, t)))
+    {
         let offs = offsets(&LENS);
         let rows = *offs.last().unwrap() as usize;
         let mut rng = Rng(9);
@@ -471,8 +477,8 @@ fn pool_mean_matches_cpu() {
         ];
         gpu.launch(
             &format!("pool_mean_{}", dt.suffix()),
-            (LENS.len() as u32, 1, 1),
-            dim.div_ceil(32) as u32 * 32,
+            (LENS.len() as u32, dim.div_ceil(32) as u32, 1),
+            POOL_THREADS,
             0,
             &mut args,
         );
@@ -724,8 +730,8 @@ fn bad_offsets_and_ids_stay_in_bounds() {
         ];
         gpu.launch(
             &format!("pool_mean_{}", dt.suffix()),
-            (batch_u, 1, 1),
-            dim as u32,
+            (batch_u, dim.div_ceil(32) as u32, 1),
+            POOL_THREADS,
             0,
             &mut args,
         );

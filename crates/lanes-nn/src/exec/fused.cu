@@ -1273,25 +1273,38 @@ TC2_KERNEL(bf16, bf16, 64)
 
 // ---------------------------------------------------------------------------
 // Mean pooling over each sequence's rows; out f32
-// [batch, dim]. One block per sequence, the threads spread over the hidden dim
-// (each sums its columns over the sequence's rows in f64, coalesced row by row).
-// As `cpu::mean_pool`: count clamped to 1e-9, out = (float)(sum / count). An
-// empty sequence gives zeros. (The encoder L2-normalizes on the host, after the
-// copy, unless the caller asked for the raw mean.)
+// [batch, dim]. Block (b, c) pools columns [32c, 32c + 32) of sequence b with
+// FPOOL_GROUPS warps: lane x owns a column, warp y sums rows y, y + GROUPS, ...
+// in f64 (each row's 32 columns one coalesced load), then warp 0 adds the
+// groups' partial sums in group order (a fixed order: the same bits on every
+// run). Many blocks even at batch 1, where one block per sequence left 1 of the
+// GPU's 132 SMs to walk 128 rows. As `cpu::mean_pool`: count clamped to 1e-9,
+// out = (float)(sum / count) (the f64 sum in another order than the host's,
+// within rounding of f32's). An empty sequence gives zeros. (The encoder
+// L2-normalizes on the host, after the copy, unless the caller asked for the
+// raw mean.)
+
+#define FPOOL_GROUPS 16
 
 template <class T>
 __device__ __forceinline__ void fpool(const T* __restrict__ hidden, const unsigned* __restrict__ offsets,
                                       float* __restrict__ out, unsigned tokens, unsigned dim) {
-    const unsigned b = blockIdx.x;
+    __shared__ double part[FPOOL_GROUPS][32];
+    const unsigned b = blockIdx.x, x = threadIdx.x & 31, y = threadIdx.x >> 5;
+    const unsigned i = blockIdx.y * 32 + x;
     unsigned start, len;
     fseq_range(offsets, b, tokens, &start, &len);
     const T* hb = hidden + (size_t)start * dim;
-    const double count = (double)len;
-    const double denom = count > 1e-9 ? count : 1e-9;
-    for (unsigned i = threadIdx.x; i < dim; i += blockDim.x) {
-        double acc = 0.0;
-        for (unsigned s = 0; s < len; s++) acc += (double)to_f(hb[(size_t)s * dim + i]);
-        out[(size_t)b * dim + i] = (float)(acc / denom);
+    double acc = 0.0;
+    if (i < dim)
+        for (unsigned s = y; s < len; s += FPOOL_GROUPS) acc += (double)to_f(hb[(size_t)s * dim + i]);
+    part[y][x] = acc;
+    __syncthreads();
+    if (y == 0 && i < dim) {
+        double sum = 0.0;
+        for (unsigned g = 0; g < FPOOL_GROUPS; g++) sum += part[g][x];
+        const double count = (double)len;
+        out[(size_t)b * dim + i] = (float)(sum / (count > 1e-9 ? count : 1e-9));
     }
 }
 

@@ -58,6 +58,8 @@ const TC2_THREADS: u32 = 256;
 const TC2_QB: usize = 128;
 /// Threads, one query each, per block of `row_attn_f32` (`RA_Q`).
 const RA_Q: u32 = 64;
+/// Warps per block of `pool_mean` (`FPOOL_GROUPS`): each sums every 16th row.
+const POOL_GROUPS: u32 = 16;
 
 /// Which tensor-core attention kernel runs for f16 / bf16 with head_dim 32 or 64.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -734,7 +736,6 @@ impl Fused {
             u32_of("hidden", dim)?,
         );
         u32_of("tokens * hidden", tokens.saturating_mul(dim))?;
-        let threads = (dim_u.div_ceil(32) * 32).min(1024);
         let (h, o, out_p) = (hidden.0, offsets.0, out.0);
         let mut args = [
             kernel_arg(&h),
@@ -744,9 +745,20 @@ impl Fused {
             kernel_arg(&dim_u),
         ];
         // SAFETY: the arguments match `pool_mean_{T}(hidden, offsets, out, tokens,
-        // dim)`; the extents are this function's contract; one block per sequence
-        // (so offsets[b + 1] exists), each clamped to [0, tokens); no shared memory.
-        unsafe { launch(lane, &self.pool[d], (batch_u, 1, 1), threads, 0, &mut args) }
+        // dim)`; the extents are this function's contract; grid x is the batch (so
+        // offsets[b + 1] exists), each range clamped to [0, tokens); grid y covers
+        // the columns 32 at a time (columns past `dim` are skipped); the block is
+        // POOL_GROUPS warps, matching the kernel's static shared array.
+        unsafe {
+            launch(
+                lane,
+                &self.pool[d],
+                (batch_u, dim_u.div_ceil(32), 1),
+                32 * POOL_GROUPS,
+                0,
+                &mut args,
+            )
+        }
     }
 }
 
@@ -812,6 +824,7 @@ mod tests {
         assert_eq!(TC2_QB, 16 * (TC2_THREADS as usize / 32));
         assert!(SOURCE.contains(&format!("#define RA_Q {RA_Q}")));
         assert!(SOURCE.contains("row_attn<D, 4>"));
+        assert!(SOURCE.contains(&format!("#define FPOOL_GROUPS {POOL_GROUPS}")));
     }
 
     #[test]

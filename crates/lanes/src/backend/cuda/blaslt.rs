@@ -545,11 +545,8 @@ impl LaneBlasLt {
         }
         .map_err(no("cublasLtMatmulPreferenceSetAttribute"))?;
         // A whole-device plan asks for candidates to time (see `lt_tune`).
-        let wanted = if key.sms == 0 && lt_tune::tuning() {
-            lt_tune::CANDIDATES
-        } else {
-            1
-        };
+        let tune = key.sms == 0 && lt_tune::tuning();
+        let wanted = if tune { lt_tune::candidates() } else { 1 };
         let mut found = vec![
             // SAFETY: an all-zero heuristic result is a valid value of this plain
             // C struct (it is only written by the call below).
@@ -576,7 +573,7 @@ impl LaneBlasLt {
         }
         .result()
         .map_err(no("cublasLtMatmulAlgoGetHeuristic"))?;
-        let usable: Vec<sys::cublasLtMatmulAlgo_t> = found
+        let mut usable: Vec<sys::cublasLtMatmulAlgo_t> = found
             .iter()
             .take(count.max(0) as usize)
             .filter(|r| {
@@ -596,6 +593,39 @@ impl LaneBlasLt {
             });
         };
         p.algo = *first;
+        if tune && lt_tune::split_variants() && m.saturating_mul(n) <= lt_tune::SPLIT_MAX_OUTPUT {
+            let bases: Vec<_> = usable.iter().take(lt_tune::SPLIT_BASES).copied().collect();
+            for base in &bases {
+                for s in lt_tune::SPLITS {
+                    let Ok(v) = lt_tune::split_k(base, s) else {
+                        continue;
+                    };
+                    // SAFETY: as the heuristic above; `check` is written by the call.
+                    let mut check: sys::cublasLtMatmulHeuristicResult_t =
+                        unsafe { std::mem::zeroed() };
+                    // SAFETY: every descriptor is live; `v` is an initialized
+                    // algorithm; the check is host-only.
+                    let ok = unsafe {
+                        sys::cublasLtMatmulAlgoCheck(
+                            self.handle,
+                            p.desc,
+                            p.a,
+                            p.b,
+                            p.d,
+                            p.d,
+                            &v,
+                            &mut check,
+                        )
+                    };
+                    if ok == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+                        && check.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+                        && check.workspaceSize <= WORKSPACE_BYTES
+                    {
+                        usable.push(v);
+                    }
+                }
+            }
+        }
         if usable.len() > 1 {
             p.candidates = usable;
         }

@@ -18,7 +18,14 @@
 //! - Plans with an SM target are not timed: a narrow plan exists to leave the
 //!   GPU to other lanes, and timing it alone would favour the wide kernels it is
 //!   meant to avoid.
-//! - `LANES_LT_TUNE=off` keeps the heuristic's first pick everywhere.
+//! - Small outputs (at most [`SPLIT_MAX_OUTPUT`] elements: a batch-1 forward's
+//!   GEMMs) also time split-K variants of the heuristic's first picks
+//!   ([`split_k`]: K cut in 2 to 32 slices, reduced in f32 in the workspace, in a
+//!   fixed order): with 128 rows there are too few output tiles to fill the GPU,
+//!   and the heuristic's own split choices are few.
+//! - `LANES_LT_TUNE=off` keeps the heuristic's first pick everywhere;
+//!   `LANES_LT_CANDIDATES=N` asks the heuristic for N algorithms (default
+//!   [`CANDIDATES`]); `LANES_LT_SPLITK=off` times no split-K variants.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -28,8 +35,15 @@ use cudarc::driver::{result as drv, sys, DriverError};
 
 use crate::sync::lock_std as lock;
 
-/// How many of the heuristic's algorithms a whole-device plan times.
+/// How many of the heuristic's algorithms a whole-device plan times (unless
+/// `LANES_LT_CANDIDATES` says otherwise).
 pub const CANDIDATES: usize = 8;
+/// The largest output (`m × n` elements) whose plans also time split-K variants.
+pub const SPLIT_MAX_OUTPUT: u64 = 1 << 20;
+/// The split counts tried on each of the heuristic's first [`SPLIT_BASES`] picks.
+pub(crate) const SPLITS: [u32; 5] = [2, 4, 8, 16, 32];
+/// How many of the heuristic's picks get split-K variants.
+pub(crate) const SPLIT_BASES: usize = 3;
 /// Timed rounds over the candidates (the best round of each counts).
 const ROUNDS: usize = 2;
 /// Matmuls per candidate per round, between two events.
@@ -39,12 +53,70 @@ const REPS: usize = 4;
 /// / `false` turn it off; on by default).
 pub fn tuning() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        !matches!(
-            std::env::var("LANES_LT_TUNE").as_deref(),
-            Ok("off" | "0" | "false")
-        )
+    *ON.get_or_init(|| !env_off("LANES_LT_TUNE"))
+}
+
+/// Whether small outputs also time split-K variants (`LANES_LT_SPLITK`, read
+/// once: `off` / `0` / `false` turn it off; on by default).
+pub fn split_variants() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| !env_off("LANES_LT_SPLITK"))
+}
+
+/// Whether the variable `name` says off (`off`, `0` or `false`).
+fn env_off(name: &str) -> bool {
+    matches!(
+        std::env::var(name).as_deref().map(str::trim),
+        Ok("off" | "0" | "false")
+    )
+}
+
+/// How many algorithms to ask the heuristic for (`LANES_LT_CANDIDATES`, read
+/// once, 1 to 64; [`CANDIDATES`] by default).
+pub fn candidates() -> usize {
+    static N: OnceLock<usize> = OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("LANES_LT_CANDIDATES")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .map_or(CANDIDATES, |n| n.clamp(1, 64))
     })
+}
+
+/// `algo` with its K dimension split `splits` ways and the partial sums reduced
+/// in the compute type (f32) in the workspace: a deterministic order, unlike an
+/// in-place reduction. The caller checks the result with
+/// `cublasLtMatmulAlgoCheck` (not every algorithm takes every split).
+pub(crate) fn split_k(
+    algo: &cublasLtMatmulAlgo_t,
+    splits: u32,
+) -> Result<cublasLtMatmulAlgo_t, cudarc::cublaslt::result::CublasError> {
+    use cudarc::cublaslt::sys as lt;
+    let mut a = *algo;
+    let scheme = lt::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE as u32;
+    for (attr, value) in [
+        (
+            lt::cublasLtMatmulAlgoConfigAttributes_t::CUBLASLT_ALGO_CONFIG_SPLITK_NUM,
+            splits,
+        ),
+        (
+            lt::cublasLtMatmulAlgoConfigAttributes_t::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME,
+            scheme,
+        ),
+    ] {
+        // SAFETY: `a` is an initialized algorithm (a copy of the heuristic's); both
+        // attributes are uint32, read from `value` during the call.
+        unsafe {
+            lt::cublasLtMatmulAlgoConfigSetAttribute(
+                &mut a,
+                attr,
+                (&value as *const u32).cast(),
+                std::mem::size_of::<u32>(),
+            )
+        }
+        .result()?;
+    }
+    Ok(a)
 }
 
 /// The algorithms chosen by timing on one device, by plan key. Written once per
@@ -162,7 +234,11 @@ mod tests {
         b.data[0] = 2;
         assert!(memo.get(&7).is_none());
         assert_eq!(memo.settle(7, a).data[0], 1);
-        assert_eq!(memo.settle(7, b).data[0], 1, "a later lane adopts the first");
+        assert_eq!(
+            memo.settle(7, b).data[0],
+            1,
+            "a later lane adopts the first"
+        );
         assert_eq!(memo.get(&7).unwrap().data[0], 1);
         assert_eq!(memo.settle(8, b).data[0], 2);
     }
