@@ -596,6 +596,9 @@ __device__ __forceinline__ void row_attn(const float* __restrict__ qkv, const fl
     constexpr unsigned QB = RA_Q / KS;            // queries a block
     constexpr unsigned LD = D / 4 + (KS > 1);     // a key row in float4s (padded when split)
     constexpr unsigned STEP = KS * RA_G;          // keys a group spans
+    constexpr unsigned LOADS = RA_KC * (D / 4) / RA_Q;  // float4s of K (and of V) a thread stages
+    constexpr unsigned LB = LOADS < 8 ? LOADS : 8;      // loads in flight at once
+    static_assert(RA_KC * (D / 4) % RA_Q == 0 && LOADS % LB == 0, "whole batches of loads");
     const float NEG_INF = -__int_as_float(0x7f800000);
     __shared__ float4 Ks[RA_KC][LD];
     __shared__ float4 Vs[RA_KC][LD];
@@ -622,14 +625,29 @@ __device__ __forceinline__ void row_attn(const float* __restrict__ qkv, const fl
     for (unsigned c0 = 0; c0 < len; c0 += RA_KC) {
         const unsigned n = min(RA_KC, len - c0);
         __syncthreads();  // the previous chunk is no longer read
-        for (unsigned idx = threadIdx.x; idx < RA_KC * (D / 4); idx += RA_Q) {
-            const unsigned r = idx / (D / 4), c4 = idx - r * (D / 4);
-            float4 kv = make_float4(0.f, 0.f, 0.f, 0.f), vv = kv;
-            if (r < n) {
-                const float* row = base + (size_t)(c0 + r) * rs;
-                kv = *reinterpret_cast<const float4*>(row + hidden + 4 * c4);
-                vv = *reinterpret_cast<const float4*>(row + 2 * hidden + 4 * c4);
-                if (bias) {
+        // RA_LOADS float4s of K and of V per thread, RA_LB at a time: each batch's
+        // loads are all issued before its stores (unrolled, in registers), so a
+        // chunk costs RA_LOADS / RA_LB memory round trips, not RA_LOADS.
+#pragma unroll
+        for (unsigned e0 = 0; e0 < LOADS; e0 += LB) {
+            float4 kr[LB], vr[LB];
+#pragma unroll
+            for (unsigned e = 0; e < LB; e++) {
+                const unsigned idx = threadIdx.x + (e0 + e) * RA_Q;
+                const unsigned r = idx / (D / 4), c4 = idx - r * (D / 4);
+                kr[e] = make_float4(0.f, 0.f, 0.f, 0.f), vr[e] = kr[e];
+                if (r < n) {
+                    const float* row = base + (size_t)(c0 + r) * rs;
+                    kr[e] = *reinterpret_cast<const float4*>(row + hidden + 4 * c4);
+                    vr[e] = *reinterpret_cast<const float4*>(row + 2 * hidden + 4 * c4);
+                }
+            }
+#pragma unroll
+            for (unsigned e = 0; e < LB; e++) {
+                const unsigned idx = threadIdx.x + (e0 + e) * RA_Q;
+                const unsigned r = idx / (D / 4), c4 = idx - r * (D / 4);
+                float4 kv = kr[e], vv = vr[e];
+                if (bias && r < n) {
                     const float* bk = bias + hidden + h * D + 4 * c4;
                     const float* bv = bias + 2 * hidden + h * D + 4 * c4;
                     kv.x = __fadd_rn(kv.x, bk[0]), kv.y = __fadd_rn(kv.y, bk[1]);
@@ -637,9 +655,9 @@ __device__ __forceinline__ void row_attn(const float* __restrict__ qkv, const fl
                     vv.x = __fadd_rn(vv.x, bv[0]), vv.y = __fadd_rn(vv.y, bv[1]);
                     vv.z = __fadd_rn(vv.z, bv[2]), vv.w = __fadd_rn(vv.w, bv[3]);
                 }
+                Ks[r][c4] = kv;
+                Vs[r][c4] = vv;
             }
-            Ks[r][c4] = kv;
-            Vs[r][c4] = vv;
         }
         __syncthreads();
         if (!active) continue;
