@@ -120,6 +120,9 @@ struct Plan {
     /// The heuristic's algorithms, best first (`algo` is one of them); emptied
     /// once the choice is final (timed, taken from the memo, or not to be timed).
     candidates: Vec<sys::cublasLtMatmulAlgo_t>,
+    /// How many of `candidates` came from the heuristic (the split-K variants
+    /// follow them).
+    from_heuristic: usize,
 }
 
 impl Drop for Plan {
@@ -440,8 +443,14 @@ impl LaneBlasLt {
         };
         // SAFETY: the stream is this lane's, live and not capturing; each run
         // enqueues the caller's matmul, which may be computed repeatedly.
-        let (pick, _) = unsafe { lt_tune::fastest(stream, candidates.len(), run) }
+        let (pick, times) = unsafe { lt_tune::fastest(stream, candidates.len(), run) }
             .map_err(|e| self.err("timing cuBLASLt algorithms", describe(e)))?;
+        if lt_tune::logging() {
+            eprintln!(
+                "{}",
+                lt_tune::report(&self.device, key.mnk, plan.from_heuristic, &times, pick)
+            );
+        }
         let chosen = pick.map_or(plan.algo, |i| candidates[i]);
         plan.algo = self.memo.settle(*key, chosen);
         Ok(true)
@@ -458,6 +467,7 @@ impl LaneBlasLt {
             d: std::ptr::null_mut(),
             algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] },
             candidates: Vec::new(),
+            from_heuristic: 0,
         };
         p.desc = lt::create_matmul_desc(
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
@@ -593,6 +603,7 @@ impl LaneBlasLt {
             });
         };
         p.algo = *first;
+        p.from_heuristic = usable.len();
         if tune && lt_tune::split_variants() && m.saturating_mul(n) <= lt_tune::SPLIT_MAX_OUTPUT {
             let bases: Vec<_> = usable.iter().take(lt_tune::SPLIT_BASES).copied().collect();
             for base in &bases {

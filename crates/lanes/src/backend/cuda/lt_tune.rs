@@ -25,7 +25,8 @@
 //!   and the heuristic's own split choices are few.
 //! - `LANES_LT_TUNE=off` keeps the heuristic's first pick everywhere;
 //!   `LANES_LT_CANDIDATES=N` asks the heuristic for N algorithms (default
-//!   [`CANDIDATES`]); `LANES_LT_SPLITK=off` times no split-K variants.
+//!   [`CANDIDATES`]); `LANES_LT_SPLITK=off` times no split-K variants;
+//!   `LANES_LT_TUNE_LOG=1` prints each timing to stderr ([`report`]).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -61,6 +62,42 @@ pub fn tuning() -> bool {
 pub fn split_variants() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| !env_off("LANES_LT_SPLITK"))
+}
+
+/// Whether each timing is printed to stderr (`LANES_LT_TUNE_LOG=1`, read once).
+pub fn logging() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var("LANES_LT_TUNE_LOG").is_ok_and(|v| !v.is_empty())
+            && !env_off("LANES_LT_TUNE_LOG")
+    })
+}
+
+/// One line on a timing: the problem (cuBLASLt's column-major `m × n × k`), the
+/// microseconds of each candidate (`-` where it declined; `|` before the split-K
+/// variants, which follow the heuristic's `from_heuristic`), and the pick.
+pub(crate) fn report(
+    device: &str,
+    (m, n, k): (u64, u64, u64),
+    from_heuristic: usize,
+    times: &[Option<f32>],
+    pick: Option<usize>,
+) -> String {
+    let mut line = format!("lanes: {device}: cuBLASLt {m}x{n}x{k} timed (us):");
+    for (i, t) in times.iter().enumerate() {
+        if i == from_heuristic {
+            line.push_str(" |");
+        }
+        match t {
+            Some(t) => line.push_str(&format!(" {t:.2}")),
+            None => line.push_str(" -"),
+        }
+    }
+    match pick {
+        Some(i) => line.push_str(&format!("; picked #{i}")),
+        None => line.push_str("; none ran, the heuristic's pick stays"),
+    }
+    line
 }
 
 /// Whether the variable `name` says off (`off`, `0` or `false`).
@@ -224,6 +261,21 @@ pub(crate) unsafe fn fastest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn report_marks_the_split_variants_and_the_pick() {
+        let line = report(
+            "cuda:0",
+            (1152, 128, 384),
+            2,
+            &[Some(9.5), None, Some(7.25)],
+            Some(2),
+        );
+        assert_eq!(
+            line,
+            "lanes: cuda:0: cuBLASLt 1152x128x384 timed (us): 9.50 - | 7.25; picked #2"
+        );
+    }
 
     #[test]
     fn memo_keeps_the_first_choice_of_a_key() {
