@@ -11,7 +11,8 @@
 //!    The cuBLASLt path is also run with the lane's SM budget at 16
 //!    (`CudaLane::set_sm_budget`): its own plan, the same tolerance.
 //!    f32 `linear` takes cuBLASLt (exact f32) unless switched off or forced onto
-//!    `linear_tn`, and keeps the erf GELU. Whole-device plans are timed once per
+//!    `linear_tn`, and keeps the erf GELU; up to 256 rows it runs as
+//!    `small_linear` (one kernel) on lanes without an SM budget. Whole-device plans are timed once per
 //!    device and shared by its lanes (bit-identical outputs); budgeted ones never.
 //! 2. A CUDA graph capturing a cuBLASLt matmul of a shape first seen inside the
 //!    capture replays what the host computes, for fresh inputs each replay.
@@ -27,7 +28,9 @@ mod common;
 use common::{cosine, cuda, fixtures, max_abs_diff, model_dir, Dt as Half, Rng, HALVES};
 use lanes::backend::cuda::{CudaLane, LtStats};
 use lanes::{Buffer, Lease};
-use lanes_nn::exec::cuda::{blaslt_from_env, CudaExec, Gemm};
+use lanes_nn::exec::cuda::{
+    blaslt_from_env, small_linear_mode, CudaExec, Gemm, SmallLinear, SMALL_MAX_ROWS,
+};
 use lanes_nn::exec::Exec;
 use lanes_nn::{cpu, DType, Encoder, EncoderOptions, Precision, Tensor, TensorMut};
 
@@ -310,6 +313,60 @@ fn f32_linear_out(
     )
 }
 
+/// Whether f32 `linear` of `shape` on a lane with `sms` SMs budgeted takes
+/// `small_linear` (under `Gemm::Auto`; inputs from `up` are aligned).
+fn takes_small((rows, k, _): (usize, usize, usize), sms: u32) -> bool {
+    let mode = match small_linear_mode() {
+        SmallLinear::Off => false,
+        SmallLinear::Alone => sms == 0,
+        SmallLinear::Always => true,
+    };
+    mode && rows <= SMALL_MAX_ROWS && k % 4 == 0
+}
+
+/// f32 `linear` of few rows runs as `small_linear` (one kernel: K split over
+/// warps, bias and erf GELU in its epilogue) where `LANES_F32_SMALL` lets it,
+/// else on cuBLASLt; both match the host's f32 linear + erf GELU within 1e-4, on
+/// MiniLM's batch-1 shapes, partial tiles (rows 1, 7, 130; n 30, 50), shallow K,
+/// K not a multiple of 4 (cuBLASLt then) and 256 rows.
+#[test]
+fn small_linear_matches_host() {
+    let Some(dev) = cuda() else { return };
+    let ex = CudaExec::new(&dev)
+        .expect("compile the kernels")
+        .with_blaslt(true);
+    if ex.gemm() != Gemm::Auto || std::env::var("LANES_F32_LT").is_ok_and(|v| v.trim() == "off") {
+        eprintln!("SKIPPED (f32 GEMMs are not on the default path here)");
+        return;
+    }
+    let lane = dev.lease().unwrap();
+    let mut small_ran = 0;
+    for shape in [
+        (1, 384, 384),
+        (7, 384, 30),
+        (128, 384, 1152),
+        (128, 384, 1536),
+        (128, 1536, 384),
+        (130, 20, 50),
+        (5, 22, 40),
+        (256, 384, 384),
+    ] {
+        for sms in [0, 16] {
+            let (used_lt, d) = f32_linear(&ex, &lane, shape, sms);
+            let small = takes_small(shape, sms);
+            assert_eq!(
+                used_lt, !small,
+                "{shape:?} at {sms} SMs: cuBLASLt {used_lt}"
+            );
+            assert!(d <= 1e-4, "{shape:?} at {sms} SMs: max |diff| {d:.3e}");
+            small_ran += usize::from(small);
+        }
+    }
+    if small_linear_mode() != SmallLinear::Off {
+        assert!(small_ran >= 7, "small_linear ran {small_ran} times");
+    }
+}
+
 /// Whole-device cuBLASLt plans are timed once per device (`LANES_LT_TUNE`, on by
 /// default): the first lane to meet a shape times the heuristic's candidates
 /// (`LtStats::timed`), a second lane takes its choice without timing and computes
@@ -332,8 +389,9 @@ fn lt_algorithms_are_timed_once_per_device() {
         "two leases held at once are two lanes"
     );
     let tuning = lanes::backend::cuda::lt_tuning();
-    // MiniLM's QKV, up and down projections at batch 1 (128 tokens).
-    for shape in [(128, 384, 1152), (128, 384, 1536), (128, 1536, 384)] {
+    // MiniLM's QKV, up and down projections at 300 tokens (fewer rows go to
+    // `small_linear`).
+    for shape in [(300, 384, 1152), (300, 384, 1536), (300, 1536, 384)] {
         let (ta, tb) = (lt_stats(&a).timed, lt_stats(&b).timed);
         let (lt_a, da, out_a) = f32_linear_out(&ex, &a, shape, 0);
         let (lt_b, db, out_b) = f32_linear_out(&ex, &b, shape, 0);
@@ -390,7 +448,7 @@ fn f32_linear_takes_lt_unless_off_or_forced() {
         let (used_lt, d) = f32_linear(&ex, &lane, shape, sms);
         assert_eq!(
             used_lt,
-            !off && auto,
+            !off && auto && !takes_small(shape, sms),
             "{shape:?} with {sms} SMs: cuBLASLt used {used_lt}"
         );
         assert!(

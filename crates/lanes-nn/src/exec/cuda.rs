@@ -233,6 +233,42 @@ fn blaslt_setting(v: &str) -> bool {
     )
 }
 
+/// The most rows `small_linear` takes (a batch-1 forward has 128).
+pub const SMALL_MAX_ROWS: usize = 256;
+/// `small_linear`'s output tile edge and block (`SG_T`, `SG_WARPS` warps).
+const SG_T: usize = 32;
+const SG_THREADS: u32 = 8 * 32;
+
+/// When f32 `linear` under [`Gemm::Auto`] takes `small_linear` (one kernel,
+/// bias and GELU included) for at most [`SMALL_MAX_ROWS`] rows: `LANES_F32_SMALL`
+/// = `off`, `alone` (the default: lanes without an SM budget, a forward running
+/// by itself) or `always`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmallLinear {
+    /// Never.
+    Off,
+    /// On lanes without an SM budget.
+    Alone,
+    /// At every SM budget.
+    Always,
+}
+
+/// [`SmallLinear`] from `LANES_F32_SMALL` (read once; unknown words mean the
+/// default).
+pub fn small_linear_mode() -> SmallLinear {
+    static MODE: std::sync::OnceLock<SmallLinear> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| {
+        match std::env::var("LANES_F32_SMALL")
+            .map(|v| v.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            Ok("off" | "0" | "false" | "no") => SmallLinear::Off,
+            Ok("always") => SmallLinear::Always,
+            _ => SmallLinear::Alone,
+        }
+    })
+}
+
 /// `(kchunk, splits)` of `linear_tn` for `rows × k → n`: K is split until about
 /// [`TARGET_BLOCKS`] blocks run, each split at least [`MIN_K_PER_SPLIT`] deep (one
 /// split when K is shallower); `kchunk` is a multiple of [`GK`] and the last split
@@ -258,6 +294,7 @@ pub struct CudaExec {
     bias_act4: CudaFunction,
     linear_tn: CudaFunction,
     splitk_reduce: CudaFunction,
+    small_linear: CudaFunction,
     /// `attention_q{Q}_c{C}`, indexed `[log2 C][log2 Q]` (Q, C in 1, 2, 4).
     attention: [[CudaFunction; 3]; 3],
     /// The f16 / bf16 path.
@@ -320,6 +357,7 @@ impl CudaExec {
             bias_act4: f("bias_act4")?,
             linear_tn: f("linear_tn")?,
             splitk_reduce: f("splitk_reduce")?,
+            small_linear: f("small_linear")?,
             attention: [att(1)?, att(2)?, att(4)?],
             fused: fused::Fused::load(backend)?,
         })
@@ -463,6 +501,48 @@ impl CudaExec {
             // ordered after both kernels.
         }
         Ok(())
+    }
+
+    /// `linear` as `small_linear`: x 16-byte aligned with `k % 4 == 0` and w
+    /// 16-byte aligned (the caller checked), at most [`SMALL_MAX_ROWS`] rows.
+    #[allow(clippy::too_many_arguments)]
+    fn small_linear_f32(
+        &self,
+        lane: &CudaLane,
+        (rows, k, n): (usize, usize, usize),
+        x: DevicePtr,
+        w: DevicePtr,
+        b: DevicePtr,
+        gelu: bool,
+        out: DevicePtr,
+    ) -> Result<()> {
+        // Row offsets in float4s are u32 in the kernel.
+        u32_of("n * k", n.saturating_mul(k))?;
+        u32_of("rows * k", rows.saturating_mul(k))?;
+        let grid = (
+            u32_of("linear tiles", n.div_ceil(SG_T))?,
+            u32_of("linear tiles", rows.div_ceil(SG_T))?,
+            1,
+        );
+        let (m_u, n_u, k_u, gelu_i) = (rows as u32, n as u32, k as u32, i32::from(gelu));
+        let (xp, wp, bp, op) = (x.0, w.0, b.0, out.0);
+        let mut args = [
+            kernel_arg(&xp),
+            kernel_arg(&wp),
+            kernel_arg(&bp),
+            kernel_arg(&op),
+            kernel_arg(&m_u),
+            kernel_arg(&n_u),
+            kernel_arg(&k_u),
+            kernel_arg(&gelu_i),
+        ];
+        // SAFETY: the arguments match `small_linear(x, w, bias, out, M, N, K, gelu)`;
+        // x holds rows*k f32s, w n*k, b n, out rows*n (`Exec::linear`), x and w
+        // 16-byte aligned with k % 4 == 0 (the caller checked) so every float4 load
+        // is aligned and inside its row; the kernel stores only m < M, n < N and
+        // clamps the rows it reads; the block is SG_WARPS warps, as its static
+        // shared array assumes.
+        unsafe { launch(lane, &self.small_linear, grid, SG_THREADS, 0, &mut args) }
     }
 
     /// `out[r, j] = act(out[r, j] + bias[j])` in place over the f32 `[total / n, n]`
@@ -703,7 +783,23 @@ impl Exec for CudaExec {
                 )
             };
         }
-        // cuBLASLt (the bias in its epilogue) first; `linear_tn` or cuBLAS where it
+        // Few rows: `small_linear` (one kernel: on the H200 a 128-row GEMM on
+        // cuBLASLt took 11-15 us, its best algorithm by timing, plus the GELU pass).
+        let small = match small_linear_mode() {
+            SmallLinear::Off => false,
+            SmallLinear::Alone => lane.sm_budget() == 0,
+            SmallLinear::Always => true,
+        };
+        if small
+            && self.gemm == Gemm::Auto
+            && rows <= SMALL_MAX_ROWS
+            && k % 4 == 0
+            && x.0 % 16 == 0
+            && w.0 % 16 == 0
+        {
+            return self.small_linear_f32(lane, (rows, k, n), x, w, b, gelu, out);
+        }
+        // cuBLASLt (the bias in its epilogue) next; `linear_tn` or cuBLAS where it
         // declines, with it off, or with the path forced (`LANES_NN_GEMM`).
         if f32_lt() && self.gemm == Gemm::Auto {
             if let Ok(lt) = lane.blas_lt() {
@@ -984,7 +1080,15 @@ mod tests {
                 );
             }
         }
-        for name in ["bias_act(", "bias_act4(", "linear_tn(", "splitk_reduce("] {
+        assert!(SOURCE.contains(&format!("#define SG_T {SG_T}")));
+        assert!(SOURCE.contains(&format!("#define SG_WARPS {}", SG_THREADS / 32)));
+        for name in [
+            "bias_act(",
+            "bias_act4(",
+            "linear_tn(",
+            "splitk_reduce(",
+            "small_linear(",
+        ] {
             assert!(SOURCE.contains(&format!(" {name}")), "{name}");
         }
         assert!(SOURCE.contains(&format!("#define LN_WARPS {LN_WARPS}")));

@@ -272,6 +272,83 @@ extern "C" __global__ void __launch_bounds__(256)
     }
 }
 
+// ---------------------------------------------------------------------------
+// Linear for few rows (a batch-1 forward's 128), latency first: out[m, n] =
+// act(Σ_k x[m, k] · w[n, k] + bias[n]) in one kernel, no split-K pass. One block
+// per 32 × 32 output tile; its SG_WARPS warps split K (warp w takes the w-th
+// run of K / 4 / SG_WARPS float4 steps), each lane accumulating a 4 × 8 block of
+// the tile in f32 straight from 16-byte global loads (no shared-memory staging:
+// the tile's rows are re-read by lanes of the same warp through L1); then the
+// warps' partial tiles meet in shared memory and are summed in warp order (fixed:
+// the same bits every run), the bias added and the erf GELU (`gelu_f32`)
+// applied. Needs K % 4 == 0 and 16-byte aligned x and w (the host checks). Rows
+// past M and columns past N read row 0 and are not stored.
+
+#define SG_WARPS 8
+#define SG_T 32
+
+extern "C" __global__ void __launch_bounds__(SG_WARPS * 32, 2)
+    small_linear(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+                 float* __restrict__ out, unsigned M, unsigned N, unsigned K, int gelu) {
+    __shared__ float part[SG_WARPS][SG_T][SG_T + 1];
+    const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    const unsigned m0 = blockIdx.y * SG_T, n0 = blockIdx.x * SG_T;
+    const unsigned mi = (lane >> 2) * 4, ni = (lane & 3u) * 8;
+    const unsigned k4s = K / 4, per = (k4s + SG_WARPS - 1) / SG_WARPS;
+    const unsigned kb = min(k4s, warp * per), ke = min(k4s, kb + per);
+    // Row starts in float4s (M * K / 4 and N * K / 4 fit 32 bits: the host checks).
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    const float4* w4 = reinterpret_cast<const float4*>(w);
+    unsigned xo[4], wo[8];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const unsigned m = m0 + mi + i;
+        xo[i] = (m < M ? m : 0) * k4s;
+    }
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const unsigned n = n0 + ni + j;
+        wo[j] = (n < N ? n : 0) * k4s;
+    }
+    float acc[4][8];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) acc[i][j] = 0.0f;
+#pragma unroll 2
+    for (unsigned k4 = kb; k4 < ke; k4++) {
+        float4 a[4], b[8];
+#pragma unroll
+        for (int i = 0; i < 4; i++) a[i] = x4[xo[i] + k4];
+#pragma unroll
+        for (int j = 0; j < 8; j++) b[j] = w4[wo[j] + k4];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                acc[i][j] = fmaf(a[i].x, b[j].x, acc[i][j]);
+                acc[i][j] = fmaf(a[i].y, b[j].y, acc[i][j]);
+                acc[i][j] = fmaf(a[i].z, b[j].z, acc[i][j]);
+                acc[i][j] = fmaf(a[i].w, b[j].w, acc[i][j]);
+            }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) part[warp][mi + i][ni + j] = acc[i][j];
+    __syncthreads();
+    for (unsigned o = threadIdx.x; o < SG_T * SG_T; o += SG_WARPS * 32) {
+        const unsigned r = o / SG_T, c = o % SG_T;
+        const unsigned m = m0 + r, n = n0 + c;
+        if (m >= M || n >= N) continue;
+        float sum = part[0][r][c];
+#pragma unroll
+        for (int v = 1; v < SG_WARPS; v++) sum = __fadd_rn(sum, part[v][r][c]);
+        const float val = __fadd_rn(sum, bias[n]);
+        out[(size_t)m * N + n] = gelu ? gelu_f32(val) : val;
+    }
+}
+
 // out[i] = act(Σ_s ws[s, i] + bias[i % N]), the splits summed in order; total = M * N.
 extern "C" __global__ void splitk_reduce(const float* __restrict__ ws, const float* __restrict__ bias,
                                          float* __restrict__ out, unsigned total, unsigned N, unsigned splits,
