@@ -327,8 +327,9 @@ fn takes_small((rows, k, _): (usize, usize, usize), sms: u32) -> bool {
 /// f32 `linear` of few rows runs as `small_linear` (one kernel: K split over
 /// warps, bias and erf GELU in its epilogue) where `LANES_F32_SMALL` lets it,
 /// else on cuBLASLt; both match the host's f32 linear + erf GELU within 1e-4, on
-/// MiniLM's batch-1 shapes, partial tiles (rows 1, 7, 130; n 30, 50), shallow K,
-/// K not a multiple of 4 (cuBLASLt then) and 256 rows.
+/// MiniLM's batch-1 shapes (32-row tiles for QKV and up, 16-row ones for the
+/// others), partial tiles (rows 1, 7, 100, 130; n 30, 50), shallow K, K not a
+/// multiple of 4 (cuBLASLt then) and 256 rows.
 #[test]
 fn small_linear_matches_host() {
     let Some(dev) = cuda() else { return };
@@ -347,6 +348,7 @@ fn small_linear_matches_host() {
         (128, 384, 1152),
         (128, 384, 1536),
         (128, 1536, 384),
+        (100, 384, 1536),
         (130, 20, 50),
         (5, 22, 40),
         (256, 384, 384),

@@ -235,9 +235,12 @@ fn blaslt_setting(v: &str) -> bool {
 
 /// The most rows `small_linear` takes (a batch-1 forward has 128).
 pub const SMALL_MAX_ROWS: usize = 256;
-/// `small_linear`'s output tile edge and block (`SG_T`, `SG_WARPS` warps).
-const SG_T: usize = 32;
-const SG_THREADS: u32 = 8 * 32;
+/// `small_linear`'s output tile width and block (`SL_TN`, `SL_WARPS` warps).
+const SL_TN: usize = 32;
+const SL_THREADS: u32 = 8 * 32;
+/// Below this many 32-row tiles `small_linear` takes 16-row tiles (twice the
+/// blocks: the H200 has 132 SMs, two blocks fit on each).
+const SL_MIN_TILES: usize = 128;
 
 /// When f32 `linear` under [`Gemm::Auto`] takes `small_linear` (one kernel,
 /// bias and GELU included) for at most [`SMALL_MAX_ROWS`] rows: `LANES_F32_SMALL`
@@ -294,7 +297,8 @@ pub struct CudaExec {
     bias_act4: CudaFunction,
     linear_tn: CudaFunction,
     splitk_reduce: CudaFunction,
-    small_linear: CudaFunction,
+    /// `small_linear_m32`, `small_linear_m16`.
+    small_linear: [CudaFunction; 2],
     /// `attention_q{Q}_c{C}`, indexed `[log2 C][log2 Q]` (Q, C in 1, 2, 4).
     attention: [[CudaFunction; 3]; 3],
     /// The f16 / bf16 path.
@@ -357,7 +361,7 @@ impl CudaExec {
             bias_act4: f("bias_act4")?,
             linear_tn: f("linear_tn")?,
             splitk_reduce: f("splitk_reduce")?,
-            small_linear: f("small_linear")?,
+            small_linear: [f("small_linear_m32")?, f("small_linear_m16")?],
             attention: [att(1)?, att(2)?, att(4)?],
             fused: fused::Fused::load(backend)?,
         })
@@ -519,9 +523,15 @@ impl CudaExec {
         // Row offsets in float4s are u32 in the kernel.
         u32_of("n * k", n.saturating_mul(k))?;
         u32_of("rows * k", rows.saturating_mul(k))?;
+        let wide = rows.div_ceil(32) * n.div_ceil(SL_TN) >= SL_MIN_TILES;
+        let (tm, f) = if wide {
+            (32, &self.small_linear[0])
+        } else {
+            (16, &self.small_linear[1])
+        };
         let grid = (
-            u32_of("linear tiles", n.div_ceil(SG_T))?,
-            u32_of("linear tiles", rows.div_ceil(SG_T))?,
+            u32_of("linear tiles", n.div_ceil(SL_TN))?,
+            u32_of("linear tiles", rows.div_ceil(tm))?,
             1,
         );
         let (m_u, n_u, k_u, gelu_i) = (rows as u32, n as u32, k as u32, i32::from(gelu));
@@ -536,13 +546,14 @@ impl CudaExec {
             kernel_arg(&k_u),
             kernel_arg(&gelu_i),
         ];
-        // SAFETY: the arguments match `small_linear(x, w, bias, out, M, N, K, gelu)`;
+        // SAFETY: the arguments match `small_linear_m{TM}(x, w, bias, out, M, N, K,
+        // gelu)`, the grid its TM x 32 tiles;
         // x holds rows*k f32s, w n*k, b n, out rows*n (`Exec::linear`), x and w
         // 16-byte aligned with k % 4 == 0 (the caller checked) so every float4 load
         // is aligned and inside its row; the kernel stores only m < M, n < N and
-        // clamps the rows it reads; the block is SG_WARPS warps, as its static
+        // reads no row past M or N; the block is SL_WARPS warps, as its static
         // shared array assumes.
-        unsafe { launch(lane, &self.small_linear, grid, SG_THREADS, 0, &mut args) }
+        unsafe { launch(lane, f, grid, SL_THREADS, 0, &mut args) }
     }
 
     /// `out[r, j] = act(out[r, j] + bias[j])` in place over the f32 `[total / n, n]`
@@ -1080,14 +1091,15 @@ mod tests {
                 );
             }
         }
-        assert!(SOURCE.contains(&format!("#define SG_T {SG_T}")));
-        assert!(SOURCE.contains(&format!("#define SG_WARPS {}", SG_THREADS / 32)));
+        assert!(SOURCE.contains(&format!("#define SL_TN {SL_TN}")));
+        assert!(SOURCE.contains(&format!("#define SL_WARPS {}", SL_THREADS / 32)));
+        assert!(SOURCE.contains("SL_KERNEL(32)") && SOURCE.contains("SL_KERNEL(16)"));
         for name in [
             "bias_act(",
             "bias_act4(",
             "linear_tn(",
             "splitk_reduce(",
-            "small_linear(",
+            "small_linear_t(",
         ] {
             assert!(SOURCE.contains(&format!(" {name}")), "{name}");
         }

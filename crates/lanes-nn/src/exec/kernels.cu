@@ -275,79 +275,127 @@ extern "C" __global__ void __launch_bounds__(256)
 // ---------------------------------------------------------------------------
 // Linear for few rows (a batch-1 forward's 128), latency first: out[m, n] =
 // act(Σ_k x[m, k] · w[n, k] + bias[n]) in one kernel, no split-K pass. One block
-// per 32 × 32 output tile; its SG_WARPS warps split K (warp w takes the w-th
-// run of K / 4 / SG_WARPS float4 steps), each lane accumulating a 4 × 8 block of
-// the tile in f32 straight from 16-byte global loads (no shared-memory staging:
-// the tile's rows are re-read by lanes of the same warp through L1); then the
-// warps' partial tiles meet in shared memory and are summed in warp order (fixed:
-// the same bits every run), the bias added and the erf GELU (`gelu_f32`)
-// applied. Needs K % 4 == 0 and 16-byte aligned x and w (the host checks). Rows
-// past M and columns past N read row 0 and are not stored.
+// per TM × 32 output tile (TM 32, or 16 when 32-row tiles would leave SMs idle);
+// its SL_WARPS warps split K into runs (warp v takes the v-th run of K / 4 /
+// SL_WARPS float4 columns) and walk them SL_KC deep: each chunk of x and w rows
+// is loaded with 16-byte loads (the next chunk's loads issued before this one is
+// computed), stored k-major into the warp's own shared memory, and every lane
+// accumulates an RM × RN block of the tile in f32 in k order. Then the warps'
+// partial tiles meet in shared memory and are summed in warp order (fixed: the
+// same bits every run), the bias added and the erf GELU (`gelu_f32`) applied.
+// Needs K % 4 == 0 and 16-byte aligned x and w (the host checks); rows past M
+// and columns past N are read as zeros and not stored.
 
-#define SG_WARPS 8
-#define SG_T 32
+#define SL_WARPS 8
+#define SL_TN 32
+#define SL_KC 16
 
-extern "C" __global__ void __launch_bounds__(SG_WARPS * 32, 2)
-    small_linear(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-                 float* __restrict__ out, unsigned M, unsigned N, unsigned K, int gelu) {
-    __shared__ float part[SG_WARPS][SG_T][SG_T + 1];
+template <int TM>
+__device__ __forceinline__ void small_linear_t(const float* __restrict__ x, const float* __restrict__ w,
+                                               const float* __restrict__ bias, float* __restrict__ out,
+                                               unsigned M, unsigned N, unsigned K, int gelu) {
+    constexpr int RM = 4, RN = TM == 32 ? 8 : 4;  // a lane's outputs: RM rows x RN columns
+    constexpr int LANES_N = SL_TN / RN;            // lanes along n
+    constexpr int XS = TM + 4, WS = SL_TN + 4;     // k-major row strides (16-byte multiples)
+    constexpr int STAGE = SL_KC * (XS + WS);       // a warp's staging floats
+    constexpr int PART = TM * (SL_TN + 1);         // a warp's partial tile
+    constexpr int Q = SL_KC / 4;                   // float4 columns a chunk
+    constexpr int XL = TM * Q / 32, WL = SL_TN * Q / 32;  // float4s a lane loads a chunk
+    static_assert((TM / RM) * LANES_N == 32 && XL >= 1 && WL >= 1, "one warp covers the tile");
+    __shared__ __align__(16) float sm[SL_WARPS * (STAGE > PART ? STAGE : PART)];
     const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
-    const unsigned m0 = blockIdx.y * SG_T, n0 = blockIdx.x * SG_T;
-    const unsigned mi = (lane >> 2) * 4, ni = (lane & 3u) * 8;
-    const unsigned k4s = K / 4, per = (k4s + SG_WARPS - 1) / SG_WARPS;
-    const unsigned kb = min(k4s, warp * per), ke = min(k4s, kb + per);
-    // Row starts in float4s (M * K / 4 and N * K / 4 fit 32 bits: the host checks).
+    const unsigned m0 = blockIdx.y * TM, n0 = blockIdx.x * SL_TN;
+    const unsigned mi = (lane / LANES_N) * RM, ni = (lane % LANES_N) * RN;
+    const unsigned k4s = K / 4, per = (k4s + SL_WARPS - 1) / SL_WARPS;
+    const unsigned kb = min(k4s, warp * per), ke = min(k4s, kb + per);  // float4 columns
     const float4* x4 = reinterpret_cast<const float4*>(x);
     const float4* w4 = reinterpret_cast<const float4*>(w);
-    unsigned xo[4], wo[8];
+    float* xs = sm + warp * STAGE;  // [SL_KC][XS]
+    float* wsm = xs + SL_KC * XS;   // [SL_KC][WS]
+    float acc[RM][RN];
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const unsigned m = m0 + mi + i;
-        xo[i] = (m < M ? m : 0) * k4s;
-    }
+    for (int i = 0; i < RM; i++)
 #pragma unroll
-    for (int j = 0; j < 8; j++) {
-        const unsigned n = n0 + ni + j;
-        wo[j] = (n < N ? n : 0) * k4s;
-    }
-    float acc[4][8];
+        for (int j = 0; j < RN; j++) acc[i][j] = 0.0f;
+    float4 xr[XL], wr[WL];
+    const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+#define SL_LOAD(c0)                                                                   \
+    do {                                                                              \
+        _Pragma("unroll") for (int e = 0; e < XL; e++) {                              \
+            const unsigned idx = lane + 32u * e, r = idx / Q, kq = (c0) + idx % Q;    \
+            xr[e] = (m0 + r < M && kq < ke) ? x4[(size_t)(m0 + r) * k4s + kq] : zero; \
+        }                                                                             \
+        _Pragma("unroll") for (int e = 0; e < WL; e++) {                              \
+            const unsigned idx = lane + 32u * e, r = idx / Q, kq = (c0) + idx % Q;    \
+            wr[e] = (n0 + r < N && kq < ke) ? w4[(size_t)(n0 + r) * k4s + kq] : zero; \
+        }                                                                             \
+    } while (0)
+    if (kb < ke) SL_LOAD(kb);
+    for (unsigned c0 = kb; c0 < ke; c0 += Q) {
+        __syncwarp();  // the previous chunk is no longer read
 #pragma unroll
-    for (int i = 0; i < 4; i++)
+        for (int e = 0; e < XL; e++) {
+            const unsigned idx = lane + 32u * e, r = idx / Q, k = 4 * (idx % Q);
+            xs[(k + 0) * XS + r] = xr[e].x;
+            xs[(k + 1) * XS + r] = xr[e].y;
+            xs[(k + 2) * XS + r] = xr[e].z;
+            xs[(k + 3) * XS + r] = xr[e].w;
+        }
 #pragma unroll
-        for (int j = 0; j < 8; j++) acc[i][j] = 0.0f;
-#pragma unroll 2
-    for (unsigned k4 = kb; k4 < ke; k4++) {
-        float4 a[4], b[8];
+        for (int e = 0; e < WL; e++) {
+            const unsigned idx = lane + 32u * e, r = idx / Q, k = 4 * (idx % Q);
+            wsm[(k + 0) * WS + r] = wr[e].x;
+            wsm[(k + 1) * WS + r] = wr[e].y;
+            wsm[(k + 2) * WS + r] = wr[e].z;
+            wsm[(k + 3) * WS + r] = wr[e].w;
+        }
+        __syncwarp();
+        if (c0 + Q < ke) SL_LOAD(c0 + Q);  // in flight while this chunk is computed
 #pragma unroll
-        for (int i = 0; i < 4; i++) a[i] = x4[xo[i] + k4];
+        for (int k = 0; k < SL_KC; k++) {
+            const float4 a = *reinterpret_cast<const float4*>(xs + k * XS + mi);
+            float b[RN];
 #pragma unroll
-        for (int j = 0; j < 8; j++) b[j] = w4[wo[j] + k4];
-#pragma unroll
-        for (int i = 0; i < 4; i++)
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                acc[i][j] = fmaf(a[i].x, b[j].x, acc[i][j]);
-                acc[i][j] = fmaf(a[i].y, b[j].y, acc[i][j]);
-                acc[i][j] = fmaf(a[i].z, b[j].z, acc[i][j]);
-                acc[i][j] = fmaf(a[i].w, b[j].w, acc[i][j]);
+            for (int j = 0; j < RN; j += 4) {
+                const float4 v = *reinterpret_cast<const float4*>(wsm + k * WS + ni + j);
+                b[j] = v.x, b[j + 1] = v.y, b[j + 2] = v.z, b[j + 3] = v.w;
             }
+            const float av[RM] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+            for (int i = 0; i < RM; i++)
+#pragma unroll
+                for (int j = 0; j < RN; j++) acc[i][j] = fmaf(av[i], b[j], acc[i][j]);
+        }
     }
+#undef SL_LOAD
+    __syncthreads();  // every warp is done with its staging memory
+    float* part = sm + warp * PART;
 #pragma unroll
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < RM; i++)
 #pragma unroll
-        for (int j = 0; j < 8; j++) part[warp][mi + i][ni + j] = acc[i][j];
+        for (int j = 0; j < RN; j++) part[(mi + i) * (SL_TN + 1) + ni + j] = acc[i][j];
     __syncthreads();
-    for (unsigned o = threadIdx.x; o < SG_T * SG_T; o += SG_WARPS * 32) {
-        const unsigned r = o / SG_T, c = o % SG_T;
+    for (unsigned o = threadIdx.x; o < TM * SL_TN; o += SL_WARPS * 32) {
+        const unsigned r = o / SL_TN, c = o % SL_TN;
         const unsigned m = m0 + r, n = n0 + c;
         if (m >= M || n >= N) continue;
-        float sum = part[0][r][c];
+        float sum = sm[r * (SL_TN + 1) + c];
 #pragma unroll
-        for (int v = 1; v < SG_WARPS; v++) sum = __fadd_rn(sum, part[v][r][c]);
+        for (int v = 1; v < SL_WARPS; v++) sum = __fadd_rn(sum, sm[v * PART + r * (SL_TN + 1) + c]);
         const float val = __fadd_rn(sum, bias[n]);
         out[(size_t)m * N + n] = gelu ? gelu_f32(val) : val;
     }
 }
+
+#define SL_KERNEL(TM)                                                                                         \
+    extern "C" __global__ void __launch_bounds__(SL_WARPS * 32, 2)                                            \
+        small_linear_m##TM(const float* __restrict__ x, const float* __restrict__ w,                          \
+                           const float* __restrict__ bias, float* __restrict__ out, unsigned M, unsigned N,   \
+                           unsigned K, int gelu) {                                                            \
+        small_linear_t<TM>(x, w, bias, out, M, N, K, gelu);                                                   \
+    }
+SL_KERNEL(32)
+SL_KERNEL(16)
 
 // out[i] = act(Σ_s ws[s, i] + bias[i % N]), the splits summed in order; total = M * N.
 extern "C" __global__ void splitk_reduce(const float* __restrict__ ws, const float* __restrict__ bias,
