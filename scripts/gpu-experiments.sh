@@ -10,6 +10,7 @@
 #   LANES_LT_TUNE     off: cuBLASLt's heuristic pick, no timing of candidates
 #   LANES_LT_SPLITK   off: no split-K variants among the timed candidates
 #   LANES_LT_CANDIDATES N: algorithms asked of the heuristic (8)
+#   LANES_F32_SMALL   off|alone|always: f32 linears of <= 256 rows on small_linear
 # Usage: gpu-experiments.sh [knobs|tune|splitk]   (the sweep; knobs by default)
 set -uo pipefail
 sweep=${1:-knobs}
@@ -61,7 +62,11 @@ tune)
 for round in 1 2; do
   cell "" --dtype float32 --threads 1 --batch 1 --duration-ms 1500
   cell "LANES_LT_TUNE=off" --dtype float32 --threads 1 --batch 1 --duration-ms 1500
+  cell "LANES_F32_SMALL=off" --dtype float32 --threads 1 --batch 1 --duration-ms 1500
 done
+cell "" --dtype float32 --threads 1,2,4 --batch 1,8 --duration-ms 1000
+cell "LANES_F32_SMALL=off" --dtype float32 --threads 1,2,4 --batch 1,8 --duration-ms 1000
+cell "LANES_F32_SMALL=always" --dtype float32 --threads 16 --batch 1 --duration-ms 1500
 cell "" --dtype float32,float16 --threads 16 --batch 1 --duration-ms 1500
 cell "LANES_LT_TUNE=off" --dtype float32,float16 --threads 16 --batch 1 --duration-ms 1500
 cell "" --dtype float32,float16,bfloat16 --threads 1 --batch 512 --duration-ms 2000

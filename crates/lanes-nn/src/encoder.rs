@@ -322,15 +322,12 @@ impl Encoder {
         self.prepare_lane(lane)?;
         let (_counted, in_flight) = InFlight::enter(&self.in_flight);
         // Bigger forwards fill the GPU on their own: always wide (one graph).
-        // f32 GEMMs (no tensor cores) need more SMs than a crowd's share: they
-        // stop at the shared one (measured on the H200, f32 batch 1 from 16
-        // threads, cuBLASLt: 8,242 forwards/s for 16 SMs, 7,181 for 8).
-        let share = match (n <= NARROW_MAX_TOKENS, self.weights.dtype) {
-            (false, _) => Share::Wide,
-            (true, DType::F32) => share_of(in_flight).min(Share::Shared),
-            (true, _) => share_of(in_flight),
+        let share = if n <= NARROW_MAX_TOKENS {
+            share_of(in_flight)
+        } else {
+            Share::Wide
         };
-        set_sm_budget(lane, share);
+        set_sm_budget(lane, share, self.weights.dtype);
         let model = ModelShape {
             hidden: h,
             max_positions: self.config.max_position_embeddings,
@@ -406,18 +403,27 @@ impl Encoder {
     }
 }
 
-/// Sets `lane`'s SM budget for `share` (CUDA lanes; nothing elsewhere).
-fn set_sm_budget(lane: &Lease, share: Share) {
+/// Sets `lane`'s SM budget and crowd hint for `share` (CUDA lanes; nothing
+/// elsewhere). f32 GEMMs (no tensor cores) need more SMs than a crowd's share:
+/// in a crowd they keep the shared one (measured on the H200, f32 batch 1 from
+/// 16 threads, cuBLASLt: 8,242 forwards/s for 16 SMs, 7,181 for 8); the hint
+/// moves them off `small_linear` there (see `exec::cuda::SmallLinear`).
+fn set_sm_budget(lane: &Lease, share: Share, dtype: DType) {
     #[cfg(feature = "cuda")]
     if let Some(cuda) = lane
         .raw()
         .as_any()
         .downcast_ref::<lanes::backend::cuda::CudaLane>()
     {
-        cuda.set_sm_budget(share.sms());
+        let sms = match (share, dtype) {
+            (Share::Crowded, DType::F32) => Share::Shared.sms(),
+            _ => share.sms(),
+        };
+        cuda.set_sm_budget(sms);
+        cuda.set_crowded(share == Share::Crowded);
     }
     #[cfg(not(feature = "cuda"))]
-    let _ = (lane, share);
+    let _ = (lane, share, dtype);
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 //!    (`CudaLane::set_sm_budget`): its own plan, the same tolerance.
 //!    f32 `linear` takes cuBLASLt (exact f32) unless switched off or forced onto
 //!    `linear_tn`, and keeps the erf GELU; up to 256 rows it runs as
-//!    `small_linear` (one kernel) on lanes without an SM budget. Whole-device plans are timed once per
+//!    `small_linear` (one kernel) unless the lane is marked crowded. Whole-device plans are timed once per
 //!    device and shared by its lanes (bit-identical outputs); budgeted ones never.
 //! 2. A CUDA graph capturing a cuBLASLt matmul of a shape first seen inside the
 //!    capture replays what the host computes, for fresh inputs each replay.
@@ -313,15 +313,10 @@ fn f32_linear_out(
     )
 }
 
-/// Whether f32 `linear` of `shape` on a lane with `sms` SMs budgeted takes
-/// `small_linear` (under `Gemm::Auto`; inputs from `up` are aligned).
-fn takes_small((rows, k, _): (usize, usize, usize), sms: u32) -> bool {
-    let mode = match small_linear_mode() {
-        SmallLinear::Off => false,
-        SmallLinear::Alone => sms == 0,
-        SmallLinear::Always => true,
-    };
-    mode && rows <= SMALL_MAX_ROWS && k % 4 == 0
+/// Whether f32 `linear` of `shape` takes `small_linear` on a lane not marked
+/// crowded (under `Gemm::Auto`; inputs from `up` are aligned), at any SM budget.
+fn takes_small((rows, k, _): (usize, usize, usize)) -> bool {
+    small_linear_mode() != SmallLinear::Off && rows <= SMALL_MAX_ROWS && k % 4 == 0
 }
 
 /// f32 `linear` of few rows runs as `small_linear` (one kernel: K split over
@@ -353,14 +348,14 @@ fn small_linear_matches_host() {
         (5, 22, 40),
         (256, 384, 384),
     ] {
-        for sms in [0, 16] {
-            let (used_lt, d) = f32_linear(&ex, &lane, shape, sms);
-            let small = takes_small(shape, sms);
-            assert_eq!(
-                used_lt, !small,
-                "{shape:?} at {sms} SMs: cuBLASLt {used_lt}"
-            );
-            assert!(d <= 1e-4, "{shape:?} at {sms} SMs: max |diff| {d:.3e}");
+        for crowded in [false, true] {
+            cuda_lane(&lane).set_crowded(crowded);
+            let (used_lt, d) = f32_linear(&ex, &lane, shape, 16);
+            cuda_lane(&lane).set_crowded(false);
+            let small = takes_small(shape) && !(crowded && small_linear_mode() == SmallLinear::Few);
+            let what = format!("{shape:?} (crowded {crowded})");
+            assert_eq!(used_lt, !small, "{what}: cuBLASLt {used_lt}");
+            assert!(d <= 1e-4, "{what}: max |diff| {d:.3e}");
             small_ran += usize::from(small);
         }
     }
@@ -450,7 +445,7 @@ fn f32_linear_takes_lt_unless_off_or_forced() {
         let (used_lt, d) = f32_linear(&ex, &lane, shape, sms);
         assert_eq!(
             used_lt,
-            !off && auto && !takes_small(shape, sms),
+            !off && auto && !takes_small(shape),
             "{shape:?} with {sms} SMs: cuBLASLt used {used_lt}"
         );
         assert!(

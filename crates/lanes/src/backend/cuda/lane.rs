@@ -59,6 +59,10 @@ pub struct CudaLane {
     /// it enqueues work), read when a library call is planned; `Relaxed`: a hint,
     /// never a safety property.
     sm_budget: AtomicU32,
+    /// Whether the lane's current work runs in a crowd of other lanes' work.
+    /// Written by [`CudaLane::set_crowded`] (the lane's holder, before enqueuing),
+    /// read by kernel choosers on the same thread; a hint, no ordering.
+    crowded: AtomicBool,
 }
 
 impl CudaLane {
@@ -82,6 +86,7 @@ impl CudaLane {
             capturing: AtomicBool::new(false),
             mark: Mutex::new(None),
             sm_budget: AtomicU32::new(0),
+            crowded: AtomicBool::new(false),
         })
     }
 
@@ -96,6 +101,18 @@ impl CudaLane {
     /// The SM budget set by [`CudaLane::set_sm_budget`] (0: the whole device).
     pub fn sm_budget(&self) -> u32 {
         self.sm_budget.load(Ordering::Relaxed)
+    }
+
+    /// Tells the lane's kernel choosers whether its next work runs among many
+    /// other lanes' (then kernels that fill the GPU for one forward's latency
+    /// should give way to narrow ones); `false` by default.
+    pub fn set_crowded(&self, crowded: bool) {
+        self.crowded.store(crowded, Ordering::Relaxed);
+    }
+
+    /// The hint set by [`CudaLane::set_crowded`].
+    pub fn crowded(&self) -> bool {
+        self.crowded.load(Ordering::Relaxed)
     }
 
     /// Fails with [`Error::Capture`] naming `call` while the lane is capturing.
