@@ -103,12 +103,45 @@ pub const CROWDED_AT: usize = 8;
 /// The GEMM share of a forward that starts with `in_flight` forwards running
 /// (itself included).
 pub(crate) fn share_of(in_flight: usize) -> Share {
+    share_from(in_flight, CROWDED_AT)
+}
+
+/// [`share_of`] with the crowd starting at `crowded_at` forwards.
+fn share_from(in_flight: usize, crowded_at: usize) -> Share {
     match in_flight {
         0 | 1 => Share::Wide,
-        n if n < CROWDED_AT => Share::Shared,
+        n if n < crowded_at => Share::Shared,
         _ => Share::Crowded,
     }
 }
+
+/// Forwards in flight from which an f32 forward is in a crowd (its GEMMs then
+/// leave `small_linear` for narrow cuBLASLt plans): `LANES_F32_CROWDED_AT`, else
+/// [`F32_CROWDED_AT`].
+fn f32_crowded_at() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("LANES_F32_CROWDED_AT")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n >= 2)
+            .unwrap_or(F32_CROWDED_AT)
+    })
+}
+
+/// The default of [`f32_crowded_at`]. Measured on the H200, f32 batch 1 × 128
+/// tokens, forwards/s by threads (one run each): the thread count at the
+/// threshold dips (its forwards flip between `small_linear` and narrow cuBLASLt
+/// graphs), so the threshold sits where the fewest common thread counts do:
+///
+/// | crowd from | 2 | 4 | 6 | 8 | 16 |
+/// |---|---:|---:|---:|---:|---:|
+/// | 3 | 3,975 | 4,340 | 6,247 | 7,168 | 9,924 |
+/// | 4 | 3,948 | 4,280 | 6,322 | 7,168 | 9,926 |
+/// | 6 | 3,903 | 5,677 | 5,422 | 7,095 | 9,934 |
+/// | 8 | 3,978 | 5,682 | 6,676 | 6,076 | 9,933 |
+/// | (no `small_linear`) | 2,799 | 4,965 | | 7,154 | 9,750 |
+pub const F32_CROWDED_AT: usize = 6;
 
 /// How much of the GPU a forward's small GEMMs plan for (ordered from the
 /// widest).
@@ -322,10 +355,13 @@ impl Encoder {
         self.prepare_lane(lane)?;
         let (_counted, in_flight) = InFlight::enter(&self.in_flight);
         // Bigger forwards fill the GPU on their own: always wide (one graph).
-        let share = if n <= NARROW_MAX_TOKENS {
-            share_of(in_flight)
-        } else {
+        // An f32 forward's crowd may start elsewhere (`small_linear`'s reach).
+        let share = if n > NARROW_MAX_TOKENS {
             Share::Wide
+        } else if self.weights.dtype == DType::F32 {
+            share_from(in_flight, f32_crowded_at())
+        } else {
+            share_of(in_flight)
         };
         set_sm_budget(lane, share, self.weights.dtype);
         let model = ModelShape {
@@ -437,6 +473,10 @@ mod share_tests {
         assert_eq!(share_of(CROWDED_AT - 1), Share::Shared);
         assert_eq!(share_of(CROWDED_AT), Share::Crowded);
         assert_eq!(share_of(64), Share::Crowded);
+        assert_eq!(share_from(3, 4), Share::Shared);
+        assert_eq!(share_from(4, 4), Share::Crowded);
+        assert_eq!(share_from(1, 2), Share::Wide);
+        assert_eq!(share_from(2, 2), Share::Crowded);
         assert_eq!(Share::Wide.sms(), 0);
         assert!(Share::Shared.sms() > Share::Crowded.sms() && Share::Crowded.sms() > 0);
         // f32 stops at the shared share (`forward_mean`): ordered widest first.
