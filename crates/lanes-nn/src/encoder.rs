@@ -129,7 +129,8 @@ fn f32_crowded_at() -> usize {
     })
 }
 
-/// The default of [`f32_crowded_at`]. Measured on the H200, f32 batch 1 × 128
+/// The default of `LANES_F32_CROWDED_AT` (forwards in flight from which an f32
+/// forward is in a crowd and leaves `small_linear`). Measured on the H200, f32 batch 1 × 128
 /// tokens, forwards/s by threads (one run each): the thread count at the
 /// threshold dips (its forwards flip between `small_linear` and narrow cuBLASLt
 /// graphs), so the threshold sits where the fewest common thread counts do:
