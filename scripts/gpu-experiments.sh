@@ -10,7 +10,7 @@
 #   LANES_LT_TUNE     off: cuBLASLt's heuristic pick, no timing of candidates
 #   LANES_LT_SPLITK   off: no split-K variants among the timed candidates
 #   LANES_LT_CANDIDATES N: algorithms asked of the heuristic (8)
-#   LANES_F32_SMALL   off|alone|always: f32 linears of <= 256 rows on small_linear
+#   LANES_F32_SMALL   off|few|always: f32 linears of <= 256 rows on small_linear
 # Usage: gpu-experiments.sh [knobs|tune|splitk]   (the sweep; knobs by default)
 set -uo pipefail
 sweep=${1:-knobs}
@@ -30,8 +30,6 @@ for l in sys.stdin:
 }
 case "$sweep" in
 knobs)
-# Defaults: a forward plans its small GEMMs narrower as more run beside it
-# (encoder.rs: wide alone, 16 SMs among a few, 8 in a crowd).
 # Defaults: a forward plans its small GEMMs narrower as more run beside it
 # (encoder.rs: wide alone, 16 SMs among a few, 8 in a crowd).
 cell "" --dtype float16 --threads 1,2,4,8,16,32 --batch 1 --duration-ms 1000

@@ -22,7 +22,9 @@
 //!   GEMMs) also time split-K variants of the heuristic's first picks
 //!   ([`split_k`]: K cut in 2 to 32 slices, reduced in f32 in the workspace, in a
 //!   fixed order): with 128 rows there are too few output tiles to fill the GPU,
-//!   and the heuristic's own split choices are few.
+//!   and the heuristic's own split choices are few. (On the H200 none was ever
+//!   the fastest for MiniLM's shapes: each split adds a reduction kernel; they
+//!   cost about 2 ms of timing per shape, once.)
 //! - `LANES_LT_TUNE=off` keeps the heuristic's first pick everywhere;
 //!   `LANES_LT_CANDIDATES=N` asks the heuristic for N algorithms (default
 //!   [`CANDIDATES`]); `LANES_LT_SPLITK=off` times no split-K variants;
