@@ -8,10 +8,8 @@
 #   LANES_ATTN_F32    flash|kernels: force the f32 attention kernel
 #   LANES_F32_LT      off: f32 linears on linear_tn / cuBLAS instead of cuBLASLt
 #   LANES_LT_TUNE     off: cuBLASLt's heuristic pick, no timing of candidates
-#   LANES_LT_SPLITK   off: no split-K variants among the timed candidates
-#   LANES_LT_CANDIDATES N: algorithms asked of the heuristic (8)
 #   LANES_F32_SMALL   off|few|always: f32 linears of <= 256 rows on small_linear
-# Usage: gpu-experiments.sh [knobs|tune|splitk]   (the sweep; knobs by default)
+# Usage: gpu-experiments.sh [knobs|tune]   (the sweep; knobs by default)
 set -uo pipefail
 sweep=${1:-knobs}
 cd "$(dirname "$0")/.."
@@ -43,17 +41,6 @@ cell "LANES_ATTN_F32=kernels" --dtype float32 --threads 1 --batch 512 --duration
 cell "LANES_ATTN_F32=flash" --dtype float32 --threads 16 --batch 1 --duration-ms 1000
 cell "" --dtype float16,bfloat16 --threads 2 --batch 512 --duration-ms 2000
 ;;
-splitk)
-# f32 batch 1 alone: timed candidates with split-K variants (default), without,
-# with 16 heuristic candidates, and the heuristic's pick; interleaved twice.
-for round in 1 2; do
-  for e in "" "LANES_LT_SPLITK=off" "LANES_LT_CANDIDATES=16" "LANES_LT_TUNE=off"; do
-    cell "$e" --dtype float32 --threads 1 --batch 1 --duration-ms 1500
-  done
-done
-cell "" --dtype float16 --threads 1 --batch 1 --duration-ms 1500
-cell "LANES_LT_SPLITK=off" --dtype float16 --threads 1 --batch 1 --duration-ms 1500
-;;
 tune)
 # Timed cuBLASLt algorithms (lt_tune.rs) against the heuristic's pick, each
 # goal cell of issue 11, default and off interleaved (noise shows as their spread).
@@ -72,7 +59,7 @@ cell "LANES_LT_TUNE=off" --dtype float32,float16,bfloat16 --threads 1 --batch 51
 cell "" --dtype float16 --threads 1 --batch 1 --duration-ms 1500
 cell "LANES_LT_TUNE=off" --dtype float16 --threads 1 --batch 1 --duration-ms 1500
 ;;
-*) echo "unknown sweep $sweep (knobs|tune|splitk)" >&2; exit 2 ;;
+*) echo "unknown sweep $sweep (knobs|tune)" >&2; exit 2 ;;
 esac
 "$B/forward_bench" --only f32 --batch 1 > "$res/fb.txt" 2>&1
 python3 - "$out" <<'PY'

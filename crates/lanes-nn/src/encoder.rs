@@ -480,7 +480,7 @@ mod share_tests {
         assert_eq!(share_from(2, 2), Share::Crowded);
         assert_eq!(Share::Wide.sms(), 0);
         assert!(Share::Shared.sms() > Share::Crowded.sms() && Share::Crowded.sms() > 0);
-        // f32 stops at the shared share (`forward_mean`): ordered widest first.
+        // Shares are ordered widest first.
         assert_eq!(Share::Crowded.min(Share::Shared), Share::Shared);
         assert_eq!(Share::Wide.min(Share::Shared), Share::Wide);
     }

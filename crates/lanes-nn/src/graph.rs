@@ -7,20 +7,21 @@
 //! cache owned by the device). The graph's fixed buffers are its inputs (ids and
 //! type ids for `bucket` tokens, offsets for `batch + 1`, packed in one buffer)
 //! and its output (the pooled f32 embeddings): a replay uploads the batch into
-//! them with one copy, launches the graph and downloads the output. Kernels read the sequence boundaries from the
-//! device `offsets` buffer and their grids are sized for the bucket, so one graph
-//! serves every batch of its key: the `bucket - n` rows past the last sequence are
-//! computed and ignored (attention and pooling never read them).
+//! them with one copy, launches the graph and downloads the output. Kernels read
+//! the sequence boundaries from the device `offsets` buffer and their grids are
+//! sized for the bucket, so one graph serves every batch of its key: the
+//! `bucket - n` rows past the last sequence are computed and ignored (attention
+//! and pooling never read them).
 //!
 //! Graphs are used only where they can be: a CUDA lane held exclusively
 //! (capture needs it), graphs on (`LANES_GRAPHS=off` or
 //! [`lanes::Device::set_graphs`] turn them off), buckets of
 //! at most [`MAX_GRAPH_TOKENS`] (bigger batches are not launch-bound), and a
 //! lane that has run one forward eagerly (kernels and cuBLAS set themselves up
-//! on first use, which must not happen inside a capture; the lane's cuBLAS
-//! handle, and for f16 / bf16 its cuBLASLt handle and workspace, are also created
-//! before each capture). Otherwise, and when a capture fails,
-//! the forward runs eagerly; [`GraphCounts`] says how often each happened.
+//! on first use, which must not happen inside a capture; the lane's BLAS handles
+//! are made before its first forward, [`set_up_blas`]). Otherwise, and when a
+//! capture fails, the forward runs eagerly; [`GraphCounts`] says how often each
+//! happened.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -151,7 +152,8 @@ impl Graphs {
             return Ok(None);
         };
         let max_len = bucket.min(model.max_positions);
-        set_up_blas(lane, model.dtype)?;
+        // (The lane's BLAS handles exist: `Encoder::prepare_lane` made them before
+        // its first forward, and a capture needs them made.)
         let mut captured = false;
         let graph = lane.graph(key, |l| {
             captured = true;
@@ -184,7 +186,7 @@ impl Graphs {
         let [inputs, pooled] = graph.buffers() else {
             return Ok(None);
         };
-        lane.upload(inputs, &packed_inputs(tokens, bucket))?;
+        lane.upload(inputs, bytemuck::cast_slice(&packed_inputs(tokens, bucket)))?;
         graph.launch(lane)?;
         let mut out = vec![0f32; batch * h];
         lane.download(pooled, bytemuck::cast_slice_mut(&mut out))?;
@@ -213,10 +215,11 @@ fn key(encoder: u64, batch: usize, bucket: usize, dtype: DType, share: Share) ->
     Some((encoder & 0xffff) << 48 | d << 44 | (batch as u64) << 24 | bucket as u64)
 }
 
-/// Creates the lane's cuBLAS handle now if no eager forward did (one that only
-/// took the fused GEMM kernel never needed it), and for 16-bit forwards with
-/// cuBLASLt on its cuBLASLt handle and workspace: creating them inside a capture
-/// would fail. (A lane whose cuBLASLt cannot be created runs its 16-bit GEMMs
+/// Creates the lane's cuBLAS handle, and its cuBLASLt handle and workspace where
+/// the dtype's GEMMs use cuBLASLt, unless they exist: at model load and on each
+/// lane's first forward (`Encoder::prepare_lane`), before any capture, where
+/// creating them would fail (and, for the process's first handle, load cuBLAS
+/// inside a request). (A lane whose cuBLASLt cannot be created runs its 16-bit GEMMs
 /// through cuBLAS, so that failure is not one.) cuBLASLt's per-shape plans
 /// (descriptors and a heuristic query, host-only) may still be built during the
 /// capture, for the bucket's row count when it differs from the eager forward's:
@@ -255,13 +258,13 @@ struct Shape {
 /// offsets. One copy per replay instead of three: each copy is a driver call and
 /// a step on the lane's stream (about 7 µs of a batch-1 forward's frame on the
 /// H200, `lanes bench launch`'s `replay+copies`).
-fn packed_inputs(tokens: &Tokens, bucket: usize) -> Vec<u8> {
+fn packed_inputs(tokens: &Tokens, bucket: usize) -> Vec<u32> {
     let n = tokens.total_tokens();
     let mut words = vec![0u32; 2 * bucket + tokens.offsets().len()];
     words[..n].copy_from_slice(tokens.ids());
     words[bucket..bucket + n].copy_from_slice(tokens.type_ids());
     words[2 * bucket..].copy_from_slice(tokens.offsets());
-    bytemuck::cast_slice(&words).to_vec()
+    words
 }
 
 /// Inside a capture: allocates the graph's fixed buffers and enqueues the forward;
@@ -325,11 +328,7 @@ mod tests {
         ])
         .unwrap();
         let bucket = token_bucket(tokens.total_tokens());
-        let bytes = packed_inputs(&tokens, bucket);
-        let words: Vec<u32> = bytes
-            .chunks_exact(4)
-            .map(|c| u32::from_ne_bytes(c.try_into().unwrap()))
-            .collect();
+        let words = packed_inputs(&tokens, bucket);
         assert_eq!(words.len(), 2 * bucket + 3);
         assert_eq!(&words[..5], &[101, 7, 102, 101, 9]);
         assert!(words[5..bucket].iter().all(|&w| w == 0), "padding ids zero");

@@ -19,8 +19,9 @@ pub fn graphs_enabled() -> bool {
     switch_on(std::env::var("LANES_GRAPHS").ok().as_deref())
 }
 
-/// `LANES_GRAPHS`'s value read as a switch: on unless `off`, `0`, `false` or `no`.
-fn switch_on(value: Option<&str>) -> bool {
+/// An environment variable's value read as a switch: on unless `off`, `0`,
+/// `false` or `no` (any case); unset is on.
+pub(crate) fn switch_on(value: Option<&str>) -> bool {
     !value.is_some_and(|v| {
         matches!(
             v.trim().to_ascii_lowercase().as_str(),

@@ -120,9 +120,6 @@ struct Plan {
     /// The heuristic's algorithms, best first (`algo` is one of them); emptied
     /// once the choice is final (timed, taken from the memo, or not to be timed).
     candidates: Vec<sys::cublasLtMatmulAlgo_t>,
-    /// How many of `candidates` came from the heuristic (the split-K variants
-    /// follow them).
-    from_heuristic: usize,
 }
 
 impl Drop for Plan {
@@ -446,10 +443,7 @@ impl LaneBlasLt {
         let (pick, times) = unsafe { lt_tune::fastest(stream, candidates.len(), run) }
             .map_err(|e| self.err("timing cuBLASLt algorithms", describe(e)))?;
         if lt_tune::logging() {
-            eprintln!(
-                "{}",
-                lt_tune::report(&self.device, key.mnk, plan.from_heuristic, &times, pick)
-            );
+            eprintln!("{}", lt_tune::report(&self.device, key.mnk, &times, pick));
         }
         let chosen = pick.map_or(plan.algo, |i| candidates[i]);
         plan.algo = self.memo.settle(*key, chosen);
@@ -467,7 +461,6 @@ impl LaneBlasLt {
             d: std::ptr::null_mut(),
             algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] },
             candidates: Vec::new(),
-            from_heuristic: 0,
         };
         p.desc = lt::create_matmul_desc(
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
@@ -556,7 +549,7 @@ impl LaneBlasLt {
         .map_err(no("cublasLtMatmulPreferenceSetAttribute"))?;
         // A whole-device plan asks for candidates to time (see `lt_tune`).
         let tune = key.sms == 0 && lt_tune::tuning();
-        let wanted = if tune { lt_tune::candidates() } else { 1 };
+        let wanted = if tune { lt_tune::CANDIDATES } else { 1 };
         let mut found = vec![
             // SAFETY: an all-zero heuristic result is a valid value of this plain
             // C struct (it is only written by the call below).
@@ -583,7 +576,7 @@ impl LaneBlasLt {
         }
         .result()
         .map_err(no("cublasLtMatmulAlgoGetHeuristic"))?;
-        let mut usable: Vec<sys::cublasLtMatmulAlgo_t> = found
+        let usable: Vec<sys::cublasLtMatmulAlgo_t> = found
             .iter()
             .take(count.max(0) as usize)
             .filter(|r| {
@@ -603,40 +596,6 @@ impl LaneBlasLt {
             });
         };
         p.algo = *first;
-        p.from_heuristic = usable.len();
-        if tune && lt_tune::split_variants() && m.saturating_mul(n) <= lt_tune::SPLIT_MAX_OUTPUT {
-            let bases: Vec<_> = usable.iter().take(lt_tune::SPLIT_BASES).copied().collect();
-            for base in &bases {
-                for s in lt_tune::SPLITS {
-                    let Ok(v) = lt_tune::split_k(base, s) else {
-                        continue;
-                    };
-                    // SAFETY: as the heuristic above; `check` is written by the call.
-                    let mut check: sys::cublasLtMatmulHeuristicResult_t =
-                        unsafe { std::mem::zeroed() };
-                    // SAFETY: every descriptor is live; `v` is an initialized
-                    // algorithm; the check is host-only.
-                    let ok = unsafe {
-                        sys::cublasLtMatmulAlgoCheck(
-                            self.handle,
-                            p.desc,
-                            p.a,
-                            p.b,
-                            p.d,
-                            p.d,
-                            &v,
-                            &mut check,
-                        )
-                    };
-                    if ok == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
-                        && check.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
-                        && check.workspaceSize <= WORKSPACE_BYTES
-                    {
-                        usable.push(v);
-                    }
-                }
-            }
-        }
         if usable.len() > 1 {
             p.candidates = usable;
         }

@@ -18,17 +18,12 @@
 //! - Plans with an SM target are not timed: a narrow plan exists to leave the
 //!   GPU to other lanes, and timing it alone would favour the wide kernels it is
 //!   meant to avoid.
-//! - Small outputs (at most [`SPLIT_MAX_OUTPUT`] elements: a batch-1 forward's
-//!   GEMMs) also time split-K variants of the heuristic's first picks
-//!   ([`split_k`]: K cut in 2 to 32 slices, reduced in f32 in the workspace, in a
-//!   fixed order): with 128 rows there are too few output tiles to fill the GPU,
-//!   and the heuristic's own split choices are few. (On the H200 none was ever
-//!   the fastest for MiniLM's shapes: each split adds a reduction kernel; they
-//!   cost about 2 ms of timing per shape, once.)
 //! - `LANES_LT_TUNE=off` keeps the heuristic's first pick everywhere;
-//!   `LANES_LT_CANDIDATES=N` asks the heuristic for N algorithms (default
-//!   [`CANDIDATES`]); `LANES_LT_SPLITK=off` times no split-K variants;
 //!   `LANES_LT_TUNE_LOG=1` prints each timing to stderr ([`report`]).
+//!
+//! (Split-K variants of the heuristic's picks were timed too for a while: on the
+//! H200 none was ever the fastest for MiniLM's shapes, each split adding a
+//! reduction kernel, so they were dropped.)
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -36,60 +31,47 @@ use std::sync::{Mutex, OnceLock};
 use cudarc::cublaslt::sys::cublasLtMatmulAlgo_t;
 use cudarc::driver::{result as drv, sys, DriverError};
 
+use crate::graph_cache::switch_on;
 use crate::sync::lock_std as lock;
 
-/// How many of the heuristic's algorithms a whole-device plan times (unless
-/// `LANES_LT_CANDIDATES` says otherwise).
+/// How many of the heuristic's algorithms a whole-device plan times (for the
+/// H200's float32 GEMMs the heuristic offers no more than 8).
 pub const CANDIDATES: usize = 8;
-/// The largest output (`m × n` elements) whose plans also time split-K variants.
-pub const SPLIT_MAX_OUTPUT: u64 = 1 << 20;
-/// The split counts tried on each of the heuristic's first [`SPLIT_BASES`] picks.
-pub(crate) const SPLITS: [u32; 5] = [2, 4, 8, 16, 32];
-/// How many of the heuristic's picks get split-K variants.
-pub(crate) const SPLIT_BASES: usize = 3;
 /// Timed rounds over the candidates (the best round of each counts).
 const ROUNDS: usize = 2;
 /// Matmuls per candidate per round, between two events.
 const REPS: usize = 4;
 
-/// Whether whole-device plans are timed (`LANES_LT_TUNE`, read once: `off` / `0`
-/// / `false` turn it off; on by default).
+/// Whether whole-device plans are timed (`LANES_LT_TUNE`, read once: on unless
+/// `off`, `0`, `false` or `no`).
 pub fn tuning() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| !env_off("LANES_LT_TUNE"))
+    *ON.get_or_init(|| switch_on(std::env::var("LANES_LT_TUNE").ok().as_deref()))
 }
 
-/// Whether small outputs also time split-K variants (`LANES_LT_SPLITK`, read
-/// once: `off` / `0` / `false` turn it off; on by default).
-pub fn split_variants() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| !env_off("LANES_LT_SPLITK"))
-}
-
-/// Whether each timing is printed to stderr (`LANES_LT_TUNE_LOG=1`, read once).
+/// Whether each timing is printed to stderr (`LANES_LT_TUNE_LOG` set to
+/// anything but empty or an off word; read once).
 pub fn logging() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| {
-        std::env::var("LANES_LT_TUNE_LOG").is_ok_and(|v| !v.is_empty())
-            && !env_off("LANES_LT_TUNE_LOG")
+        std::env::var("LANES_LT_TUNE_LOG")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .is_some_and(|v| switch_on(Some(&v)))
     })
 }
 
 /// One line on a timing: the problem (cuBLASLt's column-major `m × n × k`), the
-/// microseconds of each candidate (`-` where it declined; `|` before the split-K
-/// variants, which follow the heuristic's `from_heuristic`), and the pick.
+/// microseconds of each candidate in the heuristic's order (`-` where it
+/// declined), and the pick.
 pub(crate) fn report(
     device: &str,
     (m, n, k): (u64, u64, u64),
-    from_heuristic: usize,
     times: &[Option<f32>],
     pick: Option<usize>,
 ) -> String {
     let mut line = format!("lanes: {device}: cuBLASLt {m}x{n}x{k} timed (us):");
-    for (i, t) in times.iter().enumerate() {
-        if i == from_heuristic {
-            line.push_str(" |");
-        }
+    for t in times {
         match t {
             Some(t) => line.push_str(&format!(" {t:.2}")),
             None => line.push_str(" -"),
@@ -100,62 +82,6 @@ pub(crate) fn report(
         None => line.push_str("; none ran, the heuristic's pick stays"),
     }
     line
-}
-
-/// Whether the variable `name` says off (`off`, `0` or `false`).
-fn env_off(name: &str) -> bool {
-    matches!(
-        std::env::var(name).as_deref().map(str::trim),
-        Ok("off" | "0" | "false")
-    )
-}
-
-/// How many algorithms to ask the heuristic for (`LANES_LT_CANDIDATES`, read
-/// once, 1 to 64; [`CANDIDATES`] by default).
-pub fn candidates() -> usize {
-    static N: OnceLock<usize> = OnceLock::new();
-    *N.get_or_init(|| {
-        std::env::var("LANES_LT_CANDIDATES")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .map_or(CANDIDATES, |n| n.clamp(1, 64))
-    })
-}
-
-/// `algo` with its K dimension split `splits` ways and the partial sums reduced
-/// in the compute type (f32) in the workspace: a deterministic order, unlike an
-/// in-place reduction. The caller checks the result with
-/// `cublasLtMatmulAlgoCheck` (not every algorithm takes every split).
-pub(crate) fn split_k(
-    algo: &cublasLtMatmulAlgo_t,
-    splits: u32,
-) -> Result<cublasLtMatmulAlgo_t, cudarc::cublaslt::result::CublasError> {
-    use cudarc::cublaslt::sys as lt;
-    let mut a = *algo;
-    let scheme = lt::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE as u32;
-    for (attr, value) in [
-        (
-            lt::cublasLtMatmulAlgoConfigAttributes_t::CUBLASLT_ALGO_CONFIG_SPLITK_NUM,
-            splits,
-        ),
-        (
-            lt::cublasLtMatmulAlgoConfigAttributes_t::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME,
-            scheme,
-        ),
-    ] {
-        // SAFETY: `a` is an initialized algorithm (a copy of the heuristic's); both
-        // attributes are uint32, read from `value` during the call.
-        unsafe {
-            lt::cublasLtMatmulAlgoConfigSetAttribute(
-                &mut a,
-                attr,
-                (&value as *const u32).cast(),
-                std::mem::size_of::<u32>(),
-            )
-        }
-        .result()?;
-    }
-    Ok(a)
 }
 
 /// The algorithms chosen by timing on one device, by plan key. Written once per
@@ -265,18 +191,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn report_marks_the_split_variants_and_the_pick() {
+    fn report_lists_every_candidate_and_the_pick() {
         let line = report(
             "cuda:0",
             (1152, 128, 384),
-            2,
             &[Some(9.5), None, Some(7.25)],
             Some(2),
         );
         assert_eq!(
             line,
-            "lanes: cuda:0: cuBLASLt 1152x128x384 timed (us): 9.50 - | 7.25; picked #2"
+            "lanes: cuda:0: cuBLASLt 1152x128x384 timed (us): 9.50 - 7.25; picked #2"
         );
+        assert!(report("cuda:0", (1, 1, 1), &[None], None).ends_with("the heuristic's pick stays"));
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub use blaslt::{Epilogue, LaneBlasLt, LtStats, Rejection, MAX_PLANS, WORKSPACE_
 pub use event::CudaEvent;
 pub use graph::CudaGraph;
 pub use lane::CudaLane;
-pub use lt_tune::{tuning as lt_tuning, CANDIDATES as LT_CANDIDATES};
+pub use lt_tune::tuning as lt_tuning;
 pub use module_cache::{kernel_arg, CompileStats, ModuleCache, ModuleCompile};
 
 /// The cudarc types the layers above need to launch kernels, re-exported so that
