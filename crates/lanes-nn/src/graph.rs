@@ -19,7 +19,7 @@
 //! at most [`MAX_GRAPH_TOKENS`] (bigger batches are not launch-bound), and a
 //! lane that has run one forward eagerly (kernels and cuBLAS set themselves up
 //! on first use, which must not happen inside a capture; the lane's BLAS handles
-//! are made before its first forward, [`set_up_blas`]). Otherwise, and when a
+//! are made before its first forward, `set_up_blas`). Otherwise, and when a
 //! capture fails, the forward runs eagerly; [`GraphCounts`] says how often each
 //! happened.
 
