@@ -268,15 +268,10 @@ pub enum SmallLinear {
 /// default).
 pub fn small_linear_mode() -> SmallLinear {
     static MODE: std::sync::OnceLock<SmallLinear> = std::sync::OnceLock::new();
-    *MODE.get_or_init(|| {
-        match std::env::var("LANES_F32_SMALL")
-            .map(|v| v.trim().to_ascii_lowercase())
-            .as_deref()
-        {
-            Ok("off" | "0" | "false" | "no") => SmallLinear::Off,
-            Ok("always") => SmallLinear::Always,
-            _ => SmallLinear::Few,
-        }
+    *MODE.get_or_init(|| match std::env::var("LANES_F32_SMALL") {
+        Ok(v) if !blaslt_setting(&v) => SmallLinear::Off,
+        Ok(v) if v.trim().eq_ignore_ascii_case("always") => SmallLinear::Always,
+        _ => SmallLinear::Few,
     })
 }
 
