@@ -313,6 +313,24 @@ fn f32_linear_out(
     )
 }
 
+/// Whether `LANES_F32_LT=off` took f32 GEMMs off cuBLASLt.
+fn f32_lt_off() -> bool {
+    std::env::var("LANES_F32_LT").is_ok_and(|v| v.trim() == "off")
+}
+
+/// An executor on the default f32 GEMM path (`Gemm::Auto`, cuBLASLt on), or
+/// `None` (having said SKIPPED) where the environment changed that path.
+fn default_f32_exec(dev: &lanes::Device) -> Option<CudaExec> {
+    let ex = CudaExec::new(dev)
+        .expect("compile the kernels")
+        .with_blaslt(true);
+    if ex.gemm() != Gemm::Auto || f32_lt_off() {
+        eprintln!("SKIPPED (f32 GEMMs are not on their default path here)");
+        return None;
+    }
+    Some(ex)
+}
+
 /// Whether f32 `linear` of `shape` takes `small_linear` on a lane not marked
 /// crowded (under `Gemm::Auto`; inputs from `up` are aligned), at any SM budget.
 fn takes_small((rows, k, _): (usize, usize, usize)) -> bool {
@@ -328,13 +346,9 @@ fn takes_small((rows, k, _): (usize, usize, usize)) -> bool {
 #[test]
 fn small_linear_matches_host() {
     let Some(dev) = cuda() else { return };
-    let ex = CudaExec::new(&dev)
-        .expect("compile the kernels")
-        .with_blaslt(true);
-    if ex.gemm() != Gemm::Auto || std::env::var("LANES_F32_LT").is_ok_and(|v| v.trim() == "off") {
-        eprintln!("SKIPPED (f32 GEMMs are not on the default path here)");
+    let Some(ex) = default_f32_exec(&dev) else {
         return;
-    }
+    };
     let lane = dev.lease().unwrap();
     let mut small_ran = 0;
     for shape in [
@@ -372,13 +386,9 @@ fn small_linear_matches_host() {
 #[test]
 fn lt_algorithms_are_timed_once_per_device() {
     let Some(dev) = cuda() else { return };
-    let ex = CudaExec::new(&dev)
-        .expect("compile the kernels")
-        .with_blaslt(true);
-    if ex.gemm() != Gemm::Auto || std::env::var("LANES_F32_LT").is_ok_and(|v| v.trim() == "off") {
-        eprintln!("SKIPPED (f32 GEMMs are not on cuBLASLt here)");
+    let Some(ex) = default_f32_exec(&dev) else {
         return;
-    }
+    };
     let (a, b) = (dev.lease().unwrap(), dev.lease().unwrap());
     assert_ne!(
         a.index(),
@@ -435,7 +445,7 @@ fn f32_linear_takes_lt_unless_off_or_forced() {
         .with_blaslt(true);
     let tn = CudaExec::with_gemm(&dev, Gemm::Fused).expect("compile the kernels");
     let lane = dev.lease().unwrap();
-    let off = std::env::var("LANES_F32_LT").is_ok_and(|v| v.trim() == "off");
+    let off = f32_lt_off();
     let auto = ex.gemm() == Gemm::Auto;
     for (shape, sms) in [
         ((300, 384, 1536), 0),
